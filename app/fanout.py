@@ -1,0 +1,291 @@
+"""Fan-out of new rows from the process's subscriber to every session's ColumnDataSource.
+
+A Bokeh model belongs to one document and may only change inside that document's
+callbacks, so each session registers a :class:`Sink` (its own source and document).
+New rows are merged into the sink's pending rows and, if no flush is pending yet, one
+``doc.add_next_tick_callback(flush)`` is scheduled; the flush calls
+``cds.stream(columns, rollover)`` with numpy arrays, which Bokeh sends as binary buffers.
+Nothing here waits for a session: a slow one only accumulates pending rows, bounded by
+its rollover, and a gone one is dropped (sessions are held weakly as well).
+
+A session opened with :meth:`Fanout.open_session` gets no updates before its browser
+reports the document ready: until then Panel does not send model additions (the
+browser pulls the whole document when it connects), so a stream patch could name a
+source the browser has not got yet. Rows wait in the sink meanwhile; the document
+it pulls holds the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.subscriber import Columns, Subscriber, concat, get_subscriber, take
+
+if TYPE_CHECKING:
+    from bokeh.document import Document
+    from bokeh.models import ColumnDataSource
+
+log = logging.getLogger("headrace.app")
+
+
+class Gate:
+    """Whether a session's browser is ready for patches; shared by the session's sinks."""
+
+    __slots__ = ("__weakref__", "ready", "sinks")
+
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+        self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+class Sink:
+    """One session's view of one stream: where its rows go and what is waiting to go there."""
+
+    __slots__ = (
+        "__weakref__",
+        "_cds",
+        "_doc",
+        "columns",
+        "dropped",
+        "flushes",
+        "gate",
+        "lock",
+        "next_index",
+        "pending",
+        "pending_rows",
+        "rollover",
+        "scheduled",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: str,
+        doc: Document,
+        cds: ColumnDataSource,
+        columns: list[str],
+        next_index: int,
+        rollover: int,
+        lock: threading.RLock,
+        gate: Gate,
+    ) -> None:
+        self.stream = stream
+        # Weak: a sink must never be what keeps a finished session's document alive.
+        self._doc = weakref.ref(doc)
+        self._cds = weakref.ref(cds)
+        self.columns = columns
+        self.next_index = next_index
+        self.rollover = rollover
+        self.lock = lock  # the subscriber's: offer() runs under it
+        self.gate = gate
+        self.pending: list[Columns] = []
+        self.pending_rows = 0
+        self.scheduled = False
+        self.flushes = 0
+        self.dropped = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._doc() is not None and self._cds() is not None
+
+    def offer(self, rows: Columns, first: int) -> bool:
+        """Queue ``rows`` (indices from ``first``); schedule a flush. False if the sink is dead."""
+        n = len(rows["time"])
+        if first + n <= self.next_index:
+            return True  # already in the snapshot
+        if first < self.next_index:
+            rows, n = take(rows, self.next_index - first), first + n - self.next_index
+        elif first > self.next_index:
+            log.warning(
+                "fan-out: stream %s rows %d-%d missing for a session",
+                self.stream,
+                self.next_index,
+                first - 1,
+            )
+        self.next_index = first + n
+        self.pending.append(self._project(rows))
+        self.pending_rows += n
+        self._bound()
+        return self.schedule()
+
+    def schedule(self) -> bool:
+        """Ask the session to flush on its next tick, unless already asked. False if dead."""
+        if self.scheduled or not self.pending or not self.gate.ready:
+            return True
+        doc = self._doc()
+        if doc is None:
+            return False
+        self.scheduled = True
+        try:
+            doc.add_next_tick_callback(self.flush)
+        except Exception:
+            # The document is being torn down.
+            self.scheduled = False
+            return False
+        return True
+
+    def _project(self, rows: Columns) -> Columns:
+        # cds.stream needs exactly the source's columns.
+        if list(rows) == self.columns:
+            return rows
+        n = len(rows["time"])
+        return {c: rows[c] if c in rows else np.full(n, np.nan) for c in self.columns}
+
+    def _bound(self) -> None:
+        # A session that never flushes keeps at most what its plot would show.
+        excess = self.pending_rows - self.rollover
+        while excess > 0:
+            head = self.pending[0]
+            size = len(head["time"])
+            if size <= excess:
+                self.pending.pop(0)
+                self.pending_rows -= size
+                self.dropped += size
+                excess -= size
+            else:
+                self.pending[0] = take(head, excess)
+                self.pending_rows -= excess
+                self.dropped += excess
+                excess = 0
+
+    def flush(self) -> None:
+        """Runs as the session's next-tick callback: stream what is pending into its source."""
+        with self.lock:
+            self.scheduled = False
+            if not self.pending:
+                return
+            pending, self.pending, self.pending_rows = self.pending, [], 0
+        cds = self._cds()
+        if cds is None:
+            return
+        self.flushes += 1
+        cds.stream(concat(pending), rollover=self.rollover)
+
+    def discard(self) -> None:
+        self.pending, self.pending_rows = [], 0
+
+
+class Fanout:
+    """Routes the subscriber's new rows to the registered sinks of each stream."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self.subscriber = subscriber
+        self.lock = subscriber.lock
+        self._sinks: dict[str, dict[Sink, None]] = defaultdict(dict)
+        self._gates: weakref.WeakKeyDictionary[Document, Gate] = weakref.WeakKeyDictionary()
+        self.registered = 0
+        self.unregistered = 0
+        self.flushed = 0  # flushes of sinks already gone
+        subscriber.add_listener(self._on_rows)
+
+    def open_session(self, doc: Document) -> None:
+        """Hold ``doc``'s updates until its browser reports the document ready.
+
+        Call while the session is built (before its browser can be ready). Documents
+        never opened this way are taken as ready.
+        """
+        from bokeh.events import DocumentReady
+
+        with self.lock:
+            if doc in self._gates:
+                return
+            gate = self._gates[doc] = Gate(ready=False)
+
+        def ready(_event: Any) -> None:
+            with self.lock:
+                gate.ready = True
+                for sink in list(gate.sinks):
+                    sink.schedule()
+
+        doc.on_event(DocumentReady, ready)
+
+    def register(
+        self, stream: str, doc: Document, cds: ColumnDataSource, rollover: int | None = None
+    ) -> Sink:
+        """Fill ``cds`` with the stream's window and send it every later row, gap- and repeat-free.
+
+        Call from the session's own thread (while it is built, or in one of its callbacks):
+        ``cds.data`` is set here. The sink goes when the session is destroyed or on
+        :meth:`unregister`.
+        """
+        with self.lock:
+            snap = self.subscriber.snapshot(stream)
+            gate = self._gates.get(doc) or Gate(ready=True)
+            sink = Sink(
+                stream,
+                doc,
+                cds,
+                list(snap.columns),
+                snap.end,
+                rollover or snap.capacity,
+                self.lock,
+                gate,
+            )
+            gate.sinks.add(sink)
+            # Same lock as the subscriber's ingest: no rows can fall between snapshot and sink.
+            cds.data = snap.columns
+            self._sinks[stream][sink] = None
+            self.registered += 1
+        doc.on_session_destroyed(lambda _context: self.unregister(sink))
+        return sink
+
+    def unregister(self, sink: Sink) -> None:
+        with self.lock:
+            sinks = self._sinks.get(sink.stream)
+            if sinks is not None and sink in sinks:
+                del sinks[sink]
+                self.unregistered += 1
+                self.flushed += sink.flushes
+                if not sinks:
+                    del self._sinks[sink.stream]
+            sink.discard()
+
+    def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
+        # On the loop, under the subscriber's lock: merging and scheduling only.
+        sinks = self._sinks.get(stream)
+        if not sinks:
+            return
+        dead = [sink for sink in list(sinks) if not sink.offer(rows, first)]
+        for sink in dead:
+            self.unregister(sink)
+
+    def sinks(self, stream: str | None = None) -> int:
+        with self.lock:
+            if stream is not None:
+                return len(self._sinks.get(stream, ()))
+            return sum(len(s) for s in self._sinks.values())
+
+    def info(self) -> dict[str, Any]:
+        """Counts for tests and benchmarks: live sinks, pending flushes and rows, totals."""
+        with self.lock:
+            sinks = [s for group in self._sinks.values() for s in group]
+            return {
+                "sinks": len(sinks),
+                "sessions": len(self._gates),
+                "scheduled": sum(s.scheduled for s in sinks),
+                "pending_rows": sum(s.pending_rows for s in sinks),
+                "dropped_rows": sum(s.dropped for s in sinks),
+                "flushes": self.flushed + sum(s.flushes for s in sinks),
+                "registered": self.registered,
+                "unregistered": self.unregistered,
+            }
+
+
+_instance: tuple[Subscriber, Fanout] | None = None
+_instance_lock = threading.Lock()
+
+
+def get_fanout(subscriber: Subscriber | None = None) -> Fanout:
+    """The fan-out of this process's subscriber (created on first use)."""
+    global _instance
+    subscriber = subscriber or get_subscriber()
+    with _instance_lock:
+        if _instance is None or _instance[0] is not subscriber:
+            _instance = (subscriber, Fanout(subscriber))
+        return _instance[1]

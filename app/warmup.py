@@ -1,0 +1,12 @@
+"""``panel serve --setup app/warmup.py``: start this process's subscriber at process start.
+
+With ``--num-procs`` Panel runs setup scripts in every child after the fork, on its
+event loop, which is where the subscriber's Dask client must be created.
+"""
+
+from __future__ import annotations
+
+from app.subscriber import configure_logging, get_subscriber
+
+configure_logging()
+get_subscriber()

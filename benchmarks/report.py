@@ -1,0 +1,283 @@
+"""The markdown tables printed at the end of a run (the JSON has every figure)."""
+
+from __future__ import annotations
+
+TICK = 0.2
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.0f}"
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _role(phase: dict, role: str) -> str:
+    r = phase.get("roles", {}).get(role)
+    if not r:
+        return "-"
+    if r["n"] > 1:
+        return f"{r['cpu_per_s']:.2f} ({r['n']}p, max {r['cpu_max']:.2f}) / {r['rss_peak_mb']:.0f}"
+    return f"{r['cpu_per_s']:.2f} / {r['rss_peak_mb']:.0f}"
+
+
+def _machine(phase: dict) -> str:
+    m = phase.get("machine")
+    if not m:
+        return "-"
+    return f"{m['busy_per_s']:.2f} ({m['untracked_per_s']:.2f}) of {m['cores']}"
+
+
+def _split(phase: dict) -> str:
+    a, b = phase.get("close_to_published"), phase.get("published_to_arrival")
+    if not a or not b:
+        return "-"
+    return f"{_ms(a[0])}/{_ms(a[1])}, {_ms(b[0])}/{_ms(b[1])}"
+
+
+def load_table(sweeps: list[dict]) -> list[str]:
+    header = [
+        "system",
+        "N",
+        "sessions/proc",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "p50/p95 close→published, published→viewer ms",
+        "rows recv/exp",
+        "initial doc KB",
+        "dup",
+        "ooo",
+        "FTP xfer/s",
+        "panel CPU s/s / peak MB",
+        "loop",
+        "scheduler",
+        "workers",
+        "ftp+writer",
+        "loadgen",
+        "machine busy (others) s/s",
+    ]
+    rows = []
+    for sw in sweeps:
+        for p in sw["phases"]:
+            if "error" in p:
+                rows.append(
+                    [sw["system"], str(p["n"]), f"error: {p['error'][:80]}"]
+                    + [""] * (len(header) - 3)
+                )
+                continue
+            spp = "/".join(str(v) for v in sorted(p.get("sessions_per_process", {}).values()))
+            failed = f" ({p['failed']} failed)" if p.get("failed") else ""
+            rows.append(
+                [
+                    sw["system"],
+                    f"{p['n']}{failed}",
+                    spp or "-",
+                    _ms(p["latency_p50"]),
+                    _ms(p["latency_p95"]),
+                    _ms(p["latency_p99"]),
+                    _split(p),
+                    f"{p['rows_received']}/{p['rows_expected']} ({p['rows_ratio']:.1%})",
+                    _f(p.get("initial_document_kb"), ".0f"),
+                    str(p["duplicates"]),
+                    str(p["out_of_order"]),
+                    _f(p.get("ftp_transfers_per_s"), ".1f"),
+                    _role(p, "panel"),
+                    _role(p, "loop"),
+                    _role(p, "scheduler"),
+                    _role(p, "workers"),
+                    _role(p, "ftp"),
+                    _role(p, "loadgen"),
+                    _machine(p),
+                ]
+            )
+        if sw.get("skipped"):
+            rows.append(
+                [
+                    sw["system"],
+                    ",".join(map(str, sw["skipped"])),
+                    "skipped: overloaded at a smaller N",
+                ]
+                + [""] * (len(header) - 3)
+            )
+    lines = [
+        "## Viewer load",
+        "",
+        "Latency: arrival at the viewer - close of the row's 25 ms period. CPU in "
+        "seconds per second over the window (sum over the role's processes), "
+        "peak RSS in MB.",
+        "",
+    ]
+    return lines + _table(header, rows)
+
+
+def capacity_table(sweeps: list[dict]) -> list[str]:
+    peer = max((sw["capacity"] for sw in sweeps if sw["system"].startswith("peer")), default=None)
+    rows = []
+    for sw in sweeps:
+        cap = sw["capacity"]
+        tested = [p["n"] for p in sw["phases"] if "error" not in p]
+        note = "" if not tested or cap < max(tested) else " (every N tested)"
+        ratio = "-"
+        if peer and not sw["system"].startswith("peer"):
+            ratio = f"{cap / peer:.1f}x"
+        rows.append([sw["system"], f"{cap}{note}", ratio])
+    return [
+        "## Capacity",
+        "",
+        "Largest N of the sweep with p95 < 1 s and >= 99 % of the rows.",
+        "",
+        *_table(["system", "capacity (viewers)", "vs best peer"], rows),
+    ]
+
+
+def parser_table(r: dict) -> list[str]:
+    rows = []
+    for name in ("headrace", "pandas", "headrace_parse_only", "pandas_parse_only"):
+        m = r.get(name, {})
+        if "error" in m:
+            rows.append([name, m["error"][:80], "", ""])
+        elif m:
+            rows.append(
+                [
+                    name,
+                    f"{m['lines_per_s_per_core'] / 1e6:.2f}",
+                    f"{m['cpu_s']:.3f}",
+                    f"{m['rows']:,}",
+                ]
+            )
+    lines = [f"## Parser throughput ({r['lines']:,} demo lines, median of {r['repeats']})", ""]
+    lines += _table(["parse + 25 ms max", "M lines/s/core", "CPU s", "rows out"], rows)
+    lines += [
+        "",
+        f"headrace / pandas: **{_f(r.get('ratio'))}x** (parse and resample), "
+        f"{_f(r.get('ratio_parse_only'))}x (parse only)",
+    ]
+    return lines
+
+
+def hv_table(r: dict) -> list[str]:
+    if "error" in r:
+        return ["## HoloViews cost", "", r["error"]]
+    rows = [
+        [
+            "headrace plot (HoloViews-declared, cds.stream)",
+            f"{r['headrace_ms']:.3f}",
+            f"{r['headrace_vs_raw']:.2f}x",
+        ],
+        ["raw Bokeh figure.line + cds.stream", f"{r['raw_ms']:.3f}", "1.00x"],
+    ]
+    if r.get("buffer_ms") is not None:
+        rows.append(
+            [
+                "hv.streams.Buffer + DynamicMap",
+                f"{r['buffer_ms']:.3f}",
+                f"{r['buffer_vs_raw']:.1f}x",
+            ]
+        )
+    return [
+        f"## HoloViews cost ({r['updates']} updates of {r['rows']} rows, median of {r['repeats']})",
+        "",
+        *_table(["plot", "ms CPU per update per session", "vs raw"], rows),
+    ]
+
+
+def cluster_table(r: dict) -> list[str]:
+    if "error" in r:
+        return ["## Cost of the cluster", "", r["error"]]
+    rows = []
+    for name in (
+        "submit_to_published",
+        "extract_transform",
+        "publish_notify",
+        "published_to_fetched",
+        "total",
+    ):
+        m = r[name]
+        rows.append([name.replace("_", " "), _f(m["median_ms"], ".1f"), _f(m["p99_ms"], ".1f")])
+    return [
+        f"## Cost of the cluster ({r['measured']} ticks)",
+        "",
+        *_table(["part of a tick", "median ms", "p99 ms"], rows),
+    ]
+
+
+def targets(results: dict) -> list[str]:
+    rows = []
+    sweeps = {sw["system"]: sw for sw in results.get("load", [])}
+    head = sweeps.get("headrace")
+    if head:
+        at100 = next((p for p in head["phases"] if p["n"] == 100 and "error" not in p), None)
+        goal = TICK + 0.25
+        if at100:
+            p95 = at100["latency_p95"]
+            measured, met = (
+                f"{_ms(p95)} ms (goal {goal * 1000:.0f})",
+                p95 is not None and p95 <= goal,
+            )
+        else:
+            tested = [p["n"] for p in head["phases"] if "error" not in p]
+            measured = f"not run: the sweep stopped at N={max(tested, default=0)}"
+            met = False
+        rows.append(["p95 <= tick + 250 ms at 100 viewers, 3 Panel procs", measured, _yes(met)])
+        cap = head["capacity"]
+        rows.append(["capacity >= 200 viewers with p95 < 1 s", str(cap), _yes(cap >= 200)])
+        peers = [sw["capacity"] for name, sw in sweeps.items() if name.startswith("peer")]
+        if peers:
+            best = max(peers)
+            rows.append(
+                [
+                    "capacity >= 5x the per-session pattern's",
+                    f"{cap} vs {best}",
+                    _yes(cap >= 5 * best),
+                ]
+            )
+        rates = [p["ftp_transfers_per_s"] for p in head["phases"] if "ftp_transfers_per_s" in p]
+        if rates:
+            spread = (max(rates) - min(rates)) / max(sum(rates) / len(rates), 1e-9)
+            rows.append(
+                [
+                    "FTP transfers/s independent of N",
+                    f"{min(rates):.1f}-{max(rates):.1f}/s over N (spread {spread:.0%})",
+                    _yes(spread <= 0.1),
+                ]
+            )
+    parser = results.get("parser", {})
+    if parser.get("ratio") is not None:
+        rows.append(
+            ["parser >= 3x pandas.read_csv", f"{parser['ratio']:.2f}x", _yes(parser["ratio"] >= 3)]
+        )
+    hv = results.get("hv", {})
+    if "headrace_vs_raw" in hv:
+        rows.append(
+            [
+                "HoloViews update <= 2x raw cds.stream",
+                f"{hv['headrace_vs_raw']:.2f}x",
+                _yes(hv["headrace_vs_raw"] <= 2),
+            ]
+        )
+    return ["## Targets", "", *_table(["target", "measured", "met"], rows)]
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def markdown(results: dict) -> str:
+    parts: list[list[str]] = []
+    if results.get("load"):
+        parts += [load_table(results["load"]), capacity_table(results["load"])]
+    if "parser" in results:
+        parts.append(parser_table(results["parser"]))
+    if "hv" in results:
+        parts.append(hv_table(results["hv"]))
+    if "cluster" in results:
+        parts.append(cluster_table(results["cluster"]))
+    parts.append(targets(results))
+    return "\n\n".join("\n".join(p) for p in parts) + "\n"

@@ -1,0 +1,96 @@
+"""The ``headrace`` command: ``etl`` runs the tick loop, ``serve`` the dashboard, ``demo`` both."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # distributed logs every worker and client event at INFO; keep ours readable
+    for noisy in ("distributed", "bokeh", "tornado", "pyftpdlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def main(log_level: str) -> None:
+    """headrace: compute live data once on Dask, stream it to every Panel viewer."""
+    setup_logging(log_level)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML file defining the streams.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler, e.g. tcp://127.0.0.1:8786. Default: DASK_SCHEDULER_ADDRESS, "
+    "else an embedded LocalCluster on :8786 (dashboard :8787).",
+)
+@click.option("--state-dir", default=None, help="Overrides the config's state_dir.")
+def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
+    """Run the tick loop: extract, transform and publish every stream every interval."""
+    from etl.config import load
+    from etl.service import serve
+    from etl.streams import ConfigError
+
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    asyncio.run(
+        serve(
+            config.streams,
+            scheduler=scheduler or config.scheduler,
+            state_dir=state_dir or config.state_dir,
+            ring=config.ring,
+            cluster=config.cluster,
+        )
+    )
+
+
+@main.command()
+@click.option("--streams", default=3, show_default=True, help="Number of demo streams.")
+@click.option("--rate", default=40.0, show_default=True, help="Lines per second per stream.")
+@click.option("--interval", default=0.2, show_default=True, help="Tick interval in seconds.")
+@click.option("--num-procs", default=3, show_default=True, help="Panel server processes.")
+@click.option("--port", default=5006, show_default=True, help="Panel port.")
+@click.option("--ftp-port", default=2121, show_default=True)
+@click.option("--scheduler-port", default=8786, show_default=True)
+@click.option(
+    "--dashboard-address",
+    default="127.0.0.1:8787",
+    show_default=True,
+    help="Dask dashboard address.",
+)
+@click.option("--workdir", default=None, help="Where log files and state go (default: a temp dir).")
+def demo(**options) -> None:
+    """Run everything on this machine: FTP server with live logs, Dask, tick loop, Panel."""
+    from .demo import main as run_demo
+
+    run_demo(**options)
+
+
+def _add_app_commands() -> None:
+    from app.cli import serve
+
+    main.add_command(serve)
+
+
+_add_app_commands()
+
+if __name__ == "__main__":
+    main()

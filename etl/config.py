@@ -1,0 +1,148 @@
+"""Streams and loop settings from a YAML file.
+
+```yaml
+scheduler: tcp://127.0.0.1:8786   # optional: else DASK_SCHEDULER_ADDRESS, else an embedded cluster
+state_dir: .headrace               # where offsets and sequence numbers survive restarts
+ring: 64                           # frames kept per stream on the cluster
+cluster: {n_workers: 2}            # options of the embedded LocalCluster
+streams:
+  cpu:
+    source: ftp://reader@127.0.0.1:2121/cpu.log
+    password_env: CPU_FTP_PASSWORD # or put it in ~/.netrc; never in this file if you can help it
+    interval: 0.2
+    parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601}
+    transform: {resample: 25ms, agg: max}    # or none, or "package.module:function"
+  custom:
+    source: /var/log/custom.log
+    parser: mypackage.parsers:parse          # a function bytes -> DataFrame
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .contract import DEFAULT_RING
+from .parsing import RegexParser
+from .streams import ConfigError, Stream
+from .transforms import Resample
+
+_TOP = {"scheduler", "state_dir", "ring", "cluster", "streams"}
+_STREAM = {"source", "interval", "parser", "transform", "timeout", "password_env", "netrc_file"}
+_SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file")
+
+
+@dataclass
+class Config:
+    streams: list[Stream]
+    scheduler: str | None = None
+    state_dir: Path = Path(".headrace")
+    ring: int = DEFAULT_RING
+    cluster: dict = field(default_factory=dict)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; errors name the file, the stream and the setting."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(exc), where=str(path)) from None
+    return parse(raw, where=str(path), base=path.parent)
+
+
+def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a mapping of settings", where=where)
+    unknown = set(raw) - _TOP
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)}; known: {sorted(_TOP)}", where=where)
+    specs = raw.get("streams")
+    if not isinstance(specs, dict) or not specs:
+        raise ConfigError("'streams' must map stream names to their settings", where=where)
+    ring = raw.get("ring", DEFAULT_RING)
+    if not isinstance(ring, int) or ring < 1:
+        raise ConfigError(f"must be a positive integer, got {ring!r}", setting="ring", where=where)
+    cluster = raw.get("cluster") or {}
+    if not isinstance(cluster, dict):
+        raise ConfigError("must be a mapping", setting="cluster", where=where)
+    return Config(
+        streams=[_stream(str(name), spec, where) for name, spec in specs.items()],
+        scheduler=raw.get("scheduler"),
+        state_dir=base / raw.get("state_dir", ".headrace"),
+        ring=ring,
+        cluster=cluster,
+    )
+
+
+def _stream(name: str, spec: Any, where: str) -> Stream:
+    if isinstance(spec, str):
+        spec = {"source": spec}
+    if not isinstance(spec, dict) or "source" not in spec:
+        raise ConfigError("needs at least a 'source'", stream=name, where=where)
+    unknown = set(spec) - _STREAM
+    if unknown:
+        raise ConfigError(
+            f"unknown settings {sorted(unknown)}; known: {sorted(_STREAM)}",
+            stream=name,
+            where=where,
+        )
+    try:
+        parser = _parser(spec.get("parser"))
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        raise ConfigError(str(exc), stream=name, setting="parser", where=where) from None
+    try:
+        transform = _transform(spec.get("transform", "default"))
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        raise ConfigError(str(exc), stream=name, setting="transform", where=where) from None
+    options = {k: spec[k] for k in _SOURCE_OPTIONS if k in spec}
+    kwargs = {"interval": spec["interval"]} if "interval" in spec else {}
+    try:
+        return Stream(
+            name,
+            spec["source"],
+            parser=parser,
+            transform=transform,
+            source_options=options,
+            **kwargs,
+        )
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=where) from None
+
+
+def _import(ref: str) -> Any:
+    module, sep, attr = ref.partition(":")
+    if not sep:
+        raise ValueError(f"expected 'package.module:function', got {ref!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _parser(spec: Any) -> Any:
+    if spec is None:
+        return RegexParser()
+    if isinstance(spec, str):
+        return _import(spec)
+    if isinstance(spec, dict):
+        return RegexParser(**spec)
+    raise TypeError(f"expected a mapping of RegexParser options or 'module:function', got {spec!r}")
+
+
+def _transform(spec: Any) -> Any:
+    if spec == "default":
+        return Resample()
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, str):
+        return _import(spec)
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        period = spec.pop("resample", "25ms")
+        return Resample(period, **spec)
+    raise TypeError(
+        f"expected {{resample: 25ms, agg: mean}}, none or 'module:function', got {spec!r}"
+    )

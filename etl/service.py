@@ -1,0 +1,80 @@
+"""Run streams as a service: find the cluster, restore state, tick until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+from distributed import Client
+
+from cluster import LocalSpec, connect
+
+from . import contract
+from .loop import StreamRunner, run_streams, sleep_unless_stopped
+from .state import StateStore
+from .streams import Stream
+
+log = logging.getLogger("headrace.etl")
+
+HEALTH_EVERY = 1.0
+
+
+async def serve(
+    streams: Iterable[Stream],
+    scheduler: str | None = None,
+    state_dir: str | Path = ".headrace",
+    ring: int = contract.DEFAULT_RING,
+    cluster: dict | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Client], Awaitable[None]] | None = None,
+) -> None:
+    """Tick ``streams`` on the cluster until ``stop`` is set (or SIGINT/SIGTERM).
+
+    ``on_ready(client)`` is awaited once connected, before the first tick (the demo
+    starts its Panel servers there).
+    """
+    streams = list(streams)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not in the main thread, there are no signals to handle: the caller owns `stop`.
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    store = StateStore(state_dir)
+    try:
+        async with connect(scheduler, LocalSpec(**(cluster or {}))) as client:
+            log.info(
+                "etl: %d streams, state in %s, Dask dashboard %s",
+                len(streams),
+                store.path,
+                client.dashboard_link,
+            )
+            if on_ready is not None:
+                await on_ready(client)
+            runners: list[StreamRunner] = []
+            reporter = asyncio.create_task(_report_health(client, runners, stop))
+            await run_streams(client, streams, store, ring, stop, runners=runners)
+            await reporter
+    finally:
+        store.close()
+        log.info("etl: stopped")
+
+
+async def _report_health(client: Client, runners: list[StreamRunner], stop: asyncio.Event) -> None:
+    """Keep each stream's health in the scheduler's metadata, for operators and the app."""
+    while not stop.is_set():
+        for r in runners:
+            try:
+                await client.set_metadata(contract.health_key(r.stream.name), r.health.as_dict())
+            except Exception:  # the scheduler is away; the ticks report that already
+                break
+        await sleep_unless_stopped(stop, HEALTH_EVERY)
+
+
+def run(streams: Iterable[Stream], **settings) -> None:
+    """Blocking form of :func:`serve` for scripts: ``run(streams, scheduler=...)``."""
+    asyncio.run(serve(streams, **settings))

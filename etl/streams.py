@@ -1,0 +1,94 @@
+"""A stream: a name, a source, a parser, a transform and an interval.
+
+Define streams in Python::
+
+    from etl import Stream, Resample, run
+
+    streams = [
+        Stream("cpu", "ftp://127.0.0.1:2121/cpu.log", interval=0.2),
+        Stream("mine", "/var/log/mine.log", parser=my_parse, transform=my_transform),
+    ]
+    run(streams, scheduler="tcp://127.0.0.1:8786")
+
+``parser`` is a :class:`RegexParser` or any function ``bytes -> DataFrame`` (use
+:func:`take_lines` for a function of text lines); ``transform`` is a
+:class:`Resample`, any function ``DataFrame -> DataFrame``, or None to publish
+parsed rows as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .contract import validate_name
+from .parsing import RegexParser
+from .sources import Source, make_source
+from .transforms import Resample, as_transform
+
+DEFAULT_INTERVAL = 0.2
+
+
+class ConfigError(ValueError):
+    """A stream or setting is invalid; the message names the stream and the setting."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stream: str | None = None,
+        setting: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        parts = [where] if where else []
+        if stream is not None:
+            parts.append(f"stream {stream!r}")
+        if setting is not None:
+            parts.append(f"setting {setting!r}")
+        super().__init__(": ".join([*parts, message]))
+        self.stream, self.setting = stream, setting
+
+
+def _identity(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
+
+
+@dataclass
+class Stream:
+    name: str
+    source: Source | str
+    parser: Any = field(default_factory=RegexParser)
+    transform: Any = field(default_factory=Resample)
+    interval: float = DEFAULT_INTERVAL
+    source_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            validate_name(self.name)
+        except ValueError as exc:
+            raise ConfigError(str(exc), stream=str(self.name), setting="name") from None
+        if not isinstance(self.interval, (int, float)) or self.interval <= 0:
+            raise ConfigError(
+                f"must be a positive number of seconds, got {self.interval!r}",
+                stream=self.name,
+                setting="interval",
+            )
+        if isinstance(self.source, str):
+            try:
+                self.source = make_source(self.source, **self.source_options)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(str(exc), stream=self.name, setting="source") from None
+        if not callable(self.parser):
+            raise ConfigError(
+                f"must be callable, got {self.parser!r}", stream=self.name, setting="parser"
+            )
+        if self.transform is None:
+            self.transform = as_transform(_identity)
+        elif not callable(self.transform):
+            raise ConfigError(
+                f"must be callable, got {self.transform!r}", stream=self.name, setting="transform"
+            )
+        elif not getattr(self.transform, "stateful", False):
+            self.transform = as_transform(self.transform)

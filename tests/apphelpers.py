@@ -1,0 +1,285 @@
+"""Helpers for the app tests: a synthetic publisher, free ports, fetch counting, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from distributed import Client
+
+from etl import contract
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP = pd.Timedelta(milliseconds=25)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+async def async_wait_for(predicate: Callable[[], object], timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+class Publisher:
+    """Publishes 25 ms rows up to now as consecutive frames of one stream, like the tick loop.
+
+    Keeps every frame it published (``frames[seq]``) so tests can compare what readers got.
+    """
+
+    def __init__(self, stream: str = "synth", interval: float = 0.15, ring: int = 64) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.ring = ring
+        self.seq = 0
+        self.frames: dict[int, pd.DataFrame] = {}
+        self.next_time = pd.Timestamp.now(tz="UTC").floor("25ms") - 40 * STEP
+        self.rng = np.random.default_rng(1)
+        self.errors: list[BaseException] = []
+        self.unsent: pd.DataFrame | None = None
+
+    def make_frame(self) -> pd.DataFrame:
+        now = pd.Timestamp.now(tz="UTC")
+        n = max(1, int((now - self.next_time) / STEP))
+        times = pd.date_range(self.next_time, periods=n, freq=STEP, unit="ns")
+        self.next_time = times[-1] + STEP
+        values = self.rng.standard_normal(n)
+        return pd.DataFrame({"time": times, "value": values, "count": np.ones(n, dtype="int64")})
+
+    async def publish(self, client: Client, frame: pd.DataFrame | None = None, seq=None) -> int:
+        """Publish ``frame`` (a new one by default) as ``seq`` (the next by default).
+
+        A failed publish is retried with the same seq and rows, as the tick loop does.
+        """
+        if seq is None:
+            seq = self.seq + 1
+            if self.unsent is None:
+                self.unsent = self.make_frame()
+            frame = self.unsent
+        assert frame is not None
+        now = time.time()
+        first, last = (int(t.value) for t in frame["time"].iloc[[0, -1]])
+        event = contract.Event(self.stream, seq, len(frame), first, last, now)
+        head = contract.Head(seq, self.ring, now, self.interval)
+        [future] = await client.scatter([frame], hash=False)
+        await contract.publish(client, self.stream, seq, future, event, head)
+        self.frames[seq] = frame
+        if seq > self.seq:
+            self.seq, self.unsent = seq, None
+        return seq
+
+    async def run(self, address: str, stop: threading.Event | asyncio.Event) -> None:
+        """Publish every ``interval`` until ``stop``; survives a scheduler restart."""
+        while not stop.is_set():
+            try:
+                async with Client(address, asynchronous=True, timeout=5) as client:
+                    while not stop.is_set():
+                        await asyncio.wait_for(self.publish(client), 5)
+                        await asyncio.sleep(self.interval)
+            except Exception as exc:  # scheduler restarting: reconnect, keep the seq
+                self.errors.append(exc)
+                await asyncio.sleep(0.2)
+
+    def rows(self, seqs=None) -> pd.DataFrame:
+        seqs = sorted(self.frames) if seqs is None else seqs
+        return pd.concat([self.frames[s] for s in seqs], ignore_index=True)
+
+    def time_ms(self) -> np.ndarray:
+        """Every published row time as float ms since the epoch, as Bokeh sends it."""
+        from bokeh.util.serialization import convert_datetime_array
+
+        times = self.rows()["time"].dt.tz_localize(None).to_numpy("datetime64[ns]")
+        return convert_datetime_array(times)
+
+
+@contextlib.contextmanager
+def publishing(publisher: Publisher, address: str) -> Iterator[Publisher]:
+    """Run ``publisher`` in a thread with its own event loop."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=lambda: asyncio.run(publisher.run(address, stop)), name="publisher", daemon=True
+    )
+    thread.start()
+    try:
+        yield publisher
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def count_dataset_gets(scheduler) -> Counter:
+    """Count, per dataset name, how often clients fetch it (the scheduler's publish_get)."""
+    counts: Counter = Counter()
+    original = scheduler.handlers["publish_get"]
+
+    def publish_get(names):
+        counts.update(names)
+        return original(names=names)
+
+    scheduler.handlers["publish_get"] = publish_get
+    return counts
+
+
+@contextlib.contextmanager
+def panel_serve(
+    address: str, num_procs: int, log_path: Path, extra=(), window: float | None = None
+) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``headrace serve`` as a subprocess on a free port; kills its process group after."""
+    from app.cli import serve_command, stop_serving
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = serve_command(
+            num_procs,
+            address,
+            port,
+            extra=["--log-level", "info", *extra],
+            window=window,
+            wait=False,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc, port
+        finally:
+            stop_serving(proc)
+
+
+def wait_http(port: int, path: str = "/dashboard", timeout: float = 60, proc=None) -> None:
+    import urllib.error
+    import urllib.request
+
+    def up() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"panel serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    wait_for(up, timeout, f"panel serve on :{port}", step=0.25)
+
+
+class RecordedSession(threading.Thread):
+    """A Bokeh client session of the dashboard in its own thread, recording the rows it gets.
+
+    Behaves like a browser as far as the server can tell: pulls the document, then reports
+    it ready (Panel and the fan-out hold updates until then). ``rows()`` is what the
+    stream's source held when pulled followed by every streamed batch, as float ms.
+    """
+
+    def __init__(self, url: str, stream: str) -> None:
+        super().__init__(name=f"session-{stream}", daemon=True)
+        self.url, self.stream = url, stream
+        self.pulled = threading.Event()
+        self.initial: np.ndarray | None = None
+        self.batches: list[np.ndarray] = []
+        self.pid: int | None = None
+        self.error: BaseException | None = None
+        self.session = None
+
+    def run(self) -> None:
+        import panel.models  # noqa: F401  (the client must know Panel's model types)
+        from bokeh.client import pull_session
+        from bokeh.document.events import ColumnsStreamedEvent
+        from bokeh.events import DocumentReady
+        from tornado.ioloop import IOLoop
+
+        try:
+            self.loop = IOLoop()
+            self.session = pull_session(url=self.url, io_loop=self.loop)
+            doc = self.session.document
+            [root] = [r for r in doc.roots if any(str(t).startswith("pid:") for t in r.tags)]
+            self.pid = int(next(t for t in root.tags if str(t).startswith("pid:"))[4:])
+            source = stream_source(doc, self.stream)
+            if source is not None:
+                self.initial = np.asarray(source.data["time"], dtype=float).copy()
+
+            def on_change(event) -> None:
+                if isinstance(event, ColumnsStreamedEvent) and event.model is source:
+                    self.batches.append(np.asarray(event.data["time"], dtype=float))
+
+            doc.on_change(on_change)
+            doc.callbacks.send_event(DocumentReady())
+        except BaseException as exc:
+            self.error = exc
+            return
+        finally:
+            self.pulled.set()
+        self.session._loop_until_closed()
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.loop.add_callback(self.session.close)
+        self.join(10)
+
+    def rows(self) -> np.ndarray:
+        return np.concatenate([self.initial, *self.batches])
+
+
+def stream_source(doc, stream: str):
+    """The ColumnDataSource of ``stream``'s plot in a dashboard document, or None."""
+    from bokeh.models import ColumnDataSource, GlyphRenderer, Plot
+
+    for plot in doc.select({"type": Plot}):
+        if plot.title is not None and plot.title.text == stream:
+            [renderer] = plot.select({"type": GlyphRenderer})
+            return renderer.data_source
+    return next(iter(s for s in doc.select({"type": ColumnDataSource}) if "value" in s.data), None)
+
+
+async def raw_session(url: str) -> None:
+    """Open a session over the bare websocket protocol, wait until it is built, close it.
+
+    What a browser tab that is closed at once costs the server, without the Python
+    client's deserialisation of the whole document (four times the server's work).
+    """
+    from bokeh.util.token import generate_jwt_token, generate_session_id
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    ws_url = url.replace("http://", "ws://").rstrip("/") + "/ws"
+    token = generate_jwt_token(generate_session_id())
+    conn = await websocket_connect(HTTPRequest(ws_url), subprotocols=["bokeh", token])
+    try:
+        # The server sends ACK once the session's document is built.
+        header = await asyncio.wait_for(conn.read_message(), 30)
+        assert header is not None and '"ACK"' in header, header
+    finally:
+        conn.close()
+
+
+def check_rows(rows: np.ndarray, published: np.ndarray, what: str) -> None:
+    """``rows`` must be a run of consecutive published rows: in order, none twice, no gap."""
+    assert len(rows), f"{what}: no rows"
+    assert np.all(np.diff(rows) > 0), f"{what}: rows out of order or repeated"
+    start = int(np.searchsorted(published, rows[0]))
+    np.testing.assert_array_equal(rows, published[start : start + len(rows)], err_msg=what)

@@ -1,0 +1,62 @@
+"""Fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from etl.demo import FTPServer
+
+FTP_USER = "alice"
+FTP_PASSWORD = "s3cret-PW"
+
+
+class RootFiles:
+    """Write, append to and replace files under a directory (the FTP server's root)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.path(name)
+        path.write_bytes(data)
+        return path
+
+    def append(self, name: str, data: bytes) -> Path:
+        path = self.path(name)
+        with open(path, "ab") as f:
+            f.write(data)
+        return path
+
+    def replace(self, name: str, data: bytes) -> Path:
+        """Replace the file by a new one (another inode), as log rotation does."""
+        tmp = self.path(name + ".new")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path(name))
+        return self.path(name)
+
+
+@pytest.fixture
+def ftp_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ftp"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def ftp_files(ftp_root: Path) -> RootFiles:
+    return RootFiles(ftp_root)
+
+
+@pytest.fixture
+def ftp_server(ftp_root: Path) -> Iterator[FTPServer]:
+    """A server on a free port of 127.0.0.1, user ``alice``, password ``s3cret-PW``."""
+    server = FTPServer(ftp_root, user=FTP_USER, password=FTP_PASSWORD)
+    with server:
+        yield server

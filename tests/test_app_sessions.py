@@ -1,0 +1,203 @@
+"""Sessions of the real dashboard: over `panel serve --num-procs 3`; opened and closed 200 times."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import time
+
+import psutil
+import pytest
+from apphelpers import (
+    Publisher,
+    RecordedSession,
+    check_rows,
+    count_dataset_gets,
+    free_port,
+    panel_serve,
+    publishing,
+    raw_session,
+    wait_for,
+    wait_http,
+)
+from distributed import LocalCluster
+
+from etl import contract
+
+CLUSTER = dict(
+    n_workers=1,
+    threads_per_worker=2,
+    processes=False,
+    dashboard_address=":0",
+    protocol="tcp://",
+    host="127.0.0.1",
+    scheduler_port=0,
+)
+
+
+@pytest.mark.timeout(150)
+def test_sessions_across_three_processes_get_every_row_once(tmp_path):
+    procs = 3
+    with LocalCluster(**CLUSTER) as cluster:
+        gets = count_dataset_gets(cluster.scheduler)
+        publisher = Publisher("synth", interval=0.15)
+        log = tmp_path / "panel.log"
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            panel_serve(cluster.scheduler_address, procs, log) as (proc, port),
+        ):
+
+            def subscribed() -> set[str]:
+                assert proc.poll() is None, log.read_text()
+                return set(re.findall(r"subscribed to \S+ on \S+ \(pid (\d+)\)", log.read_text()))
+
+            # Each process starts its subscriber after the fork (app/warmup.py).
+            wait_for(lambda: len(subscribed()) == procs, 90, "a subscriber in every process")
+            first_seq = publisher.seq + 1
+            wait_for(lambda: publisher.seq >= first_seq + 3, 20, "frames after the start")
+
+            url = f"http://127.0.0.1:{port}/dashboard"
+            sessions: list[RecordedSession] = []
+            try:
+                # The kernel hands connections to whichever process accepts first: keep
+                # opening sessions until every process has some.
+                while len(sessions) < 24:
+                    session = RecordedSession(url, "synth")
+                    session.start()
+                    session.pulled.wait(30)
+                    assert session.error is None, session.error
+                    sessions.append(session)
+                    pids = {s.pid for s in sessions}
+                    if len(sessions) >= 6 and len(pids) == procs:
+                        break
+                time.sleep(3)  # every session receives updates for a while
+                last_seq = publisher.seq
+            finally:
+                for session in sessions:
+                    session.stop()
+            published = publisher.time_ms()
+            pids = {s.pid for s in sessions}
+
+        assert len(pids) == procs, f"sessions per process: {[s.pid for s in sessions]}"
+        for session in sessions:
+            assert session.batches, f"session in pid {session.pid} got no updates"
+            check_rows(session.rows(), published, f"session in pid {session.pid}")
+            # It followed to (nearly) the end: at most ~1 s behind when stopped.
+            assert session.rows()[-1] >= published[-1] - 1500
+
+        # Each frame was fetched once per process, however many sessions each process has.
+        counts = [gets[contract.dataset_name("synth", s)] for s in range(first_seq, last_seq - 3)]
+        assert counts == [procs] * len(counts), counts
+        assert max(gets.values()) == procs
+        print(f"{len(sessions)} sessions over pids {sorted(pids)}; frames {first_seq}-{last_seq}")
+
+
+@pytest.mark.timeout(150)
+def test_200_sessions_opened_and_closed_leave_nothing_behind():
+    import panel as pn
+    from bokeh.client import pull_session
+    from bokeh.document import Document
+    from bokeh.events import DocumentReady
+    from tornado.ioloop import IOLoop
+
+    from app.dashboard import build
+    from app.fanout import get_fanout
+    from app.subscriber import Subscriber, _swap_instance
+
+    with LocalCluster(**CLUSTER) as cluster:
+        publisher = Publisher("churn", interval=0.1)
+        subscriber = Subscriber(cluster.scheduler_address, window=60)
+        port = free_port()
+        with publishing(publisher, cluster.scheduler_address), _swap_instance(subscriber):
+            server = pn.serve(
+                {"dashboard": build},
+                port=port,
+                address="127.0.0.1",
+                show=False,
+                threaded=True,
+                check_unused_sessions_milliseconds=200,
+                unused_session_lifetime_milliseconds=100,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}/dashboard"
+                fanout = get_fanout(subscriber)
+                loop = IOLoop()
+                process = psutil.Process()
+
+                def churn(n: int) -> None:
+                    for i in range(n):
+                        if i % 10:
+                            loop.run_sync(lambda: raw_session(url))
+                            continue
+                        # Every tenth: a full client that reports ready and gets updates.
+                        session = pull_session(url=url, io_loop=loop)
+                        session.document.callbacks.send_event(DocumentReady())
+                        loop.run_sync(lambda: asyncio.sleep(0.3))
+                        session.close()
+                        session._loop_until_closed()
+
+                def settled() -> bool:
+                    return fanout.info()["sinks"] == 0 and not server_sessions(server)
+
+                wait_http(port, "/static/js/bokeh.min.js", 30)
+                churn(1)  # the first session starts the subscriber
+                wait_for(
+                    lambda: subscriber.info()["streams"].get("churn", {}).get("rows"),
+                    30,
+                    "rows in the subscriber",
+                )
+                churn(20)  # warm up caches (HoloViews, Bokeh, Panel) before measuring
+                wait_for(settled, 20, "sessions to be destroyed")
+                gc.collect()
+                rss, docs = process.memory_info().rss, count(Document)
+                registered, gates = fanout.registered, fanout.info()["sessions"]
+
+                flushes = fanout.info()["flushes"]
+                rss_after = []
+                for _ in range(2):
+                    churn(100)
+                    wait_for(settled, 30, "sessions to be destroyed")
+                    gc.collect()
+                    rss_after.append(process.memory_info().rss)
+                assert fanout.registered - registered == 200  # every session had its sink
+                info = fanout.info()
+                growth = [round((r - rss) / 2**20, 1) for r in rss_after]
+                print(
+                    f"after 200 sessions: {info}, RSS +{growth} MiB after 100 and 200, "
+                    f"Documents {docs} -> {count(Document)}"
+                )
+                assert info["flushes"] > flushes  # the full sessions were sent updates
+                assert info["sinks"] == 0 and info["scheduled"] == 0
+                assert info["pending_rows"] == 0
+                assert info["unregistered"] == info["registered"]
+                wait_for(
+                    lambda: gc.collect() >= 0 and count(Document) <= docs,
+                    10,
+                    "finished sessions' documents to be collected",
+                )
+                # Panel's context variables keep the last (emptied) document reachable.
+                assert fanout.info()["sessions"] <= max(gates, 2)
+                # Allocator arenas grow at first; a leak would keep growing with sessions.
+                assert growth[1] < 40 and growth[1] - growth[0] < 15, growth
+            finally:
+                try:
+                    if subscriber.loop is not None:
+                        closing = asyncio.run_coroutine_threadsafe(
+                            subscriber.close(), subscriber.loop
+                        )
+                        closing.result(10)
+                finally:
+                    server.stop()
+
+
+def count(cls) -> int:
+    return sum(isinstance(o, cls) for o in gc.get_objects())
+
+
+def server_sessions(thread) -> list:
+    """Live sessions of a ``pn.serve(threaded=True)`` server."""
+    import panel as pn
+
+    server = pn.state._servers[thread.server_id][0]
+    return [s for c in server._tornado._applications.values() for s in c.sessions]

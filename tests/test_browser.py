@@ -1,0 +1,114 @@
+"""Headless Chromium loads /dashboard and watches the plot's data grow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from apphelpers import Publisher, panel_serve, publishing, wait_for, wait_http
+from distributed import LocalCluster
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (./run test installs it as root)"
+)
+
+# The stream's source in BokehJS: its row count, and the x-range it is shown in.
+PLOT_STATE = """
+(stream) => {
+  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
+  if (!doc) return null;
+  for (const m of doc.all_models) {
+    if (m.constructor.__name__ === "Plot" || m.constructor.__name__ === "Figure") {
+      if (m.title && m.title.text === stream) {
+        const source = m.renderers[0].data_source;
+        const times = source.data["time"];
+        return {rows: source.get_length(), last: times[times.length - 1],
+                start: m.x_range.start, end: m.x_range.end};
+      }
+    }
+  }
+  return null;
+}
+"""
+
+
+# Text of the document's markup models (the page renders them inside shadow roots).
+TEXTS = """
+() => [...Bokeh.documents[0].all_models]
+  .filter((m) => typeof m.text === "string").map((m) => m.text).join("\\n")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_in_chromium_shows_growing_data(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=":0",
+        protocol="tcp://",
+        host="127.0.0.1",
+        scheduler_port=0,
+    ) as cluster:
+        publisher = Publisher("browser", interval=0.2)
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            panel_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
+            sync_playwright() as playwright,
+        ):
+            wait_http(port, "/static/js/bokeh.min.js", 60, proc)
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 700})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+
+                def state():
+                    return page.evaluate(PLOT_STATE, "browser")
+
+                first = wait_for(
+                    lambda: (s := state()) and s["rows"] > 0 and s,
+                    60,
+                    "the plot's data in the browser",
+                )
+                time.sleep(1.5)
+                second = state()
+                page.screenshot(path=str(tmp_path / "dashboard.png"))
+                text = page.evaluate(TEXTS)
+
+                # Drag the plot back in time: the range holds still while data keeps coming...
+                box = page.locator(".bk-Canvas").first.bounding_box()
+                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                page.mouse.move(x, y)
+                page.mouse.down()
+                page.mouse.move(x + 200, y, steps=8)
+                page.mouse.up()
+                panned = state()
+                time.sleep(1.0)
+                held = state()
+                # ... and a double-click follows the newest data again.
+                page.mouse.dblclick(x, y)
+                time.sleep(1.0)
+                following = state()
+            finally:
+                browser.close()
+
+        assert second["rows"] > first["rows"], (first, second)
+        assert second["last"] > first["last"]
+        # Following the newest data: the range ends at the newest row and spans the follow window.
+        assert abs(second["end"] - second["last"]) < 1000, second
+        assert "live," in text, text
+        assert not errors, errors
+        assert panned["end"] < panned["last"] and held["end"] == panned["end"], (panned, held)
+        assert held["last"] > panned["last"]
+        assert abs(following["end"] - following["last"]) < 1000, following

@@ -1,0 +1,237 @@
+"""Resample publishes closed periods only, once each; as_transform checks user output."""
+
+from __future__ import annotations
+
+import pickle
+from itertools import pairwise
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.transforms import AGGS, Carry, Resample, Step, as_transform, empty_frame
+
+START = pd.Timestamp("2026-11-23T09:00:00Z").value
+MS = 1_000_000
+
+
+def make_rows(rng: np.random.Generator, n: int, keys: list[str] | None = None) -> pd.DataFrame:
+    """Sorted times with gaps (empty periods) and repeats; noise with rare spikes."""
+    steps = rng.choice([0, 1 * MS, 3 * MS, 7 * MS, 60 * MS], size=n, p=[0.1, 0.4, 0.3, 0.15, 0.05])
+    times = START + np.cumsum(steps) + rng.integers(0, 1000, n)
+    times.sort()
+    values = rng.normal(0.1, 0.01, n)
+    spikes = rng.random(n) < 0.02
+    values[spikes] = rng.normal(50, 10, spikes.sum())
+    frame = pd.DataFrame(
+        {"time": pd.array(times.view("M8[ns]"), pd.DatetimeTZDtype("ns", "UTC")), "value": values}
+    )
+    if keys:
+        frame["key"] = pd.Series(rng.choice(keys, n), dtype="str")
+    return frame
+
+
+def one_shot(rows: pd.DataFrame, period: str, agg: str) -> pd.DataFrame:
+    """The expected result: a plain groupby of all rows, minus the last (open) period."""
+    by = [rows["time"].dt.floor(period)]
+    if "key" in rows.columns:
+        by.append(rows["key"])
+    groups = rows.groupby(by, sort=True)["value"]
+    out = groups.agg(agg).to_frame("value").assign(count=groups.size()).reset_index()
+    return out[out["time"] < out["time"].max()].reset_index(drop=True)
+
+
+def run(transform: Resample, chunks: list[pd.DataFrame]) -> tuple[list[Step], pd.DataFrame]:
+    """Feed chunks one per tick, pickling the carry between ticks as the loop does."""
+    steps, carry = [], None
+    for chunk in chunks:
+        step = transform(chunk, carry)
+        steps.append(step)
+        carry = pickle.loads(pickle.dumps(step.carry))
+    return steps, pd.concat([s.frame for s in steps], ignore_index=True)
+
+
+def random_split(rng: np.random.Generator, rows: pd.DataFrame) -> list[pd.DataFrame]:
+    cuts = np.sort(rng.integers(0, len(rows) + 1, rng.integers(0, 12)))  # empty chunks too
+    bounds = [0, *cuts.tolist(), len(rows)]
+    return [rows.iloc[a:b].reset_index(drop=True) for a, b in pairwise(bounds)]
+
+
+def assert_accounted(steps: list[Step], total: int) -> None:
+    published = sum(int(s.frame["count"].sum()) for s in steps)
+    late = sum(s.late for s in steps)
+    assert published + late + steps[-1].carried == total
+    assert steps[-1].carried == len(steps[-1].carry.rows)
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_random_splits_equal_one_shot_groupby(agg: str) -> None:
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        rows = make_rows(rng, int(rng.integers(1, 400)))
+        expected = one_shot(rows, "25ms", agg)
+        for _ in range(3):
+            steps, got = run(Resample("25ms", agg), random_split(rng, rows))
+            pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+            assert got["time"].is_unique and got["time"].is_monotonic_increasing
+            assert sum(s.late for s in steps) == 0
+            assert_accounted(steps, len(rows))
+
+
+def test_random_splits_with_keys() -> None:
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        rows = make_rows(rng, 300, keys=["pump", "fan", "valve"])
+        expected = one_shot(rows, "10ms", "max")
+        for _ in range(3):
+            steps, got = run(Resample("10ms", "max"), random_split(rng, rows))
+            pd.testing.assert_frame_equal(got, expected[got.columns], check_dtype=False)
+            assert not got.duplicated(["time", "key"]).any()
+            assert_accounted(steps, len(rows))
+
+
+def test_output_dtypes_and_columns() -> None:
+    rows = make_rows(np.random.default_rng(1), 200, keys=["a", "b"])
+    step = Resample("25ms")(rows, None)
+    assert list(step.frame.columns) == ["time", "value", "count", "key"]
+    assert str(step.frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert step.frame["value"].dtype == np.float64
+    assert step.frame["count"].dtype == np.int64
+    assert step.frame["key"].dtype == rows["key"].dtype
+    times = step.frame["time"].array.asi8
+    assert (np.diff(times) >= 0).all() and (times % (25 * MS) == 0).all()
+
+
+def test_empty_input() -> None:
+    step = Resample()(empty_frame(), None)
+    assert len(step.frame) == 0 and (step.late, step.carried) == (0, 0)
+    pd.testing.assert_series_equal(step.frame.dtypes, empty_frame({"count": "int64"}).dtypes)
+    # An empty tick keeps the open period and what was published.
+    first = Resample()(make_rows(np.random.default_rng(2), 50), None)
+    again = Resample()(empty_frame(), first.carry)
+    assert len(again.frame) == 0 and again.carried == first.carried
+    assert again.carry.published_until == first.carry.published_until
+
+
+def test_keyed_carry_survives_a_frame_without_keys() -> None:
+    rows = make_rows(np.random.default_rng(6), 100, keys=["a", "b"])
+    first = Resample()(rows, None)
+    step = Resample()(empty_frame(), first.carry)  # what a failed parser publishes
+    assert step.carried == first.carried
+    pd.testing.assert_frame_equal(step.carry.rows, first.carry.rows)
+
+
+def test_late_rows_are_dropped_and_counted() -> None:
+    t = pd.to_datetime(
+        ["2026-11-23T09:00:00.001Z", "2026-11-23T09:00:00.030Z", "2026-11-23T09:00:00.060Z"]
+    )
+    first = Resample("25ms", "sum")(pd.DataFrame({"time": t, "value": [1.0, 2.0, 3.0]}), None)
+    assert first.frame["value"].tolist() == [1.0, 2.0]  # 09:00:00.000 and .025 closed
+    late = pd.DataFrame(
+        {
+            "time": pd.to_datetime(["2026-11-23T09:00:00.010Z", "2026-11-23T09:00:00.055Z"]),
+            "value": [100.0, 4.0],
+        }
+    )
+    step = Resample("25ms", "sum")(late, first.carry)
+    assert (step.late, step.carried, len(step.frame)) == (1, 2, 0)
+    assert step.carry.rows["value"].tolist() == [3.0, 4.0]
+
+
+def test_out_of_order_rows_are_accounted_and_never_republished() -> None:
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        rows = make_rows(rng, 300)
+        jitter = rng.integers(-40 * MS, 40 * MS, len(rows))
+        rows["time"] = rows["time"] + pd.to_timedelta(jitter)  # arrives out of order
+        steps, got = run(Resample("25ms", "mean"), random_split(rng, rows))
+        assert got["time"].is_unique and got["time"].is_monotonic_increasing
+        assert_accounted(steps, len(rows))
+        for step in steps:  # whatever was published before a step is behind its carry
+            if len(step.frame):
+                assert step.frame["time"].array.asi8.max() < step.carry.published_until
+
+
+def test_unsorted_rows_within_a_tick_are_not_late() -> None:
+    rows = make_rows(np.random.default_rng(3), 200)
+    shuffled = rows.sample(frac=1, random_state=3).reset_index(drop=True)
+    step = Resample("25ms", "first")(shuffled, None)
+    pd.testing.assert_frame_equal(step.frame, one_shot(rows, "25ms", "first"), check_dtype=False)
+    assert step.late == 0
+
+
+def test_max_keeps_spikes() -> None:
+    rng = np.random.default_rng(4)
+    rows = make_rows(rng, 2000)
+    rows.loc[1234, "value"] = 1e6
+    _, got = run(Resample("25ms", "max"), random_split(rng, rows))
+    assert got["value"].max() == 1e6
+    spike = rows["time"][1234].floor("25ms")
+    assert got.loc[got["time"] == spike, "value"].item() == 1e6
+
+
+def test_carry_pickles() -> None:
+    rows = make_rows(np.random.default_rng(5), 100, keys=["a"])
+    carry = Resample()(rows, None).carry
+    clone = pickle.loads(pickle.dumps(carry))
+    assert isinstance(clone, Carry)
+    pd.testing.assert_frame_equal(clone.rows, carry.rows)
+    assert clone.published_until == carry.published_until
+    assert len(pickle.dumps(carry)) < 10_000  # only the open period is kept
+
+
+def test_resample_validation_and_pickle() -> None:
+    with pytest.raises(ValueError, match=r"'avg'.*mean, max, min, sum, last, first, median"):
+        Resample("25ms", "avg")
+    with pytest.raises(ValueError, match="positive"):
+        Resample("0ms")
+    with pytest.raises(ValueError, match="value"):
+        Resample()(pd.DataFrame({"time": []}), None)
+    clone = pickle.loads(pickle.dumps(Resample("1s", "median")))
+    assert (clone.period_ns, clone.agg) == (10**9, "median")
+
+
+def test_empty_frame() -> None:
+    frame = empty_frame({"key": "str", "count": "int64"})
+    assert list(frame.columns) == ["time", "value", "key", "count"]
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert frame["value"].dtype == np.float64 and frame["count"].dtype == np.int64
+    assert len(frame) == 0
+
+
+def unsorted_naive(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"time": ["2026-11-23 09:00:01", "2026-11-23 09:00:00"], "value": [2, 1], "x": 0}
+    )
+
+
+def test_as_transform_coerces_to_the_contract() -> None:
+    transform = as_transform(unsorted_naive)
+    step = transform(empty_frame(), None)
+    assert (step.carry, step.late, step.carried) == (None, 0, 0)
+    assert str(step.frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert step.frame["value"].dtype == np.float64
+    assert step.frame["value"].tolist() == [1.0, 2.0]  # sorted by time
+    assert step.frame["time"][0] == pd.Timestamp("2026-11-23T09:00:00Z")
+    assert list(step.frame.columns) == ["time", "value", "x"]
+    assert transform.stateful and pickle.loads(pickle.dumps(transform)).fn is unsorted_naive
+
+
+def test_as_transform_converts_other_zones_to_utc() -> None:
+    times = pd.date_range("2026-11-23 10:00", periods=2, freq="s", tz="Europe/Paris")
+    step = as_transform(lambda rows: pd.DataFrame({"time": times, "value": [1.0, 2.0]}))(None)
+    assert step.frame["time"][0] == pd.Timestamp("2026-11-23T09:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("columns", "missing"), [(["value"], "time"), (["time"], "value"), (["x"], "time, value")]
+)
+def test_as_transform_validates_columns(columns: list[str], missing: str) -> None:
+    bad = as_transform(lambda rows: pd.DataFrame({c: [1] for c in columns}))
+    with pytest.raises(ValueError, match=missing):
+        bad(empty_frame(), None)
+
+
+def test_as_transform_rejects_non_frames() -> None:
+    with pytest.raises(TypeError, match="list"):
+        as_transform(lambda rows: [])(empty_frame(), None)
