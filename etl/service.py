@@ -14,7 +14,7 @@ from distributed import Client
 from cluster import LocalSpec, connect
 
 from . import contract
-from .loop import StreamRunner, run_streams, sleep_unless_stopped
+from .loop import BACKOFF_CAP, BACKOFF_START, StreamRunner, run_streams, sleep_unless_stopped
 from .state import StateStore
 from .streams import Stream
 
@@ -45,23 +45,55 @@ async def serve(
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     store = StateStore(state_dir)
+    ready = on_ready
+    failures = 0
     try:
-        async with connect(scheduler, LocalSpec(**(cluster or {}))) as client:
-            log.info(
-                "etl: %d streams, state in %s, Dask dashboard %s",
-                len(streams),
-                store.path,
-                client.dashboard_link,
-            )
-            if on_ready is not None:
-                await on_ready(client)
-            runners: list[StreamRunner] = []
-            reporter = asyncio.create_task(_report_health(client, runners, stop))
-            await run_streams(client, streams, store, ring, stop, runners=runners)
-            await reporter
+        while not stop.is_set():
+            try:
+                async with connect(scheduler, LocalSpec(**(cluster or {}))) as client:
+                    failures = 0
+                    log.info(
+                        "etl: %d streams, state in %s, Dask dashboard %s",
+                        len(streams),
+                        store.path,
+                        client.dashboard_link,
+                    )
+                    if ready is not None:
+                        await ready(client)
+                        ready = None
+                    await _run_connected(client, streams, store, ring, stop)
+            except (OSError, TimeoutError) as exc:
+                # Only an external scheduler can be away; the streams' state is in the store.
+                failures += 1
+                delay = min(BACKOFF_START * 2 ** (failures - 1), BACKOFF_CAP)
+                if failures == 1:
+                    log.error("etl: scheduler unreachable, retrying: %s", exc)
+                await sleep_unless_stopped(stop, delay)
     finally:
         store.close()
         log.info("etl: stopped")
+
+
+async def _run_connected(
+    client: Client, streams: list[Stream], store: StateStore, ring: int, stop: asyncio.Event
+) -> None:
+    """Tick until ``stop``, or until the client gives up on a scheduler that went away.
+
+    A Client reconnects by itself for ``distributed.comm.timeouts.connect``; after that it
+    closes, and :func:`serve` connects afresh, carrying on from the stored state.
+    """
+    session = asyncio.Event()
+    runners: list[StreamRunner] = []
+    ticking = asyncio.create_task(run_streams(client, streams, store, ring, session, runners))
+    reporter = asyncio.create_task(_report_health(client, runners, session))
+    while not session.is_set():
+        await sleep_unless_stopped(stop, 0.5)
+        if stop.is_set():
+            session.set()
+        elif client.status in ("closing", "closed"):
+            log.error("etl: lost the scheduler at %s, connecting again", client.scheduler.address)
+            session.set()
+    await asyncio.gather(ticking, reporter)
 
 
 async def _report_health(client: Client, runners: list[StreamRunner], stop: asyncio.Event) -> None:
