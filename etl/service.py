@@ -86,12 +86,16 @@ async def _run_connected(
     runners: list[StreamRunner] = []
     ticking = asyncio.create_task(run_streams(client, streams, store, ring, session, runners))
     reporter = asyncio.create_task(_report_health(client, runners, session))
+    status = client.status
     while not session.is_set():
         await sleep_unless_stopped(stop, 0.5)
+        if client.status != status:
+            log.info("etl: client %s (was %s)", client.status, status)
+            status = client.status
         if stop.is_set():
             session.set()
-        elif client.status in ("closing", "closed"):
-            log.error("etl: lost the scheduler at %s, connecting again", client.scheduler.address)
+        elif status in ("closing", "closed"):
+            log.error("etl: the client gave up on the scheduler; connecting again")
             session.set()
     await asyncio.gather(ticking, reporter)
 

@@ -9,7 +9,8 @@ import time
 
 import psutil
 import pytest
-from apphelpers import (
+from distributed import LocalCluster
+from helpers import (
     Publisher,
     RecordedSession,
     check_rows,
@@ -21,7 +22,6 @@ from apphelpers import (
     wait_for,
     wait_http,
 )
-from distributed import LocalCluster
 
 from etl import contract
 

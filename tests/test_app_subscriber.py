@@ -9,8 +9,8 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
-from apphelpers import Publisher, async_wait_for, count_dataset_gets, free_port
 from distributed import Client, LocalCluster
+from helpers import Publisher, async_wait_for, count_dataset_gets, free_port
 
 from app.fanout import Fanout, Gate, Sink
 from app.freshness import describe

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from apphelpers import Publisher, panel_serve, publishing, wait_for, wait_http
 from distributed import LocalCluster
+from helpers import Publisher, panel_serve, publishing, wait_for, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 import yaml
 from distributed import Client, LocalCluster
+from helpers import etl_loop, wait_for
 
 from etl import contract
 from etl.demo import LogWriter
 from etl.state import StateStore
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def start_loop(config, address, log):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cluster.cli",
-            "etl",
-            "--config",
-            str(config),
-            "--scheduler",
-            address,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "FTP_PW": "s3cret-PW"},
-        start_new_session=True,
-    )
 
 
 @pytest.mark.timeout(180)
@@ -79,14 +51,14 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(ftp_server, ftp_root, tmp
 
         writer.start()
         second = None
-        first = start_loop(config, cluster.scheduler_address, log)
+        first = etl_loop(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
         try:
             wait_for(lambda: head() >= 10, 60, "10 frames from the first run")
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
             killed_at = head()
             time.sleep(1.0)  # lines keep arriving while the loop is dead
-            second = start_loop(config, cluster.scheduler_address, log)
+            second = etl_loop(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
             wait_for(lambda: head() >= killed_at + 10, 60, "10 frames from the second run")
             writer.stop()
             store = StateStore(tmp_path / "state")

@@ -1,11 +1,13 @@
-"""Helpers for the app tests: a synthetic publisher, free ports, fetch counting, processes."""
+"""Helpers for the tests: free ports, waiting, a synthetic publisher, the real processes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -170,6 +172,33 @@ def panel_serve(
             yield proc, port
         finally:
             stop_serving(proc)
+
+
+def spawn(args: list[str], log, env: dict | None = None) -> subprocess.Popen:
+    """A subprocess in its own process group (stop it with ``app.cli.stop_serving``)."""
+    return subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def etl_loop(config: Path, address: str, log, env: dict | None = None) -> subprocess.Popen:
+    """``headrace etl --config CONFIG --scheduler ADDRESS``."""
+    cmd = [sys.executable, "-m", "cluster.cli", "etl", "--config", str(config)]
+    return spawn([*cmd, "--scheduler", address], log, env)
+
+
+def dask_scheduler(port: int, log) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+    return spawn([*cmd, "--dashboard-address", ":0"], log)
+
+
+def dask_worker(address: str, log) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1"]
+    return spawn([*cmd, "--nthreads", "2", "--no-dashboard"], log)
 
 
 def wait_http(port: int, path: str = "/dashboard", timeout: float = 60, proc=None) -> None:

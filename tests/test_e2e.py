@@ -1,0 +1,215 @@
+"""The whole system, each part a real process: FTP server with a live log, `dask scheduler`,
+`dask worker`, `headrace etl`, `headrace serve --num-procs 3`, and Bokeh sessions.
+
+Viewers do not add FTP transfers; sessions keep receiving every row, in order and once,
+through a SIGKILL of the loop and a crash of the scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from distributed import Client
+from helpers import (
+    RecordedSession,
+    dask_scheduler,
+    dask_worker,
+    etl_loop,
+    free_port,
+    panel_serve,
+    wait_for,
+)
+
+from app.cli import stop_serving
+from etl import contract
+from etl.demo import LogWriter
+
+STREAM = "e2e"
+INTERVAL = 0.2
+PERIOD_MS = 25
+PROCS = 3
+GIVE_UP_FAST = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+
+
+def frames_published(address: str) -> bool:
+    with Client(address, timeout=5) as client:
+        head = contract.heads(client).get(STREAM)
+    return head is not None and head.seq > 3
+
+
+def periods_ms(lines: list[str]) -> np.ndarray:
+    """The 25 ms periods the written lines fall in, as integer ms since the epoch."""
+    times = pd.to_datetime(pd.Series([line.split(" ", 1)[0] for line in lines]), utc=True)
+    ms = times.dt.as_unit("ms").astype("int64").to_numpy()
+    return np.unique(ms - ms % PERIOD_MS)
+
+
+def gaps_ms(rows: np.ndarray, periods: np.ndarray, what: str) -> list[tuple[int, int]]:
+    """Check ``rows`` are written periods, in order, none twice; return the runs they skip."""
+    assert len(rows), f"{what}: no rows"
+    assert np.all(np.diff(rows) > 0), f"{what}: rows out of order or repeated"
+    at = np.searchsorted(periods, rows)
+    assert np.all(at < len(periods)) and np.array_equal(periods[at], rows), (
+        f"{what}: rows that were never written"
+    )
+    skipped = np.flatnonzero(np.diff(at) > 1)
+    return [(int(rows[i]), int(rows[i + 1])) for i in skipped]
+
+
+class Stack:
+    """The processes of a deployment, restartable one by one; everything logs to ``logs``."""
+
+    def __init__(self, logs: Path, config: Path, port: int) -> None:
+        self.logs, self.config, self.port = logs, config, port
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.procs: dict[str, object] = {}
+        self.files = []
+
+    def _log(self, name: str):
+        f = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (closed in stop_all)
+        self.files.append(f)
+        return f
+
+    def start(self, name: str) -> None:
+        start = {
+            "scheduler": lambda log: dask_scheduler(self.port, log),
+            "worker": lambda log: dask_worker(self.address, log),
+            # The loop's client gives up on an away scheduler after 2 s (default 30 s), so
+            # that the crash below also covers the loop connecting afresh.
+            "etl": lambda log: etl_loop(self.config, self.address, log, GIVE_UP_FAST),
+        }[name]
+        self.procs[name] = start(self._log(name))
+
+    def kill(self, name: str) -> None:
+        stop_serving(self.procs.pop(name), grace=0)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            stop_serving(self.procs.pop(name))
+        for f in self.files:
+            f.close()
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+
+@pytest.mark.timeout(240)
+def test_viewers_add_no_transfers_and_survive_loop_and_scheduler_restarts(
+    ftp_server, ftp_root, tmp_path
+):
+    path = ftp_root / f"{STREAM}.log"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = tmp_path / "etl.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "streams": {STREAM: {"source": ftp_server.url(path.name), "interval": INTERVAL}},
+            }
+        )
+    )
+    stack = Stack(logs, config, free_port())
+    sessions: list[RecordedSession] = []
+    writer = LogWriter([path], rate=100, keep=True).start()
+    try:
+        for name in ("scheduler", "worker", "etl"):
+            stack.start(name)
+        with panel_serve(stack.address, PROCS, logs / "panel.log") as (panel, port):
+            url = f"http://127.0.0.1:{port}/dashboard"
+
+            def open_session() -> RecordedSession:
+                assert panel.poll() is None, stack.tail()
+                session = RecordedSession(url, STREAM)
+                session.start()
+                assert session.pulled.wait(60), "no document within 60 s"
+                assert session.error is None, f"{session.error}\n{stack.tail()}"
+                sessions.append(session)
+                return session
+
+            def received() -> int:
+                return sum(len(s.batches) for s in sessions)
+
+            def transfers_per_second(seconds: float = 4.0) -> float:
+                before, t0 = ftp_server.transfers, time.monotonic()
+                time.sleep(seconds)
+                return (ftp_server.transfers - before) / (time.monotonic() - t0)
+
+            def waiting(predicate, timeout: float, what: str) -> None:
+                try:
+                    wait_for(predicate, timeout, what, step=0.1)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{stack.tail()}") from None
+
+            def rows_flow(after: int, what: str, timeout: float = 60) -> None:
+                waiting(lambda: received() >= after + len(sessions), timeout, what)
+
+            def subscribed() -> set[str]:
+                assert panel.poll() is None, stack.tail()
+                log = (logs / "panel.log").read_text()
+                return set(re.findall(r"subscribed to \S+ on \S+ \(pid (\d+)\)", log))
+
+            waiting(lambda: len(subscribed()) == PROCS, 90, "a subscriber in every process")
+            waiting(lambda: frames_published(stack.address), 60, "the loop's first frames")
+            open_session()
+            rows_flow(0, "rows in the first session")
+            with_one = transfers_per_second()
+            # Spread at least 6 sessions over the 3 processes (the kernel picks the process).
+            while len(sessions) < 6 or len({s.pid for s in sessions}) < PROCS:
+                assert len(sessions) < 30, f"sessions per process: {[s.pid for s in sessions]}"
+                open_session()
+            with_six = transfers_per_second()
+            print(f"FTP transfers/s: {with_one:.2f} with 1 session, {with_six:.2f} with 6+")
+            assert with_six <= 1.25 * with_one + 0.5, (with_one, with_six)
+            assert with_one <= 1.1 / INTERVAL, with_one  # at most one transfer per tick
+
+            # The loop dies without a word and comes back: nothing lost, nothing repeated.
+            stack.kill("etl")
+            time.sleep(1.5)
+            stack.start("etl")
+            rows_flow(received(), "rows after the loop's restart")
+
+            # The scheduler crashes and comes back on its port (workers are restarted with
+            # it, as a supervisor would). Frames on the lost scheduler that nobody had
+            # fetched yet may be lost: at most the outage.
+            stack.kill("scheduler")
+            stack.kill("worker")
+            crashed = time.time()
+            time.sleep(4.0)
+            stack.start("scheduler")
+            stack.start("worker")
+            count = received()
+            rows_flow(count, "rows after the scheduler's restart", timeout=90)
+            outage_ms = (time.time() - crashed) * 1000
+            time.sleep(2)
+    finally:
+        for session in sessions:
+            session.stop()
+        writer.stop()
+        stack.stop_all()
+
+    tail = stack.tail()
+    periods = periods_ms(writer.lines(path))
+    assert len({s.pid for s in sessions}) == PROCS
+    for session in sessions:
+        what = f"session in pid {session.pid}"
+        rows = np.round(session.rows()).astype("int64")
+        gaps = gaps_ms(rows, periods, what)
+        assert len(gaps) <= 1, f"{what}: rows missing in {gaps}\n{tail}"
+        for start, end in gaps:
+            assert end - start <= outage_ms, f"{what}: gap of {end - start} ms\n{tail}"
+            assert end / 1000 > crashed, f"{what}: gap before the scheduler crashed\n{tail}"
+        assert rows[-1] > crashed * 1000, f"{what}: nothing after the scheduler's restart"
+        print(f"{what}: {len(rows)} rows, skipped {gaps} (outage {outage_ms:.0f} ms)")
+    with contextlib.suppress(FileNotFoundError):
+        assert b"Traceback" not in (logs / "etl.log").read_bytes(), tail
