@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
+from functools import partial
 from pathlib import Path
 
 try:
@@ -24,40 +26,42 @@ except ImportError:  # a checkout that was not pip-installed: serve it from the 
 import numpy as np
 import panel as pn
 from bokeh.document import Document
+from panel.io.state import set_curdoc
 
 from app import freshness
+from app.board import Status, get_board
 from app.fanout import Fanout, Sink, get_fanout
 from app.plots import live_plot
 from app.subscriber import Subscriber, configure_logging, get_subscriber
 
 TITLE = "headrace"
-REFRESH_MS = 1000
 
 
 class StreamView:
     """One stream in one session: its plot, its sink in the fan-out and its freshness line."""
 
-    def __init__(self, stream: str, fanout: Fanout, doc: Document) -> None:
+    def __init__(self, stream: str, fanout: Fanout, doc: Document, held: bool = False) -> None:
         self.stream = stream
-        self.subscriber: Subscriber = fanout.subscriber
         self.fanout = fanout
+        subscriber = fanout.subscriber
         # Rendered empty (cheap); register() fills the source with the window atomically.
-        self.plot = live_plot(stream, _empty(self.subscriber.columns(stream)))
-        self.sink: Sink = fanout.register(stream, doc, self.plot.source)
-        self.status = pn.pane.HTML(self._status_html(), margin=(0, 10), sizing_mode="stretch_width")
+        self.plot = live_plot(stream, _empty(subscriber.columns(stream)))
+        self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held)
+        self.status = pn.pane.HTML(
+            self._html(subscriber.freshness(stream)), margin=(0, 10), sizing_mode="stretch_width"
+        )
         self.panel = pn.Column(
             self.status,
             pn.pane.Bokeh(self.plot.figure, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
 
-    def _status_html(self) -> str:
-        text = freshness.describe(*self.subscriber.freshness(self.stream))
+    def _html(self, text: str) -> str:
         color = "#2e7d32" if freshness.is_live(text) else "#b26a00"
         return f'<b>{self.stream}</b> &nbsp;<span style="color:{color}">{text}</span>'
 
-    def refresh(self) -> None:
-        html = self._status_html()
+    def show(self, text: str) -> None:
+        html = self._html(text)
         if html != self.status.object:  # unchanged text would still cost a message
             self.status.object = html
 
@@ -69,83 +73,130 @@ def _empty(names: list[str]) -> dict[str, np.ndarray]:
     return {n: np.array([], dtype="datetime64[ns]" if n == "time" else "float64") for n in names}
 
 
+class Dashboard:
+    """One session's dashboard: a stream picker, a plot and a freshness line per stream.
+
+    Build it while the session's document is current. Rows come from the process's
+    fan-out; the stream list and status lines from the process's :class:`Board`.
+    """
+
+    def __init__(self, subscriber: Subscriber | None = None) -> None:
+        subscriber = subscriber or get_subscriber()
+        self.fanout = get_fanout(subscriber)
+        self.board = get_board(subscriber)
+        doc = pn.state.curdoc
+        self._doc = weakref.ref(doc)
+        self.fanout.open_session(doc)
+        self.views: dict[str, StreamView] = {}
+        self.shown: Status | None = None
+        self.live = False  # the browser has loaded the document
+        status = self.board.status()
+        self.picker = pn.widgets.MultiChoice(
+            label="Streams",
+            options=list(status.streams),
+            value=list(status.streams),
+            placeholder="pick streams",
+            sizing_mode="stretch_width",
+        )
+        # Until the viewer picks, newly published streams are shown as they appear.
+        self.follow_all, self._updating = True, False
+        self.plots = pn.Column(sizing_mode="stretch_width")
+        self.line = pn.pane.HTML(status.line, sizing_mode="stretch_width", margin=(0, 10))
+        self.picker.param.watch(self._picked, "value")
+        self._sync()  # streams known now go into the document the browser first receives
+        # Changes made after the browser connected but before it reported the document
+        # ready are dropped by Panel: status updates start once it has loaded.
+        pn.state.onload(self._loaded)
+        pn.state.on_session_destroyed(self._destroyed)
+        header = pn.pane.Markdown(
+            f"# {TITLE}\nLive streams, computed once on the Dask cluster and streamed to every "
+            "viewer. Drag or wheel to look back, double-click (or reset) to follow the newest "
+            "data.",
+            sizing_mode="stretch_width",
+        )
+        self.layout = pn.Column(
+            header,
+            self.line,
+            self.picker,
+            self.plots,
+            sizing_mode="stretch_width",
+            tags=[f"pid:{os.getpid()}"],
+        )
+
+    def _loaded(self) -> None:
+        self.live = True
+        self.board.add(self)
+
+    def offer(self, status: Status) -> bool:
+        """From the board: schedule showing ``status`` if it differs. False once gone."""
+        if status == self.shown:
+            return True
+        doc = self._doc()
+        if doc is None:
+            return False
+        self.shown = status
+        try:
+            doc.add_next_tick_callback(partial(self._show, status))
+        except Exception:  # the document is being torn down
+            return False
+        return True
+
+    def _show(self, status: Status) -> None:
+        doc = self._doc()
+        if doc is None:
+            return
+        # Panel builds new panes' models for its own notion of the current document,
+        # which outside Panel's callbacks may be another session's.
+        with set_curdoc(doc):
+            self._apply(status)
+
+    def _apply(self, status: Status) -> None:
+        known = list(status.streams)
+        if known != list(self.picker.options):
+            self._updating = True
+            try:
+                self.picker.options = known
+                if self.follow_all:
+                    self.picker.value = known
+            finally:
+                self._updating = False
+        if status.line != self.line.object:
+            self.line.object = status.line
+        texts = dict(status.freshness)
+        for stream, view in self.views.items():
+            view.show(texts.get(stream, "waiting for data"))
+
+    def _picked(self, _event: object) -> None:
+        if not self._updating:
+            self.follow_all = set(self.picker.value) >= set(self.picker.options)
+        self._sync()
+
+    def _sync(self) -> None:
+        selected = list(self.picker.value)
+        for gone in [s for s in self.views if s not in selected]:
+            self.views.pop(gone).close()
+        doc = self._doc()
+        added = []
+        for stream in selected:
+            if stream not in self.views and doc is not None:
+                # In a live document Panel may send the new plot a tick later, and its rows
+                # must not reach the browser before their source does.
+                view = self.views[stream] = StreamView(stream, self.fanout, doc, held=self.live)
+                added.append(view)
+        self.plots.objects = [self.views[s].panel for s in selected if s in self.views]
+        if self.live and doc is not None:
+            for view in added:
+                doc.add_next_tick_callback(view.sink.release)
+
+    def _destroyed(self, _context: object) -> None:
+        # The fan-out drops the sinks itself; this lets go of the board and the views.
+        self.board.remove(self)
+        self.views.clear()
+
+
 def build(subscriber: Subscriber | None = None) -> pn.viewable.Viewable:
     """One session's dashboard. Call while the session's document is current."""
-    subscriber = subscriber or get_subscriber()
-    fanout = get_fanout(subscriber)
-    doc = pn.state.curdoc
-    fanout.open_session(doc)
-    views: dict[str, StreamView] = {}
-    names = subscriber.streams()
-    picker = pn.widgets.MultiChoice(
-        label="Streams",
-        options=names,
-        value=list(names),
-        placeholder="pick streams",
-        sizing_mode="stretch_width",
-    )
-    plots = pn.Column(sizing_mode="stretch_width")
-    status = pn.pane.HTML(_status(subscriber, names), sizing_mode="stretch_width", margin=(0, 10))
-    # Until the viewer picks, newly published streams are shown as they appear.
-    follow_all = {"on": True, "updating": False}
-
-    def sync(event=None) -> None:
-        if event is not None and not follow_all["updating"]:
-            follow_all["on"] = set(picker.value) >= set(picker.options)
-        selected = list(picker.value)
-        for gone in [s for s in views if s not in selected]:
-            views.pop(gone).close()
-        for stream in selected:
-            if stream not in views:
-                views[stream] = StreamView(stream, fanout, doc)
-        plots.objects = [views[s].panel for s in selected]
-
-    def refresh() -> None:
-        known = subscriber.streams()
-        if known != list(picker.options):
-            follow_all["updating"] = True
-            try:
-                picker.options = known
-                if follow_all["on"]:
-                    picker.value = list(known)
-            finally:
-                follow_all["updating"] = False
-        for view in views.values():
-            view.refresh()
-        text = _status(subscriber, known)
-        if text != status.object:
-            status.object = text
-
-    def destroyed(_context) -> None:
-        # The fan-out drops the sinks itself; this only lets go of the views.
-        views.clear()
-
-    def start() -> None:
-        refresh()
-        pn.state.add_periodic_callback(refresh, period=REFRESH_MS)
-
-    picker.param.watch(sync, "value")
-    sync()  # streams known now go into the document the browser first receives
-    # Changes made after the browser connected but before it reported the document ready
-    # are dropped by Panel, so the periodic refresh (which adds streams) starts on load.
-    pn.state.onload(start)
-    pn.state.on_session_destroyed(destroyed)
-    header = pn.pane.Markdown(
-        f"# {TITLE}\nLive streams, computed once on the Dask cluster and streamed to every "
-        "viewer. Drag or wheel to look back, double-click (or reset) to follow the newest data.",
-        sizing_mode="stretch_width",
-    )
-    return pn.Column(
-        header, status, picker, plots, sizing_mode="stretch_width", tags=[f"pid:{os.getpid()}"]
-    )
-
-
-def _status(subscriber: Subscriber, streams: list[str]) -> str:
-    if not subscriber.connected.is_set():
-        return f"<i>connecting to the Dask scheduler at {subscriber.address}…</i>"
-    if not streams:
-        return f"<i>no streams published on {subscriber.address} yet</i>"
-    return f"<small>scheduler {subscriber.address} · {len(streams)} streams</small>"
+    return Dashboard(subscriber).layout
 
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session

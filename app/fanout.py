@@ -24,6 +24,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from panel.io.document import unlocked
+from panel.io.state import set_curdoc
 
 from app.subscriber import Columns, Subscriber, concat, get_subscriber, take
 
@@ -55,6 +57,7 @@ class Sink:
         "dropped",
         "flushes",
         "gate",
+        "held",
         "lock",
         "next_index",
         "pending",
@@ -89,6 +92,7 @@ class Sink:
         self.scheduled = False
         self.flushes = 0
         self.dropped = 0
+        self.held = False
 
     @property
     def alive(self) -> bool:
@@ -116,7 +120,7 @@ class Sink:
 
     def schedule(self) -> bool:
         """Ask the session to flush on its next tick, unless already asked. False if dead."""
-        if self.scheduled or not self.pending or not self.gate.ready:
+        if self.scheduled or not self.pending or not self.gate.ready or self.held:
             return True
         doc = self._doc()
         if doc is None:
@@ -129,6 +133,12 @@ class Sink:
             self.scheduled = False
             return False
         return True
+
+    def release(self) -> None:
+        """Start sending rows held back since :meth:`Fanout.register` (``held=True``)."""
+        with self.lock:
+            self.held = False
+            self.schedule()
 
     def _project(self, rows: Columns) -> Columns:
         # cds.stream needs exactly the source's columns.
@@ -161,11 +171,14 @@ class Sink:
             if not self.pending:
                 return
             pending, self.pending, self.pending_rows = self.pending, [], 0
-        cds = self._cds()
-        if cds is None:
+        cds, doc = self._cds(), self._doc()
+        if cds is None or doc is None:
             return
         self.flushes += 1
-        cds.stream(concat(pending), rollover=self.rollover)
+        # Through Panel's own dispatch, as Panel sends the models it adds: one queue per
+        # session keeps a new source ahead of its first rows on the wire.
+        with set_curdoc(doc), unlocked():
+            cds.stream(concat(pending), rollover=self.rollover)
 
     def discard(self) -> None:
         self.pending, self.pending_rows = [], 0
@@ -206,13 +219,19 @@ class Fanout:
         doc.on_event(DocumentReady, ready)
 
     def register(
-        self, stream: str, doc: Document, cds: ColumnDataSource, rollover: int | None = None
+        self,
+        stream: str,
+        doc: Document,
+        cds: ColumnDataSource,
+        rollover: int | None = None,
+        held: bool = False,
     ) -> Sink:
         """Fill ``cds`` with the stream's window and send it every later row, gap- and repeat-free.
 
         Call from the session's own thread (while it is built, or in one of its callbacks):
         ``cds.data`` is set here. The sink goes when the session is destroyed or on
-        :meth:`unregister`.
+        :meth:`unregister`. With ``held``, rows wait until :meth:`Sink.release`: for a
+        source added to a live document, whose browser must get the source before its rows.
         """
         with self.lock:
             snap = self.subscriber.snapshot(stream)
@@ -227,6 +246,7 @@ class Fanout:
                 self.lock,
                 gate,
             )
+            sink.held = held
             gate.sinks.add(sink)
             # Same lock as the subscriber's ingest: no rows can fall between snapshot and sink.
             cds.data = snap.columns

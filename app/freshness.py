@@ -1,16 +1,39 @@
-"""How fresh a stream is, as one line a viewer can read: "live, 0.2 s behind".
+"""How fresh a stream is, as one line a viewer can read: "live, 0.3 s behind".
 
-Computed from two numbers the subscriber already keeps per stream: the time of the
-newest row and the wall-clock time it arrived in this process. A session formats this
-once a second; nothing here touches the cluster.
+From two numbers the subscriber keeps per stream: the time of the newest row and the
+wall-clock time it arrived in this process. *Behind* is the worst delay from a row's
+time to its arrival over the last few seconds, rounded up to 0.1 s: a steady figure,
+so that the line (and the message to every session that shows it) changes only when
+the pipeline's delay does. Nothing here touches the cluster.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 
 MIN_STALE_AFTER = 3.0  # seconds without new rows before a stream counts as stale
 STALE_TICKS = 5  # ... or this many of its tick intervals, whichever is longer
+LAG_WINDOW = 5.0  # seconds over which "behind" is the worst delay seen
+
+
+class Lag:
+    """The worst delay between a row's time and its arrival, over the last ``window`` s."""
+
+    __slots__ = ("_recent", "window")
+
+    def __init__(self, window: float = LAG_WINDOW) -> None:
+        self.window = window
+        self._recent: deque[tuple[float, float]] = deque()
+
+    def add(self, arrived: float, newest_ns: int) -> None:
+        self._recent.append((arrived, arrived - newest_ns / 1e9))
+        while self._recent[0][0] < arrived - self.window:
+            self._recent.popleft()
+
+    def worst(self) -> float | None:
+        return max(lag for _, lag in self._recent) if self._recent else None
 
 
 def stale_after(interval: float) -> float:
@@ -19,24 +42,23 @@ def stale_after(interval: float) -> float:
 
 
 def describe(
-    newest_ns: int | None,
+    lag: float | None,
     arrived: float | None,
     interval: float = 0.0,
     now: float | None = None,
 ) -> str:
-    """``live, 0.2 s behind`` / ``stale: no data for 12 s`` / ``waiting for data``.
+    """``live, 0.3 s behind`` / ``stale: no data for 12 s`` / ``waiting for data``.
 
-    ``newest_ns`` is the newest row's time (ns since the epoch), ``arrived`` the
+    ``lag`` is the stream's recent worst delay (:class:`Lag`), ``arrived`` the
     wall-clock seconds when rows last arrived, ``interval`` the stream's tick.
-    Behind is measured from the newest row to now, so it is what a viewer sees.
     """
-    if newest_ns is None or arrived is None:
+    if lag is None or arrived is None:
         return "waiting for data"
     now = time.time() if now is None else now
     quiet = now - arrived
     if quiet > stale_after(interval):
         return f"stale: no data for {_seconds(quiet)}"
-    behind = max(0.0, now - newest_ns / 1e9)
+    behind = math.ceil(round(max(0.0, lag) * 10, 6)) / 10
     return f"live, {behind:.1f} s behind"
 
 

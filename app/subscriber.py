@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app import freshness
 from etl import contract
 
 log = logging.getLogger("headrace.app")
@@ -107,6 +108,7 @@ class StreamState:
     names: list[str] | None = None
     newest_ns: int | None = None  # newest row time
     arrived: float | None = None  # wall-clock time the newest rows arrived
+    lag: freshness.Lag = field(default_factory=freshness.Lag)
     published: float | None = None
     interval: float = 0.0
     ring: int = contract.DEFAULT_RING
@@ -417,6 +419,7 @@ class Subscriber:
                 return
             first = state.append(columns)
             state.arrived = time.time()
+            state.lag.add(state.arrived, state.newest_ns)
             self.stats["rows"] += n
             for listener in list(self._listeners):
                 try:
@@ -467,12 +470,12 @@ class Subscriber:
         state = self._streams.get(stream)
         return ["time", *(state.names if state and state.names else ["value"])]
 
-    def freshness(self, stream: str) -> tuple[int | None, float | None, float]:
-        """(newest row time in ns, wall-clock time it arrived, the stream's tick interval)."""
+    def freshness(self, stream: str) -> str:
+        """How current ``stream`` is, e.g. ``live, 0.3 s behind`` (see :mod:`app.freshness`)."""
         state = self._streams.get(stream)
         if state is None:
-            return None, None, 0.0
-        return state.newest_ns, state.arrived, state.interval
+            return freshness.describe(None, None)
+        return freshness.describe(state.lag.worst(), state.arrived, state.interval)
 
     def info(self) -> dict[str, Any]:
         """Counters and per-stream positions, for logs, benchmarks and tests."""

@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster
 from helpers import Publisher, async_wait_for, count_dataset_gets, free_port
 
 from app.fanout import Fanout, Gate, Sink
-from app.freshness import describe
+from app.freshness import Lag, describe
 from app.subscriber import StreamState, Subscriber, frame_columns
 from etl import contract
 
@@ -272,7 +272,23 @@ def test_head_going_backwards_is_followed_without_repeating_rows(caplog):
 def test_freshness_lines():
     now = 1_800_000_000.0
     assert describe(None, None) == "waiting for data"
-    assert describe(int((now - 0.2) * 1e9), now - 0.1, 0.2, now) == "live, 0.2 s behind"
-    assert describe(int((now - 12.4) * 1e9), now - 12, 0.2, now) == "stale: no data for 12 s"
+    assert describe(0.14, now - 0.1, 0.2, now) == "live, 0.2 s behind"
+    assert describe(0.2, now - 0.1, 0.2, now) == "live, 0.2 s behind"
+    assert describe(0.3, now - 12.4, 0.2, now) == "stale: no data for 12 s"
     # A slow stream is not stale before a few of its own ticks have passed.
-    assert describe(int((now - 8) * 1e9), now - 8, 2.0, now) == "live, 8.0 s behind"
+    assert describe(0.1, now - 8, 2.0, now) == "live, 0.1 s behind"
+
+
+def test_behind_is_the_worst_recent_delay():
+    def ns(t: float) -> int:
+        return int(t * 1e9)
+
+    now = 1_800_000_000.0
+    lag = Lag(window=5)
+    assert lag.worst() is None
+    lag.add(now - 10, ns(now - 12))  # a 2 s delay, long ago
+    lag.add(now, ns(now - 0.1))
+    assert lag.worst() == pytest.approx(0.1)  # the old delay no longer counts
+    lag.add(now + 0.2, ns(now - 0.05))
+    lag.add(now + 0.4, ns(now + 0.35))
+    assert lag.worst() == pytest.approx(0.25)  # steady between frames: the text stays put

@@ -1,0 +1,102 @@
+"""What every session's status lines say, worked out once a second for the whole process.
+
+The stream list, the connection line and each stream's freshness are the same for every
+viewer of a process, so one timer computes them and offers the result to each session;
+a session is sent an update (through its document's next-tick callback) only when its
+text changed. A quiet second costs a comparison per session, not a callback and a
+message each, which is what a per-session ``add_periodic_callback`` would cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.subscriber import Subscriber
+
+log = logging.getLogger("headrace.app")
+
+PERIOD_MS = 1000
+
+
+@dataclass(frozen=True)
+class Status:
+    streams: tuple[str, ...]
+    line: str  # connection and stream count
+    freshness: tuple[tuple[str, str], ...]  # (stream, "live, 0.3 s behind")
+
+
+class Viewer(Protocol):
+    def offer(self, status: Status) -> bool:
+        """Take ``status`` (schedule an update if it changed); False once the session is gone."""
+
+
+class Board:
+    """The process's once-a-second status, offered to every registered session."""
+
+    def __init__(self, subscriber: Subscriber, period_ms: int = PERIOD_MS) -> None:
+        self.subscriber = subscriber
+        self.period_ms = period_ms
+        self._viewers: dict[Viewer, None] = {}
+        self._lock = threading.Lock()
+        self._timer = None
+        self.ticks = 0
+
+    def status(self) -> Status:
+        sub = self.subscriber
+        streams = tuple(sub.streams())
+        if not sub.connected.is_set():
+            line = f"<i>connecting to the Dask scheduler at {sub.address}…</i>"
+        elif not streams:
+            line = f"<i>no streams published on {sub.address} yet</i>"
+        else:
+            line = f"<small>scheduler {sub.address} · {len(streams)} streams</small>"
+        return Status(streams, line, tuple((s, sub.freshness(s)) for s in streams))
+
+    def add(self, viewer: Viewer) -> None:
+        """Offer ``viewer`` the status now and every period until it is removed or gone.
+
+        Call on the server's event loop (a session's callback), which the timer then uses.
+        """
+        with self._lock:
+            self._viewers[viewer] = None
+            if self._timer is None:
+                from tornado.ioloop import PeriodicCallback
+
+                self._timer = PeriodicCallback(self._tick, self.period_ms)
+                self._timer.start()
+        viewer.offer(self.status())
+
+    def remove(self, viewer: Viewer) -> None:
+        with self._lock:
+            self._viewers.pop(viewer, None)
+
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        status = self.status()
+        with self._lock:
+            viewers = list(self._viewers)
+        for viewer in viewers:
+            try:
+                alive = viewer.offer(status)
+            except Exception:
+                log.exception("status update failed for a session")
+                alive = False
+            if not alive:
+                self.remove(viewer)
+
+
+_boards: dict[int, Board] = {}
+
+
+def get_board(subscriber: Subscriber) -> Board:
+    """The board of ``subscriber`` (one per process)."""
+    board = _boards.get(id(subscriber))
+    if board is None or board.subscriber is not subscriber:
+        board = _boards[id(subscriber)] = Board(subscriber)
+    return board
