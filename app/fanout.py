@@ -1,12 +1,13 @@
 """Fan-out of new rows from the process's subscriber to every session's ColumnDataSource.
 
 A Bokeh model belongs to one document and may only change inside that document's
-callbacks, so each session registers a :class:`Sink` (its own source and document).
-New rows are merged into the sink's pending rows and, if no flush is pending yet, one
-``doc.add_next_tick_callback(flush)`` is scheduled; the flush calls
-``cds.stream(columns, rollover)`` with numpy arrays, which Bokeh sends as binary buffers.
-Nothing here waits for a session: a slow one only accumulates pending rows, bounded by
-its rollover, and a gone one is dropped (sessions are held weakly as well).
+callbacks, so each session registers a :class:`Sink` per stream (its own source) under
+one :class:`Gate` per session. New rows are merged into the sink's pending rows and, if
+the session has no flush pending yet, one ``doc.add_timeout_callback(flush,
+COALESCE_MS)`` is scheduled; the flush calls ``cds.stream(columns, rollover)`` for every
+stream with pending rows, as numpy arrays (binary buffers), in one message. Nothing here
+waits for a session: a slow one only accumulates pending rows, bounded by its rollover,
+and a gone one is dropped (sessions are held weakly as well).
 
 A session opened with :meth:`Fanout.open_session` gets no updates before its browser
 reports the document ready: until then Panel does not send model additions (the
@@ -35,15 +36,68 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headrace.app")
 
+# How long a session's flush waits for rows of its other streams: streams that tick at the
+# same instants (see etl.loop) arrive within a few ms of each other.
+COALESCE_MS = 25
+
 
 class Gate:
-    """Whether a session's browser is ready for patches; shared by the session's sinks."""
+    """One session: whether its browser is ready for patches, and its one pending flush.
 
-    __slots__ = ("__weakref__", "ready", "sinks")
+    The session's sinks (one per stream it shows) share it, so rows of several streams
+    that arrive within :data:`COALESCE_MS` of each other reach the browser as one message.
+    """
 
-    def __init__(self, ready: bool) -> None:
+    __slots__ = ("__weakref__", "_doc", "flushes", "lock", "ready", "scheduled", "sinks")
+
+    def __init__(self, doc: Document, ready: bool, lock: threading.RLock) -> None:
+        self._doc = weakref.ref(doc)
         self.ready = ready
+        self.lock = lock  # the subscriber's
         self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
+        self.scheduled = False
+        self.flushes = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._doc() is not None
+
+    def schedule(self) -> bool:
+        """Ask the session to flush soon, unless already asked. False if it is gone."""
+        if self.scheduled or not self.ready:
+            return True
+        doc = self._doc()
+        if doc is None:
+            return False
+        self.scheduled = True
+        try:
+            doc.add_timeout_callback(self.flush, COALESCE_MS)
+        except Exception:  # the document is being torn down
+            self.scheduled = False
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Runs as the session's callback: stream every sink's pending rows, in one message."""
+        with self.lock:
+            self.scheduled = False
+            batches = [(sink, sink.take()) for sink in list(self.sinks) if sink.ready]
+        doc = self._doc()
+        batches = [
+            (cds, rows, sink.rollover)
+            for sink, rows in batches
+            if rows is not None
+            for cds in [sink.source()]
+            if cds is not None
+        ]
+        if not batches or doc is None:
+            return
+        self.flushes += 1
+        # Panel's unlocked() sends the events of its block as one PATCH-DOC, through the
+        # same queue as the models Panel adds, so a new source stays ahead of its rows.
+        with set_curdoc(doc), unlocked():
+            for cds, rows, rollover in batches:
+                cds.stream(rows, rollover=rollover)
 
 
 class Sink:
@@ -52,51 +106,47 @@ class Sink:
     __slots__ = (
         "__weakref__",
         "_cds",
-        "_doc",
         "columns",
         "dropped",
         "flushes",
         "gate",
         "held",
-        "lock",
         "next_index",
         "pending",
         "pending_rows",
         "rollover",
-        "scheduled",
         "stream",
     )
 
     def __init__(
         self,
         stream: str,
-        doc: Document,
         cds: ColumnDataSource,
         columns: list[str],
         next_index: int,
         rollover: int,
-        lock: threading.RLock,
         gate: Gate,
     ) -> None:
         self.stream = stream
         # Weak: a sink must never be what keeps a finished session's document alive.
-        self._doc = weakref.ref(doc)
         self._cds = weakref.ref(cds)
         self.columns = columns
         self.next_index = next_index
         self.rollover = rollover
-        self.lock = lock  # the subscriber's: offer() runs under it
         self.gate = gate
         self.pending: list[Columns] = []
         self.pending_rows = 0
-        self.scheduled = False
         self.flushes = 0
         self.dropped = 0
         self.held = False
+        gate.sinks.add(self)
+
+    def source(self) -> ColumnDataSource | None:
+        return self._cds()
 
     @property
-    def alive(self) -> bool:
-        return self._doc() is not None and self._cds() is not None
+    def ready(self) -> bool:
+        return bool(self.pending) and not self.held
 
     def offer(self, rows: Columns, first: int) -> bool:
         """Queue ``rows`` (indices from ``first``); schedule a flush. False if the sink is dead."""
@@ -119,26 +169,22 @@ class Sink:
         return self.schedule()
 
     def schedule(self) -> bool:
-        """Ask the session to flush on its next tick, unless already asked. False if dead."""
-        if self.scheduled or not self.pending or not self.gate.ready or self.held:
-            return True
-        doc = self._doc()
-        if doc is None:
-            return False
-        self.scheduled = True
-        try:
-            doc.add_next_tick_callback(self.flush)
-        except Exception:
-            # The document is being torn down.
-            self.scheduled = False
-            return False
-        return True
+        """Have the session flush soon if there is something to send. False if it is gone."""
+        return self.gate.schedule() if self.ready else self.gate.alive
 
     def release(self) -> None:
         """Start sending rows held back since :meth:`Fanout.register` (``held=True``)."""
-        with self.lock:
+        with self.gate.lock:
             self.held = False
             self.schedule()
+
+    def take(self) -> Columns | None:
+        """The pending rows as one batch (None if there are none); call under the lock."""
+        if not self.pending:
+            return None
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        self.flushes += 1
+        return concat(pending)
 
     def _project(self, rows: Columns) -> Columns:
         # cds.stream needs exactly the source's columns.
@@ -163,22 +209,6 @@ class Sink:
                 self.pending_rows -= excess
                 self.dropped += excess
                 excess = 0
-
-    def flush(self) -> None:
-        """Runs as the session's next-tick callback: stream what is pending into its source."""
-        with self.lock:
-            self.scheduled = False
-            if not self.pending:
-                return
-            pending, self.pending, self.pending_rows = self.pending, [], 0
-        cds, doc = self._cds(), self._doc()
-        if cds is None or doc is None:
-            return
-        self.flushes += 1
-        # Through Panel's own dispatch, as Panel sends the models it adds: one queue per
-        # session keeps a new source ahead of its first rows on the wire.
-        with set_curdoc(doc), unlocked():
-            cds.stream(concat(pending), rollover=self.rollover)
 
     def discard(self) -> None:
         self.pending, self.pending_rows = [], 0
@@ -208,7 +238,7 @@ class Fanout:
         with self.lock:
             if doc in self._gates:
                 return
-            gate = self._gates[doc] = Gate(ready=False)
+            gate = self._gates[doc] = Gate(doc, ready=False, lock=self.lock)
 
         def ready(_event: Any) -> None:
             with self.lock:
@@ -235,19 +265,11 @@ class Fanout:
         """
         with self.lock:
             snap = self.subscriber.snapshot(stream)
-            gate = self._gates.get(doc) or Gate(ready=True)
-            sink = Sink(
-                stream,
-                doc,
-                cds,
-                list(snap.columns),
-                snap.end,
-                rollover or snap.capacity,
-                self.lock,
-                gate,
-            )
+            gate = self._gates.get(doc)
+            if gate is None:
+                gate = self._gates[doc] = Gate(doc, ready=True, lock=self.lock)
+            sink = Sink(stream, cds, list(snap.columns), snap.end, rollover or snap.capacity, gate)
             sink.held = held
-            gate.sinks.add(sink)
             # Same lock as the subscriber's ingest: no rows can fall between snapshot and sink.
             cds.data = snap.columns
             self._sinks[stream][sink] = None
@@ -288,10 +310,11 @@ class Fanout:
             return {
                 "sinks": len(sinks),
                 "sessions": len(self._gates),
-                "scheduled": sum(s.scheduled for s in sinks),
+                "scheduled": sum(g.scheduled for g in self._gates.values()),
                 "pending_rows": sum(s.pending_rows for s in sinks),
                 "dropped_rows": sum(s.dropped for s in sinks),
                 "flushes": self.flushed + sum(s.flushes for s in sinks),
+                "messages": sum(g.flushes for g in self._gates.values()),
                 "registered": self.registered,
                 "unregistered": self.unregistered,
             }

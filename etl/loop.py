@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -165,8 +166,9 @@ class StreamRunner:
             self.state.next_seq,
             self.state.cursor.offset,
         )
-        next_at = time.monotonic()
+        next_at = _next_slot(stream.interval)
         while not stop.is_set():
+            started = time.time()
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -180,17 +182,28 @@ class StreamRunner:
                     )
                 h.error = error
                 delay = min(BACKOFF_START * 2 ** (h.failures - 1), BACKOFF_CAP)
-                next_at = time.monotonic() + delay
+                next_at = time.time() + delay
             else:
                 if h.failures:
                     log.info("stream %s: recovered after %d failed ticks", stream.name, h.failures)
                 h.failures, h.error = 0, None
-                next_at += stream.interval
-                if next_at < time.monotonic():
+                next_at = _next_slot(stream.interval, after=started)
+                if next_at < time.time():
                     # Overran: start the next tick now; it takes everything written meanwhile.
                     h.overruns += 1
-                    next_at = time.monotonic()
-            await sleep_unless_stopped(stop, next_at - time.monotonic())
+                    next_at = time.time()
+            await sleep_unless_stopped(stop, next_at - time.time())
+
+
+def _next_slot(interval: float, after: float | None = None) -> float:
+    """The first multiple of ``interval`` (Unix time) after ``after`` (default now).
+
+    Streams with the same interval tick at the same instants, in this process and in any
+    other: their frames reach the Panel processes together, which then send each viewer
+    one message for all of them instead of one per stream.
+    """
+    after = time.time() if after is None else after
+    return (math.floor(after / interval) + 1) * interval
 
 
 async def run_streams(

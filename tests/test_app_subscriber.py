@@ -130,13 +130,14 @@ def test_sink_pending_rows_are_bounded_and_gap_free():
     from bokeh.models import ColumnDataSource
 
     class NeverTicks(Document):  # a session that never runs its callbacks
-        def add_next_tick_callback(self, callback):
+        def add_timeout_callback(self, callback, timeout_milliseconds):
             self.scheduled = getattr(self, "scheduled", 0) + 1
 
     doc, cds = NeverTicks(), ColumnDataSource({"time": [], "value": []})
     import threading
 
-    sink = Sink("s", doc, cds, ["time", "value"], 10, 50, threading.RLock(), Gate(ready=True))
+    gate = Gate(doc, ready=True, lock=threading.RLock())
+    sink = Sink("s", cds, ["time", "value"], 10, 50, gate)
 
     def rows(first: int, n: int):
         index = np.arange(first, first + n)
@@ -154,9 +155,9 @@ def test_sink_pending_rows_are_bounded_and_gap_free():
     assert sink.pending_rows == 50 and sink.dropped == 155
     values = np.concatenate([p["value"] for p in sink.pending])
     np.testing.assert_array_equal(values, np.arange(165, 215))
-    sink.flush()
+    gate.flush()
     np.testing.assert_array_equal(cds.data["value"], np.arange(165, 215))
-    assert not sink.scheduled and sink.pending_rows == 0
+    assert not gate.scheduled and sink.pending_rows == 0
 
 
 def test_fanout_drops_sinks_of_gone_documents():
