@@ -214,10 +214,23 @@ class Sink:
         self.pending, self.pending_rows = [], 0
 
 
+def settle_bokeh_settings() -> None:
+    """Fix Bokeh's ``simple_ids`` setting at its current value for this process.
+
+    Bokeh names every binary buffer it sends with ``make_id()``, which looks the setting
+    up in ``os.environ`` (twice) each time: a fifth of a Panel process's CPU at 200
+    viewers. The value is the same as before, only no longer looked up per buffer.
+    """
+    from bokeh.settings import settings
+
+    settings.simple_ids.set_value(settings.simple_ids())
+
+
 class Fanout:
     """Routes the subscriber's new rows to the registered sinks of each stream."""
 
     def __init__(self, subscriber: Subscriber) -> None:
+        settle_bokeh_settings()
         self.subscriber = subscriber
         self.lock = subscriber.lock
         self._sinks: dict[str, dict[Sink, None]] = defaultdict(dict)
