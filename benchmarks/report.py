@@ -249,9 +249,15 @@ def targets(results: dict) -> list[str]:
                 ]
             )
     parser = results.get("parser", {})
-    if parser.get("ratio") is not None:
+    if parser.get("ratio_parse_only") is not None:
+        # The target is the parser's; with the 25 ms resample on both sides, see the section.
+        parse = parser["ratio_parse_only"]
         rows.append(
-            ["parser >= 3x pandas.read_csv", f"{parser['ratio']:.2f}x", _yes(parser["ratio"] >= 3)]
+            [
+                "parser >= 3x pandas.read_csv + to_datetime",
+                f"{parse:.2f}x ({_f(parser.get('ratio'))}x with the resample on both sides)",
+                _yes(parse >= 3),
+            ]
         )
     hv = results.get("hv", {})
     if "headrace_vs_raw" in hv:
