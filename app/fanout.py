@@ -300,6 +300,11 @@ class Fanout:
                 if not sinks:
                     del self._sinks[sink.stream]
             sink.discard()
+            gate = sink.gate
+            gate.sinks.discard(sink)
+            if not gate.sinks:
+                # A destroyed session never runs the flush it had asked for.
+                gate.scheduled = False
 
     def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
         # On the loop, under the subscriber's lock: merging and scheduling only.
