@@ -26,6 +26,7 @@ except ImportError:  # a checkout that was not pip-installed: serve it from the 
 import numpy as np
 import panel as pn
 from bokeh.document import Document
+from panel.io.document import unlocked
 from panel.io.state import set_curdoc
 
 from app import freshness
@@ -35,6 +36,7 @@ from app.plots import live_plot
 from app.subscriber import Subscriber, configure_logging, get_subscriber
 
 TITLE = "headrace"
+PLOTTED = ("time", "value")
 
 
 class StreamView:
@@ -44,9 +46,11 @@ class StreamView:
         self.stream = stream
         self.fanout = fanout
         subscriber = fanout.subscriber
+        # What the plot draws, and no more: every column costs each viewer a buffer per update.
+        columns = [c for c in subscriber.columns(stream) if c in PLOTTED]
         # Rendered empty (cheap); register() fills the source with the window atomically.
-        self.plot = live_plot(stream, _empty(subscriber.columns(stream)))
-        self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held)
+        self.plot = live_plot(stream, _empty(columns))
+        self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held, columns=columns)
         self.status = pn.pane.HTML(
             self._html(subscriber.freshness(stream)), margin=(0, 10), sizing_mode="stretch_width"
         )
@@ -147,7 +151,7 @@ class Dashboard:
             return
         # Panel builds new panes' models for its own notion of the current document,
         # which outside Panel's callbacks may be another session's.
-        with set_curdoc(doc):
+        with set_curdoc(doc), unlocked():  # every change of this update in one message
             self._apply(status)
 
     def _apply(self, status: Status) -> None:

@@ -163,7 +163,7 @@ class Sink:
                 first - 1,
             )
         self.next_index = first + n
-        self.pending.append(self._project(rows))
+        self.pending.append(self.project(rows))
         self.pending_rows += n
         self._bound()
         return self.schedule()
@@ -186,8 +186,8 @@ class Sink:
         self.flushes += 1
         return concat(pending)
 
-    def _project(self, rows: Columns) -> Columns:
-        # cds.stream needs exactly the source's columns.
+    def project(self, rows: Columns) -> Columns:
+        """``rows`` with exactly the source's columns, as ``cds.stream`` needs."""
         if list(rows) == self.columns:
             return rows
         n = len(rows["time"])
@@ -212,6 +212,19 @@ class Sink:
 
     def discard(self) -> None:
         self.pending, self.pending_rows = [], 0
+
+
+def to_wire(columns: Columns) -> Columns:
+    """``columns`` with ``time`` as float ms since the epoch, as Bokeh sends datetimes.
+
+    Done once per batch for the whole process, not by Bokeh once per session.
+    """
+    from bokeh.util.serialization import convert_datetime_array
+
+    times = columns["time"]
+    if times.dtype.kind != "M":
+        return columns
+    return {**columns, "time": convert_datetime_array(times)}
 
 
 def settle_bokeh_settings() -> None:
@@ -268,6 +281,7 @@ class Fanout:
         cds: ColumnDataSource,
         rollover: int | None = None,
         held: bool = False,
+        columns: list[str] | None = None,
     ) -> Sink:
         """Fill ``cds`` with the stream's window and send it every later row, gap- and repeat-free.
 
@@ -275,16 +289,18 @@ class Fanout:
         ``cds.data`` is set here. The sink goes when the session is destroyed or on
         :meth:`unregister`. With ``held``, rows wait until :meth:`Sink.release`: for a
         source added to a live document, whose browser must get the source before its rows.
+        ``columns`` (default: all the stream has) are those ``cds`` holds.
         """
         with self.lock:
             snap = self.subscriber.snapshot(stream)
             gate = self._gates.get(doc)
             if gate is None:
                 gate = self._gates[doc] = Gate(doc, ready=True, lock=self.lock)
-            sink = Sink(stream, cds, list(snap.columns), snap.end, rollover or snap.capacity, gate)
+            names = columns or list(snap.columns)
+            sink = Sink(stream, cds, names, snap.end, rollover or snap.capacity, gate)
             sink.held = held
             # Same lock as the subscriber's ingest: no rows can fall between snapshot and sink.
-            cds.data = snap.columns
+            cds.data = sink.project(to_wire(snap.columns))
             self._sinks[stream][sink] = None
             self.registered += 1
         doc.on_session_destroyed(lambda _context: self.unregister(sink))
@@ -311,6 +327,7 @@ class Fanout:
         sinks = self._sinks.get(stream)
         if not sinks:
             return
+        rows = to_wire(rows)
         dead = [sink for sink in list(sinks) if not sink.offer(rows, first)]
         for sink in dead:
             self.unregister(sink)

@@ -2,20 +2,23 @@
 
 From two numbers the subscriber keeps per stream: the time of the newest row and the
 wall-clock time it arrived in this process. *Behind* is the worst delay from a row's
-time to its arrival over the last few seconds, rounded up to 0.1 s: a steady figure,
+time to its arrival over the last few seconds, rounded up to a step of
+:data:`BEHIND_STEPS` (0.1, 0.2, 0.3, 0.5, 0.8, 1 s...): a steady figure,
 so that the line (and the message to every session that shows it) changes only when
 the pipeline's delay does. Nothing here touches the cluster.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 
 MIN_STALE_AFTER = 3.0  # seconds without new rows before a stream counts as stale
 STALE_TICKS = 5  # ... or this many of its tick intervals, whichever is longer
 LAG_WINDOW = 5.0  # seconds over which "behind" is the worst delay seen
+# "Behind" is rounded up to one of these (seconds): fine where delays are small, coarse
+# where they jitter, so that the text, and a message to every viewer, changes seldom.
+BEHIND_STEPS = (0.1, 0.2, 0.3, 0.5, 0.8, 1, 1.5, 2, 3, 5, 8, 10, 15, 20, 30, 60)
 
 
 class Lag:
@@ -58,8 +61,8 @@ def describe(
     quiet = now - arrived
     if quiet > stale_after(interval):
         return f"stale: no data for {_seconds(quiet)}"
-    behind = math.ceil(round(max(0.0, lag) * 10, 6)) / 10
-    return f"live, {behind:.1f} s behind"
+    behind = next((step for step in BEHIND_STEPS if lag <= step + 1e-9), None)
+    return f"live, {_seconds(lag) if behind is None else f'{behind:g} s'} behind"
 
 
 def is_live(text: str) -> bool:

@@ -275,6 +275,11 @@ def test_freshness_lines():
     assert describe(None, None) == "waiting for data"
     assert describe(0.14, now - 0.1, 0.2, now) == "live, 0.2 s behind"
     assert describe(0.2, now - 0.1, 0.2, now) == "live, 0.2 s behind"
+    # Coarser steps as the delay grows: jitter under load does not change the text.
+    assert describe(0.41, now - 0.1, 0.2, now) == "live, 0.5 s behind"
+    assert describe(0.62, now - 0.1, 0.2, now) == "live, 0.8 s behind"
+    assert describe(0.9, now - 0.1, 0.2, now) == "live, 1 s behind"
+    assert describe(75, now - 0.1, 0.2, now) == "live, 75 s behind"
     assert describe(0.3, now - 12.4, 0.2, now) == "stale: no data for 12 s"
     # A slow stream is not stale before a few of its own ticks have passed.
     assert describe(0.1, now - 8, 2.0, now) == "live, 0.1 s behind"
