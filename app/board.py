@@ -42,7 +42,6 @@ class Board:
         self._viewers: dict[Viewer, None] = {}
         self._lock = threading.Lock()
         self._timer = None
-        self.ticks = 0
 
     def status(self) -> Status:
         sub = self.subscriber
@@ -73,11 +72,7 @@ class Board:
         with self._lock:
             self._viewers.pop(viewer, None)
 
-    def viewers(self) -> int:
-        return len(self._viewers)
-
     def _tick(self) -> None:
-        self.ticks += 1
         status = self.status()
         with self._lock:
             viewers = list(self._viewers)

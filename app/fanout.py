@@ -81,15 +81,14 @@ class Gate:
         """Runs as the session's callback: stream every sink's pending rows, in one message."""
         with self.lock:
             self.scheduled = False
-            batches = [(sink, sink.take()) for sink in list(self.sinks) if sink.ready]
+            batches = []
+            for sink in list(self.sinks):
+                if not sink.ready:
+                    continue
+                rows, cds = sink.take(), sink.source()
+                if cds is not None:
+                    batches.append((cds, rows, sink.rollover))
         doc = self._doc()
-        batches = [
-            (cds, rows, sink.rollover)
-            for sink, rows in batches
-            if rows is not None
-            for cds in [sink.source()]
-            if cds is not None
-        ]
         if not batches or doc is None:
             return
         self.flushes += 1

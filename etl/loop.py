@@ -54,6 +54,11 @@ class Health:
         return d
 
 
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling, capped."""
+    return min(BACKOFF_START * 2 ** (failures - 1), BACKOFF_CAP)
+
+
 async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
@@ -181,8 +186,7 @@ class StreamRunner:
                         "stream %s: tick failed, retrying with backoff: %s", stream.name, error
                     )
                 h.error = error
-                delay = min(BACKOFF_START * 2 ** (h.failures - 1), BACKOFF_CAP)
-                next_at = time.time() + delay
+                next_at = time.time() + backoff(h.failures)
             else:
                 if h.failures:
                     log.info("stream %s: recovered after %d failed ticks", stream.name, h.failures)

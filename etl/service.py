@@ -14,7 +14,7 @@ from distributed import Client
 from cluster import LocalSpec, connect
 
 from . import contract
-from .loop import BACKOFF_CAP, BACKOFF_START, StreamRunner, run_streams, sleep_unless_stopped
+from .loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
 from .state import StateStore
 from .streams import Stream
 
@@ -65,10 +65,9 @@ async def serve(
             except (OSError, TimeoutError) as exc:
                 # Only an external scheduler can be away; the streams' state is in the store.
                 failures += 1
-                delay = min(BACKOFF_START * 2 ** (failures - 1), BACKOFF_CAP)
                 if failures == 1:
                     log.error("etl: scheduler unreachable, retrying: %s", exc)
-                await sleep_unless_stopped(stop, delay)
+                await sleep_unless_stopped(stop, backoff(failures))
     finally:
         store.close()
         log.info("etl: stopped")
