@@ -84,14 +84,3 @@ class Board:
                 alive = False
             if not alive:
                 self.remove(viewer)
-
-
-_boards: dict[int, Board] = {}
-
-
-def get_board(subscriber: Subscriber) -> Board:
-    """The board of ``subscriber`` (one per process)."""
-    board = _boards.get(id(subscriber))
-    if board is None or board.subscriber is not subscriber:
-        board = _boards[id(subscriber)] = Board(subscriber)
-    return board

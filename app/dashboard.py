@@ -5,9 +5,8 @@ line per stream. Everything it shows comes from the process's subscriber and fan
 so a session costs a HoloViews render when it opens and a ``cds.stream`` per update:
 no cluster access, no computation of its own.
 
-The scheduler comes from ``DASK_SCHEDULER_ADDRESS`` (``headrace serve`` sets it) or
-dask's ``scheduler-address`` config, else ``tcp://127.0.0.1:8786``; the window from
-``HEADRACE_WINDOW`` (seconds, default 600).
+The scheduler and the window come from the environment (:mod:`app.settings`), which
+``headrace serve`` sets.
 """
 
 from __future__ import annotations
@@ -23,17 +22,17 @@ try:
 except ImportError:  # a checkout that was not pip-installed: serve it from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import panel as pn
 from bokeh.document import Document
 from panel.io.document import unlocked
 from panel.io.state import set_curdoc
 
-from app import freshness
-from app.board import Status, get_board
-from app.fanout import Fanout, Sink, get_fanout
+from app import freshness, registry
+from app.board import Status
+from app.columns import empty
+from app.fanout import Fanout, Sink
 from app.plots import live_plot
-from app.subscriber import Subscriber, configure_logging, get_subscriber
+from app.settings import configure_logging
 
 TITLE = "headrace"
 PLOTTED = ("time", "value")
@@ -49,7 +48,7 @@ class StreamView:
         # What the plot draws, and no more: every column costs each viewer a buffer per update.
         columns = [c for c in subscriber.columns(stream) if c in PLOTTED]
         # Rendered empty (cheap); register() fills the source with the window atomically.
-        self.plot = live_plot(stream, _empty(columns))
+        self.plot = live_plot(stream, empty(columns))
         self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held, columns=columns)
         self.status = pn.pane.HTML(
             self._html(subscriber.freshness(stream)), margin=(0, 10), sizing_mode="stretch_width"
@@ -73,10 +72,6 @@ class StreamView:
         self.fanout.unregister(self.sink)
 
 
-def _empty(names: list[str]) -> dict[str, np.ndarray]:
-    return {n: np.array([], dtype="datetime64[ns]" if n == "time" else "float64") for n in names}
-
-
 class Dashboard:
     """One session's dashboard: a stream picker, a plot and a freshness line per stream.
 
@@ -84,10 +79,9 @@ class Dashboard:
     fan-out; the stream list and status lines from the process's :class:`Board`.
     """
 
-    def __init__(self, subscriber: Subscriber | None = None) -> None:
-        subscriber = subscriber or get_subscriber()
-        self.fanout = get_fanout(subscriber)
-        self.board = get_board(subscriber)
+    def __init__(self, parts: registry.Registry | None = None) -> None:
+        parts = parts or registry.get()
+        self.fanout, self.board = parts.fanout, parts.board
         doc = pn.state.curdoc
         self._doc = weakref.ref(doc)
         self.fanout.open_session(doc)
@@ -198,9 +192,12 @@ class Dashboard:
         self.views.clear()
 
 
-def build(subscriber: Subscriber | None = None) -> pn.viewable.Viewable:
-    """One session's dashboard. Call while the session's document is current."""
-    return Dashboard(subscriber).layout
+def build(parts: registry.Registry | None = None) -> pn.viewable.Viewable:
+    """One session's dashboard (default: on this process's registry).
+
+    Call while the session's document is current.
+    """
+    return Dashboard(parts).layout
 
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session

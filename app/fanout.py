@@ -28,7 +28,8 @@ import numpy as np
 from panel.io.document import unlocked
 from panel.io.state import set_curdoc
 
-from app.subscriber import Columns, Subscriber, concat, get_subscriber, take
+from app.columns import Columns, concat, take, to_wire
+from app.subscriber import Subscriber
 
 if TYPE_CHECKING:
     from bokeh.document import Document
@@ -213,19 +214,6 @@ class Sink:
         self.pending, self.pending_rows = [], 0
 
 
-def to_wire(columns: Columns) -> Columns:
-    """``columns`` with ``time`` as float ms since the epoch, as Bokeh sends datetimes.
-
-    Done once per batch for the whole process, not by Bokeh once per session.
-    """
-    from bokeh.util.serialization import convert_datetime_array
-
-    times = columns["time"]
-    if times.dtype.kind != "M":
-        return columns
-    return {**columns, "time": convert_datetime_array(times)}
-
-
 def settle_bokeh_settings() -> None:
     """Fix Bokeh's ``simple_ids`` setting at its current value for this process.
 
@@ -352,17 +340,3 @@ class Fanout:
                 "registered": self.registered,
                 "unregistered": self.unregistered,
             }
-
-
-_instance: tuple[Subscriber, Fanout] | None = None
-_instance_lock = threading.Lock()
-
-
-def get_fanout(subscriber: Subscriber | None = None) -> Fanout:
-    """The fan-out of this process's subscriber (created on first use)."""
-    global _instance
-    subscriber = subscriber or get_subscriber()
-    with _instance_lock:
-        if _instance is None or _instance[0] is not subscriber:
-            _instance = (subscriber, Fanout(subscriber))
-        return _instance[1]

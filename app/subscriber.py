@@ -4,9 +4,9 @@ A Panel process holds many sessions; all of them read from the process's single
 :class:`Subscriber`, created lazily on the running event loop (``panel serve --num-procs``
 forks after importing the app, and a Dask client does not survive a fork). The
 subscriber keeps one asynchronous ``distributed.Client``, listens to
-``etl.contract`` events, fetches each announced frame with ``contract.read_frames``
-exactly once, appends its rows to a per-stream in-memory window of column arrays, and
-passes the new rows to listeners (the fan-out to sessions).
+``etl.contract`` events, fetches each announced frame with ``FrameStream.read`` exactly
+once, appends its rows to the stream's :class:`~app.window.Window`, and passes the new
+rows to listeners (the fan-out to sessions).
 
 A poll every second reads the heads: it finds streams, catches events lost while
 (re)subscribing, and notices a new scheduler behind the same address (after a restart
@@ -21,167 +21,44 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from app import freshness
+from app.columns import Columns, frame_columns, take
+from app.settings import scheduler_address, window_seconds
+from app.window import Snapshot, Window
 from etl import contract
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("headrace.app")
 
-WINDOW_ENV = "HEADRACE_WINDOW"
-DEFAULT_WINDOW = 600.0  # seconds of row time kept per stream
-DEFAULT_SCHEDULER = "tcp://127.0.0.1:8786"
-DEFAULT_SPACING_NS = 25_000_000  # row spacing assumed before a stream has shown its own
 POLL_INTERVAL = 1.0
 FETCH_TIMEOUT = 10.0
 
-Columns = dict[str, np.ndarray]
 # listener(stream, rows, index of the first row): called on the loop with new rows only
 Listener = Callable[[str, Columns, int], None]
 
 
-def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Columns:
-    """Column arrays of ``frame`` in the form Bokeh sends as binary buffers.
-
-    ``time`` becomes tz-naive ``datetime64[ns]`` (UTC) and every other numeric column
-    ``float64``; non-numeric columns (``key``) are left out: lists of strings would go
-    as JSON and nothing plots them yet. ``names`` fixes the column set (a stream's first
-    frame decides it) so every batch streams into the same ``ColumnDataSource``.
-    """
-    times = frame["time"]
-    if isinstance(times.dtype, pd.DatetimeTZDtype):
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    columns: Columns = {"time": times.to_numpy(dtype="datetime64[ns]")}
-    if names is None:
-        names = [
-            c
-            for c in frame.columns
-            if c != "time"
-            and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
-        ]
-    for name in names:
-        if name in frame:
-            columns[name] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            columns[name] = np.full(len(frame), np.nan)
-    return columns
-
-
-def concat(chunks: list[Columns]) -> Columns:
-    if len(chunks) == 1:
-        return chunks[0]
-    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-
-
-def take(columns: Columns, start: int, stop: int | None = None) -> Columns:
-    return {name: array[start:stop] for name, array in columns.items()}
-
-
 @dataclass
-class Snapshot:
-    """The window of a stream as a new session starts with it.
+class Feed:
+    """What the subscriber knows of one stream: how far fetching is, and the window."""
 
-    ``end`` is the index the next row will get: a listener that registers together with
-    the snapshot (under :attr:`Subscriber.lock`) receives rows from exactly ``end`` on.
-    """
-
-    columns: Columns
-    end: int
-    seq: int
-    capacity: int  # rows that fit the window at the stream's row spacing
-
-
-@dataclass
-class StreamState:
     name: str
-    window_ns: int
+    window: Window
     seq: int = 0  # newest frame ingested (or skipped as unavailable)
     target: int = 0  # newest frame known to exist
-    rows: int = 0  # index of the next row: rows ingested since the process started
-    chunks: deque[Columns] = field(default_factory=deque)
-    names: list[str] | None = None
-    newest_ns: int | None = None  # newest row time
     arrived: float | None = None  # wall-clock time the newest rows arrived
     lag: freshness.Lag = field(default_factory=freshness.Lag)
-    published: float | None = None
     interval: float = 0.0
     ring: int = contract.DEFAULT_RING
     reset: bool = False  # head went backwards: drop rows not newer than what we have
     task: asyncio.Task | None = None
-    spacing_ns: int = DEFAULT_SPACING_NS
-
-    def append(self, columns: Columns) -> int:
-        """Add rows; return the index of the first one. Trims rows older than the window."""
-        first = self.rows
-        n = len(columns["time"])
-        self.chunks.append(columns)
-        self.rows += n
-        times = columns["time"].view("int64")
-        self.newest_ns = int(times[-1])
-        if n > 1:
-            self.spacing_ns = max(1, int(np.median(np.diff(times))))
-        cutoff = self.newest_ns - self.window_ns
-        # Whole chunks only: a snapshot slices the first one, which keeps appends O(1).
-        while len(self.chunks) > 1 and self.chunks[0]["time"][-1].view("int64") < cutoff:
-            self.chunks.popleft()
-        return first
-
-    def snapshot(self) -> Snapshot:
-        capacity = max(1000, int(self.window_ns // self.spacing_ns) + 1)
-        if not self.chunks:
-            names = ["time", *(self.names or ["value"])]
-            empty = {
-                n: np.array([], dtype="datetime64[ns]" if n == "time" else "float64") for n in names
-            }
-            return Snapshot(empty, self.rows, self.seq, capacity)
-        columns = concat(list(self.chunks))
-        assert self.newest_ns is not None
-        start = int(np.searchsorted(columns["time"].view("int64"), self.newest_ns - self.window_ns))
-        return Snapshot(take(columns, start), self.rows, self.seq, capacity)
-
-    def window_rows(self) -> int:
-        return sum(len(c["time"]) for c in self.chunks)
-
-
-def configure_logging() -> None:
-    """Let ``headrace.app`` INFO lines through under ``panel serve``.
-
-    Bokeh's ``--log-level`` sets only the ``bokeh`` logger; the root logger stays at
-    WARNING, which would hide the subscriber's connect/resubscribe/gap lines. A level
-    configured elsewhere is left alone.
-    """
-    logger = logging.getLogger("headrace")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-
-
-def scheduler_address() -> str:
-    """``DASK_SCHEDULER_ADDRESS`` / dask config ``scheduler-address``, else the default port."""
-    import dask
-
-    return (
-        os.environ.get("DASK_SCHEDULER_ADDRESS")
-        or dask.config.get("scheduler-address", None)
-        or DEFAULT_SCHEDULER
-    )
-
-
-def window_seconds() -> float:
-    raw = os.environ.get(WINDOW_ENV)
-    if not raw:
-        return DEFAULT_WINDOW
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number of seconds: using %s", WINDOW_ENV, raw, DEFAULT_WINDOW)
-        return DEFAULT_WINDOW
-    return value if value > 0 else DEFAULT_WINDOW
 
 
 class Subscriber:
@@ -201,10 +78,10 @@ class Subscriber:
         self.window = window or window_seconds()
         self.poll_interval = poll_interval
         self.lock = threading.RLock()
-        self.client: Any = None  # distributed.Client (asynchronous)
+        self.client: Client | None = None  # asynchronous
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()  # set once heads were read from a scheduler
-        self._streams: dict[str, StreamState] = {}
+        self._streams: dict[str, Feed] = {}
         self._listeners: list[Listener] = []
         self._scheduler_id: str | None = None
         self._task: asyncio.Task | None = None
@@ -228,6 +105,10 @@ class Subscriber:
         )
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     def start(self) -> asyncio.Task:
         """Start connecting and polling on the running loop (idempotent)."""
@@ -291,7 +172,7 @@ class Subscriber:
         if scheduler_id != self._scheduler_id:
             if self._scheduler_id is not None:
                 log.info("new scheduler at %s (%s): resubscribing", self.address, scheduler_id)
-            contract.subscribe(client, self._on_event)
+            contract.subscribe_all(client, self._on_event)
             self.stats["subscriptions"] += 1
             self._scheduler_id = scheduler_id
             log.info("subscribed to %s on %s (pid %d)", contract.TOPIC, self.address, os.getpid())
@@ -302,78 +183,78 @@ class Subscriber:
     def _on_event(self, event: contract.Event) -> None:
         # Runs inside the client's message stream: never await here, only schedule.
         self.stats["events"] += 1
-        state = self._state(event.stream)
-        if event.seq <= max(state.seq, state.target):
+        feed = self._feed(event.stream)
+        if event.seq <= max(feed.seq, feed.target):
             self.stats["duplicates"] += 1
             return
-        if state.target and event.seq > state.target + 1:
+        if feed.target and event.seq > feed.target + 1:
             self.stats["gaps"] += 1
             log.info(
                 "gap: stream %s seq %d after %d: fetching %d-%d",
                 event.stream,
                 event.seq,
-                state.target,
-                state.target + 1,
+                feed.target,
+                feed.target + 1,
                 event.seq,
             )
-        state.target = event.seq
-        self._schedule(state)
+        feed.target = event.seq
+        self._schedule(feed)
 
     async def _poll(self) -> None:
         heads = await asyncio.wait_for(contract.heads(self.client), FETCH_TIMEOUT)
         for name, head in heads.items():
-            state = self._state(name)
-            state.published, state.interval, state.ring = head.published, head.interval, head.ring
-            if head.seq < state.seq:
-                # The contract says seqs only grow, so the data was reset (state wiped or a new
+            feed = self._feed(name)
+            feed.interval, feed.ring = head.interval, head.ring
+            if head.seq < feed.seq:
+                # The contract says seqs only grow, so the data was reset (feed wiped or a new
                 # publisher): follow the new numbering, keep the window, drop repeated rows.
                 log.warning(
                     "reset: stream %s head seq %d below ours %d: following the new numbering",
                     name,
                     head.seq,
-                    state.seq,
+                    feed.seq,
                 )
-                state.seq = state.target = max(0, head.seq - 1)
-                state.reset = True
-            if head.seq > max(state.seq, state.target):
-                behind = head.seq - max(state.seq, state.target)
+                feed.seq = feed.target = max(0, head.seq - 1)
+                feed.reset = True
+            if head.seq > max(feed.seq, feed.target):
+                behind = head.seq - max(feed.seq, feed.target)
                 # One frame ahead is usually its event still in flight, not a lost one.
-                if state.seq and (behind > 1 or time.time() - head.published > 2 * POLL_INTERVAL):
+                if feed.seq and (behind > 1 or time.time() - head.published > 2 * POLL_INTERVAL):
                     self.stats["catch_ups"] += 1
                     log.info(
                         "catch-up: stream %s head %d ahead of %d (events missed)",
                         name,
                         head.seq,
-                        max(state.seq, state.target),
+                        max(feed.seq, feed.target),
                     )
-                state.target = head.seq
-            if state.target > state.seq:
-                self._schedule(state)
+                feed.target = head.seq
+            if feed.target > feed.seq:
+                self._schedule(feed)
         self.connected.set()
 
-    def _state(self, stream: str) -> StreamState:
-        state = self._streams.get(stream)
-        if state is None:
+    def _feed(self, stream: str) -> Feed:
+        feed = self._streams.get(stream)
+        if feed is None:
             with self.lock:
-                state = self._streams.setdefault(
-                    stream, StreamState(stream, window_ns=int(self.window * 1e9))
+                feed = self._streams.setdefault(
+                    stream, Feed(stream, Window(window_ns=int(self.window * 1e9)))
                 )
-        return state
+        return feed
 
-    def _schedule(self, state: StreamState) -> None:
+    def _schedule(self, feed: Feed) -> None:
         # One fetch task per stream at a time: that is what makes every frame fetched once.
-        if state.task is None or state.task.done():
-            state.task = asyncio.create_task(self._catch_up(state), name=f"fetch-{state.name}")
+        if feed.task is None or feed.task.done():
+            feed.task = asyncio.create_task(self._catch_up(feed), name=f"fetch-{feed.name}")
 
-    async def _catch_up(self, state: StreamState) -> None:
-        while state.target > state.seq and not self._closed:
-            client, until = self.client, state.target
+    async def _catch_up(self, feed: Feed) -> None:
+        while feed.target > feed.seq and not self._closed:
+            client, until = self.client, feed.target
             # Frames older than the ring are gone anyway; asking for them costs names.
-            after = max(state.seq, until - state.ring)
+            after = max(feed.seq, until - feed.ring)
             self.stats["fetches"] += 1
             try:
                 frames = await asyncio.wait_for(
-                    contract.read_frames(client, state.name, after=after, until=until),
+                    contract.FrameStream(feed.name, client).read(after, until),
                     FETCH_TIMEOUT,
                 )
             except asyncio.CancelledError:
@@ -383,67 +264,71 @@ class Subscriber:
                 self.stats["errors"] += 1
                 log.info(
                     "fetch failed: stream %s seqs %d-%d: %s",
-                    state.name,
+                    feed.name,
                     after + 1,
                     until,
                     _short(exc),
                 )
                 return
             got = {seq for seq, _ in frames}
-            missing = [s for s in range(state.seq + 1, until + 1) if s not in got]
+            missing = [s for s in range(feed.seq + 1, until + 1) if s not in got]
             if missing:
                 self.stats["missing"] += len(missing)
                 log.info(
                     "gap: stream %s frames %s not available (left the ring or lost with the "
                     "scheduler): skipped",
-                    state.name,
+                    feed.name,
                     _ranges(missing),
                 )
             for seq, frame in frames:
-                if seq > state.seq:
-                    self._ingest(state, seq, frame)
-            state.seq = max(state.seq, until)
+                if seq > feed.seq:
+                    self.ingest(feed.name, seq, frame)
+            feed.seq = max(feed.seq, until)
 
-    def _ingest(self, state: StreamState, seq: int, frame: pd.DataFrame) -> None:
+    def ingest(self, stream: str, seq: int, frame: pd.DataFrame | None) -> None:
+        """Take frame ``seq`` of ``stream`` (fetching does this): window, then listeners.
+
+        Rows not newer than the newest row held are dropped, so listeners see rows in
+        time order. Call on the subscriber's loop.
+        """
+        feed = self._feed(stream)
         with self.lock:
-            state.seq = seq
+            feed.seq = seq
             self.stats["frames"] += 1
             if frame is None or len(frame) == 0:
                 return
-            columns = frame_columns(frame, state.names)
-            if state.names is None:
-                state.names = [n for n in columns if n != "time"]
-            columns = self._drop_late(state, columns)
+            window = feed.window
+            columns = frame_columns(frame, window.names)
+            if window.names is None:
+                window.names = [n for n in columns if n != "time"]
+            columns = self._drop_late(feed, columns)
             n = len(columns["time"])
             if n == 0:
                 return
-            first = state.append(columns)
-            state.arrived = time.time()
-            state.lag.add(state.arrived, state.newest_ns)
+            first = window.append(columns)
+            feed.arrived = time.time()
+            assert window.newest_ns is not None
+            feed.lag.add(feed.arrived, window.newest_ns)
             self.stats["rows"] += n
             for listener in list(self._listeners):
                 try:
-                    listener(state.name, columns, first)
+                    listener(feed.name, columns, first)
                 except Exception:
                     self.stats["errors"] += 1
-                    log.exception("listener failed for stream %s", state.name)
+                    log.exception("listener failed for stream %s", feed.name)
 
-    def _drop_late(self, state: StreamState, columns: Columns) -> Columns:
+    def _drop_late(self, feed: Feed, columns: Columns) -> Columns:
         """Keep sessions' rows in time order: drop rows older than the newest we have."""
-        if state.newest_ns is None:
-            return columns
-        times = columns["time"].view("int64")
         # After a reset, equal times are repeats of rows we hold; otherwise they can be real.
-        side = "right" if state.reset else "left"
-        start = int(np.searchsorted(times, state.newest_ns, side=side))
-        if start < len(times):
+        late = feed.window.older(columns, or_equal=feed.reset)
+        if late < len(columns["time"]):
             # Past the rows we held before the reset: from here on, equal times are real.
-            state.reset = False
-        if start:
-            self.stats["late_rows"] += start
-            log.info("stream %s: dropped %d rows not newer than the newest row", state.name, start)
-            return take(columns, start)
-        return columns
+            feed.reset = False
+        if not late:
+            return columns
+        self.stats["late_rows"] += late
+        log.info("stream %s: dropped %d rows not newer than the newest row", feed.name, late)
+        return take(columns, late)
 
     # -- what sessions use -----------------------------------------------------------------
 
@@ -463,19 +348,21 @@ class Subscriber:
     def snapshot(self, stream: str) -> Snapshot:
         """The window so far; take it under :attr:`lock` together with registering a listener."""
         with self.lock:
-            return self._state(stream).snapshot()
+            feed = self._feed(stream)
+            return feed.window.snapshot(feed.seq)
 
     def columns(self, stream: str) -> list[str]:
         """The column names a stream's rows carry (``time`` first); cheap, unlike a snapshot."""
-        state = self._streams.get(stream)
-        return ["time", *(state.names if state and state.names else ["value"])]
+        feed = self._streams.get(stream)
+        names = feed.window.names if feed is not None else None
+        return ["time", *(names or ["value"])]
 
     def freshness(self, stream: str) -> str:
         """How current ``stream`` is, e.g. ``live, 0.3 s behind`` (see :mod:`app.freshness`)."""
-        state = self._streams.get(stream)
-        if state is None:
+        feed = self._streams.get(stream)
+        if feed is None:
             return freshness.describe(None, None)
-        return freshness.describe(state.lag.worst(), state.arrived, state.interval)
+        return freshness.describe(feed.lag.worst(), feed.arrived, feed.interval)
 
     def info(self) -> dict[str, Any]:
         """Counters and per-stream positions, for logs, benchmarks and tests."""
@@ -486,7 +373,7 @@ class Subscriber:
                 "scheduler_id": self._scheduler_id,
                 **self.stats,
                 "streams": {
-                    s.name: {"seq": s.seq, "rows": s.rows, "window_rows": s.window_rows()}
+                    s.name: {"seq": s.seq, "rows": s.window.rows, "window_rows": s.window.held()}
                     for s in self._streams.values()
                 },
             }
@@ -507,49 +394,3 @@ def _ranges(seqs: list[int]) -> str:
         if s is not None:
             start = prev = s
     return ",".join(out)
-
-
-# -- the per-process instance ------------------------------------------------------------------
-
-_instance: tuple[int, Subscriber] | None = None
-_instance_lock = threading.Lock()
-
-
-def get_subscriber() -> Subscriber:
-    """This process's subscriber, created and started on first use.
-
-    Keyed by pid: an instance inherited through a fork belongs to the parent. Call it
-    from the server's event loop (session creation, a setup script, a callback); from
-    another thread it starts the subscriber on the loop Tornado calls current.
-    """
-    global _instance
-    with _instance_lock:
-        if _instance is None or _instance[0] != os.getpid():
-            _instance = (os.getpid(), Subscriber())
-        subscriber = _instance[1]
-    if subscriber._task is None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            from tornado.ioloop import IOLoop
-
-            IOLoop.current().add_callback(subscriber.start)
-        else:
-            subscriber.start()
-    return subscriber
-
-
-@contextlib.contextmanager
-def _swap_instance(subscriber: Subscriber | None) -> Iterator[None]:
-    """For tests: make ``subscriber`` this process's instance for a while."""
-    global _instance
-    with _instance_lock:
-        saved, _instance = (
-            _instance,
-            ((os.getpid(), subscriber) if subscriber is not None else None),
-        )
-    try:
-        yield
-    finally:
-        with _instance_lock:
-            _instance = saved

@@ -6,7 +6,8 @@ event loop, which is where the subscriber's Dask client must be created.
 
 from __future__ import annotations
 
-from app.subscriber import configure_logging, get_subscriber
+from app import registry
+from app.settings import configure_logging
 
 configure_logging()
-get_subscriber()
+registry.get()

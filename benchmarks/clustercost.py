@@ -3,7 +3,7 @@
 In one process, as the embedded setup runs it: a ``LocalCluster`` with two single-thread
 worker processes, the loop's ``StreamRunner`` for one demo stream (40 lines/s on the
 benchmark's FTP server) and a second client acting as a Panel process's subscriber
-(``etl.contract.subscribe``, then ``read_frames`` of the announced seq). Per tick:
+(``etl.contract.subscribe_all``, then ``FrameStream.read`` of the announced seq). Per tick:
 
 - ``submit -> published``: from ``tick()`` being called (extract and transform submitted)
   to the subscriber receiving the frame's event; split into ``extract+transform``
@@ -57,7 +57,7 @@ async def _measure(url: str, state_dir: Path, ticks: int, interval: float, warmu
     ):
 
         async def fetch(seq: int) -> None:
-            frames = await contract.read_frames(sub_client, "bench", seq - 1, seq)
+            frames = await contract.FrameStream("bench", sub_client).read(seq - 1, seq)
             if frames:
                 fetched[seq] = time.time()
 
@@ -68,7 +68,7 @@ async def _measure(url: str, state_dir: Path, ticks: int, interval: float, warmu
             fetches.add(task)
             task.add_done_callback(fetches.discard)
 
-        contract.subscribe(sub_client, on_event)
+        contract.subscribe_all(sub_client, on_event)
         await asyncio.sleep(0.5)  # the subscription must reach the scheduler first
         store = StateStore(state_dir)
         runner = StreamRunner(loop_client, stream, store, ring=64)

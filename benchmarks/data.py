@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from etl.demo import FTPServer, LogWriter
+from cluster.ftpserver import FTPServer
+from cluster.logwriter import LogWriter
 
 STREAMS = ["alpha", "beta", "gamma"]
 RATE = 40.0  # lines per second per stream, as in the demo

@@ -1,9 +1,9 @@
 """Viewer load: headrace and the per-session peer, the same viewers, FTP server and files.
 
-A *stack* is the set of server processes under test, grouped by role for the process
-statistics. For each N of the sweep, the load generator (a child process, so that its
-CPU does not share a GIL with the FTP server or the sampler) connects N viewers, waits
-``settle`` seconds, measures ``duration`` seconds and waits ``grace`` more for late rows.
+The systems under test are started as *stacks* (:mod:`benchmarks.stacks`). For each N of
+the sweep, the load generator (a child process, so that its CPU does not share a GIL with
+the FTP server or the sampler) connects N viewers, waits ``settle`` seconds, measures
+``duration`` seconds and waits ``grace`` more for late rows.
 """
 
 from __future__ import annotations
@@ -11,18 +11,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from . import common
 from .analysis import analyze
-from .common import HOST, ProcStats, by_role, log
+from .common import ProcStats, by_role, log
 from .data import STREAMS, Feed
+from .stacks import Stack, loadgen_argv, start_headrace, start_peer
+
+__all__ = [
+    "FrameEvents",
+    "Stack",
+    "ok",
+    "run_phase",
+    "sessions_per_process",
+    "start_headrace",
+    "start_peer",
+    "sweep",
+]
 
 # Beyond these the system is overloaded for good: larger N would only take time
 # (and starve the machine), so the sweep stops there.
@@ -30,50 +40,6 @@ GIVE_UP_P95 = 3.0
 GIVE_UP_RATIO = 0.5
 CAPACITY_P95 = 1.0
 CAPACITY_RATIO = 0.99
-
-
-@dataclass
-class Stack:
-    name: str
-    url: str
-    port: int
-    procs: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    scheduler: str | None = None  # headrace: where to listen to the loop's frame events
-
-    def roles(self) -> dict[str, list[int]]:
-        return {role: [p.pid for p in ps] for role, ps in self.procs.items()}
-
-    def check_alive(self) -> None:
-        for role, ps in self.procs.items():
-            for p in ps:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{self.name}: {role} process exited ({p.returncode})")
-
-    def stop(self) -> None:
-        # Viewers' servers first, then the loop, then the cluster it talks to.
-        for role in ("panel", "loop", "workers", "scheduler"):
-            for p in self.procs.get(role, []):
-                common.stop(p)
-
-    def panel_pids(self) -> list[int]:
-        """The processes that accept viewers: forked children if any, else the parent."""
-        pids = []
-        for p in self.procs.get("panel", []):
-            procs = common.tree(p)
-            listening = [q.pid for q in procs if _listens(q, self.port)]
-            pids += listening or [p.pid]
-        return pids
-
-
-def _listens(proc: psutil.Process, port: int) -> bool:
-    try:
-        return any(
-            c.status == psutil.CONN_LISTEN and c.laddr.port == port
-            for c in proc.net_connections("tcp")
-        )
-    except psutil.Error:
-        return False
 
 
 def sessions_per_process(stack: Stack, local_ports: list[int | None]) -> dict[int, int]:
@@ -106,23 +72,7 @@ def run_phase(
     stack.check_alive()
     rows_path = work / f"rows-{stack.name}-{n}.npz"
     lg = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.loadgen",
-            "--url",
-            stack.url,
-            "--viewers",
-            str(n),
-            "--settle",
-            str(settle),
-            "--duration",
-            str(duration),
-            "--grace",
-            str(grace),
-            "--out",
-            str(rows_path),
-        ],
+        loadgen_argv(stack.url, n, settle, duration, grace, rows_path),
         stdout=subprocess.PIPE,
         stderr=open(work / "loadgen.log", "ab"),  # noqa: SIM115 - the child keeps it
         text=True,
@@ -198,7 +148,7 @@ class FrameEvents:
         self.events: list[dict] = []
         self.client = Client(address, timeout=30)
         # The handler runs on the client's loop: only record.
-        contract.subscribe(self.client, lambda e: self.events.append(e.to_message()))
+        contract.subscribe_all(self.client, lambda e: self.events.append(e.to_message()))
 
     def close(self) -> None:
         self.client.close()
@@ -250,174 +200,3 @@ def sweep(
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.0f}"
-
-
-# -- the stacks ---------------------------------------------------------------------------------
-
-
-def _panel_session_flags() -> list[str]:
-    # Closed sessions are dropped after 1 s instead of 15-32 s, so that one phase's viewers
-    # do not weigh on the next.
-    return ["--check-unused-sessions", "1000", "--unused-session-lifetime", "1000"]
-
-
-def start_peer(feed: Feed, num_procs: int, work: Path) -> Stack:
-    port = common.free_port()
-    env = {
-        "HEADRACE_PEER_FTP": ",".join(feed.url(s) for s in STREAMS),
-        "HEADRACE_PEER_INTERVAL": "0.2",
-    }
-    name = f"peer-{num_procs}p"
-    proc = common.start(
-        [
-            common.VENV_BIN / "panel",
-            "serve",
-            "benchmarks/peer_app.py",
-            "--address",
-            HOST,
-            "--port",
-            port,
-            "--num-procs",
-            num_procs,
-            "--allow-websocket-origin",
-            f"{HOST}:{port}",
-            *_panel_session_flags(),
-        ],
-        work / f"{name}.log",
-        env,
-    )
-    stack = Stack(name, f"http://{HOST}:{port}/peer_app", port, {"panel": [proc]})
-    try:
-        common.wait_port(port, 90, proc)
-        _warm(stack, work)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
-def _warm(stack: Stack, work: Path) -> None:
-    """A few throw-away viewers: the first session of each process imports and caches."""
-    out = work / "warm.npz"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.loadgen",
-            "--url",
-            stack.url,
-            "--viewers",
-            "3",
-            "--settle",
-            "1",
-            "--duration",
-            "1",
-            "--grace",
-            "0",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        timeout=120,
-        cwd=common.ROOT,
-        check=False,
-    )
-    out.unlink(missing_ok=True)
-
-
-def start_headrace(feed: Feed, num_procs: int, work: Path, ring: int = 64) -> Stack:
-    sched_port, panel_port = common.free_port(), common.free_port()
-    address = f"tcp://{HOST}:{sched_port}"
-    config = work / "headrace.yaml"
-    lines = [f"state_dir: {work / 'state'}", f"ring: {ring}", "streams:"]
-    for s in STREAMS:
-        lines += [
-            f"  {s}:",
-            f"    source: {feed.url(s)}",
-            "    interval: 0.2",
-            "    transform: {resample: 25ms, agg: max}",
-        ]
-    config.write_text("\n".join(lines) + "\n")
-    bin_ = common.VENV_BIN
-    stack = Stack(
-        "headrace", f"http://{HOST}:{panel_port}/dashboard", panel_port, scheduler=address
-    )
-    try:
-        stack.procs["scheduler"] = [
-            common.start(
-                [
-                    bin_ / "dask",
-                    "scheduler",
-                    "--host",
-                    HOST,
-                    "--port",
-                    sched_port,
-                    "--dashboard-address",
-                    f"{HOST}:{common.free_port()}",
-                ],
-                work / "scheduler.log",
-            )
-        ]
-        common.wait_port(sched_port, 60, stack.procs["scheduler"][0])
-        stack.procs["workers"] = [
-            common.start(
-                [
-                    bin_ / "dask",
-                    "worker",
-                    address,
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    HOST,
-                    "--no-dashboard",
-                ],
-                work / "workers.log",
-            )
-        ]
-        stack.procs["loop"] = [
-            common.start(
-                [bin_ / "headrace", "etl", "--config", config, "--scheduler", address],
-                work / "loop.log",
-            )
-        ]
-        stack.procs["panel"] = [
-            common.start(
-                [
-                    bin_ / "headrace",
-                    "serve",
-                    "--num-procs",
-                    num_procs,
-                    "--scheduler",
-                    address,
-                    "--port",
-                    panel_port,
-                ],
-                work / "panel.log",
-            )
-        ]
-        common.wait_port(panel_port, 120, stack.procs["panel"][0])
-        _wait_published(address, stack)
-        _warm(stack, work)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
-def _wait_published(address: str, stack: Stack, timeout: float = 60.0) -> None:
-    """Until every stream has a few frames published (the loop is ticking)."""
-    from distributed import Client
-
-    from etl import contract
-
-    deadline = time.monotonic() + timeout
-    with Client(address, timeout=30) as client:
-        while time.monotonic() < deadline:
-            stack.check_alive()
-            heads = contract.heads(client)
-            if all(s in heads and heads[s].seq >= 5 for s in STREAMS):
-                return
-            time.sleep(0.5)
-    raise TimeoutError(f"the loop published nothing for {timeout:.0f}s; see loop.log")

@@ -1,6 +1,6 @@
 """Parser throughput: headrace's RegexParser + Resample against pandas on the same bytes.
 
-Both sides get the same 1 M demo lines (``etl.demo.format_line``, 40 lines/s as the demo
+Both sides get the same 1 M demo lines (``cluster.logwriter.format_line``, 40 lines/s as the demo
 writes them, so about one line per 25 ms period) and produce the same thing: 25 ms
 periods with the max value. pandas: ``read_csv(sep=" ")`` + ``to_datetime(ISO8601)`` +
 ``resample("25ms").max()``. Arrow is held to one thread, so CPU seconds are one core's;
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from etl.demo import format_line
+from cluster.logwriter import format_line
 
 from .common import log
 
@@ -26,24 +26,24 @@ from .common import log
 def demo_bytes(lines: int, rate: float = 40.0, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     values = np.clip(rng.normal(0.1, 0.01, lines), 0, 1)
-    values[rng.random(lines) < 0.002] += 0.5  # the rare spikes of etl.demo.sample_value
+    values[rng.random(lines) < 0.002] += 0.5  # the rare spikes of cluster.logwriter.sample_value
     start = time.time() - lines / rate
     return b"".join(format_line(start + i / rate, float(v)) for i, v in enumerate(values))
 
 
 def _headrace(data: bytes) -> int:
-    from etl.parsing import RegexParser
+    from etl.regexparser import RegexParser
     from etl.transforms import Resample
 
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     step = Resample("25ms", agg="max")(parsed.frame, None)
     return len(step.frame)
 
 
 def _headrace_parse(data: bytes) -> int:
-    from etl.parsing import RegexParser
+    from etl.regexparser import RegexParser
 
-    return len(RegexParser()(data).frame)
+    return len(RegexParser().parse(data).frame)
 
 
 def _pandas_parse(data: bytes) -> pd.DataFrame:

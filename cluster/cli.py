@@ -1,10 +1,14 @@
-"""The ``headrace`` command: ``etl`` runs the tick loop, ``serve`` the dashboard, ``demo`` both."""
+"""The ``headrace`` command, every subcommand in one place.
+
+``etl`` runs the tick loop, ``serve`` the dashboard, ``demo`` both with an FTP server and data.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -44,8 +48,9 @@ def main(log_level: str) -> None:
 def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
     """Run the tick loop: extract, transform and publish every stream every interval."""
     from etl.config import load
-    from etl.service import serve
     from etl.streams import ConfigError
+
+    from .service import serve
 
     try:
         config = load(config_path)
@@ -77,20 +82,53 @@ def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
     help="Dask dashboard address.",
 )
 @click.option("--workdir", default=None, help="Where log files and state go (default: a temp dir).")
-def demo(**options) -> None:
+def demo(**options: Any) -> None:
     """Run everything on this machine: FTP server with live logs, Dask, tick loop, Panel."""
     from .demo import main as run_demo
 
     run_demo(**options)
 
 
-def _add_app_commands() -> None:
-    from app.cli import serve
+@main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--num-procs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Panel processes (each fetches every frame once for all its sessions).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler. Default: DASK_SCHEDULER_ADDRESS, else tcp://127.0.0.1:8786.",
+)
+@click.option("--port", default=5006, show_default=True, type=int)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--window",
+    default=None,
+    type=click.FloatRange(min=1),
+    help="Seconds of data kept and shown per stream (default 600).",
+)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def serve(
+    num_procs: int,
+    scheduler: str | None,
+    port: int,
+    address: str,
+    window: float | None,
+    extra: tuple[str, ...],
+) -> None:
+    """Serve the live dashboard at http://ADDRESS:PORT/dashboard.
 
-    main.add_command(serve)
+    Arguments after the options go to `panel serve` as they are.
+    """
+    from .panel import serve_command
 
+    click.echo(f"headrace serve: http://{address}:{port}/dashboard", err=True)
+    raise SystemExit(serve_command(num_procs, scheduler, port, address, list(extra), window))
 
-_add_app_commands()
 
 if __name__ == "__main__":
     main()

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import subprocess
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from distributed import Client
 
-from . import LocalSpec
+from etl.streams import Stream
+
+from . import processes
+from .connection import LocalSpec
+from .ftpserver import FTPServer
+from .logwriter import LogWriter
+from .panel import serve_command
+from .service import serve
 
 log = logging.getLogger("headrace.demo")
 
@@ -41,11 +47,6 @@ async def demo(
     dashboard_address: str = "127.0.0.1:8787",
     workdir: str | None = None,
 ) -> None:
-    from app.cli import serve_command
-    from etl.demo import FTPServer, LogWriter
-    from etl.service import serve
-    from etl.streams import Stream
-
     work = Path(workdir or tempfile.mkdtemp(prefix="headrace-demo-"))
     root = work / "ftp"
     root.mkdir(parents=True, exist_ok=True)
@@ -84,25 +85,11 @@ async def demo(
         )
     finally:
         for proc in panel:
-            stop_process_group(proc)
+            processes.stop(proc)
         writer.stop()
         server.stop()
         log.info("demo: stopped")
 
 
-def stop_process_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM a process started with ``start_new_session=True`` and its children; then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-def main(**options) -> None:
+def main(**options: Any) -> None:
     asyncio.run(demo(**options))

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .contract import DEFAULT_RING
-from .parsing import RegexParser
+from .regexparser import RegexParser
 from .streams import ConfigError, Stream
 from .transforms import Resample
 

@@ -1,10 +1,8 @@
 """The published contract between the tick loop (``etl``) and its readers (``app``).
 
-This is the only module both sides import. Everything a reader needs to find,
-fetch and trust a frame is here: names, the event, the frame schema, and a
-reader that returns the frames of a stream after a given sequence number.
+This is the only module both sides import, and the wire format is all written here.
 
-On the cluster, per stream ``s``:
+On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+``):
 
 - dataset ``headrace.s.<seq>``: the frame published under sequence number ``seq``.
   The loop publishes the DataFrame itself (a tick's rows: small), so the scheduler
@@ -12,26 +10,36 @@ On the cluster, per stream ``s``:
   memory) is accepted too, for large frames. Only the last ``ring`` frames are
   kept; older ones are unpublished.
 - metadata ``["headrace", "streams", s]``: a :class:`Head` as a dict, the newest
-  sequence number and when it was published.
-- topic ``headrace.frames``: one msgpack-able dict per frame, an :class:`Event`.
+  sequence number, the ring size, when it was published and the stream's tick interval.
+- metadata ``["headrace", "health", s]``: the loop's health record of the stream (a dict).
+- topic ``headrace.frames``: one msgpack-able dict per frame, an :class:`Event`
+  (``stream, seq, rows, first, last, published, v``).
 
 Sequence numbers start at 1, grow by exactly 1 per frame and continue across
 restarts of the loop. A reader that sees ``n + 2`` after ``n`` fetches ``n + 1``;
 a frame re-published under a sequence number it has seen is the same frame and
 must be ignored. Datasets, metadata and subscriptions live on the scheduler and
-do not survive its restart: readers re-read the head and fill gaps.
+do not survive its restart: readers re-read the head, subscribe again and fill gaps.
 
 Frames: a ``time`` column (datetime64[ns, UTC]) sorted ascending, a ``value``
 column (float64), optional extra columns (``count`` for aggregating
 transforms, ``key`` when one file carries several series); only rows not
 published before.
+
+:class:`FrameStream` is the one way to use all of this, in the style of
+``distributed.Variable``: methods return their result with a synchronous client and a
+coroutine with an asynchronous one.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from distributed import Future
 
@@ -43,8 +51,15 @@ TOPIC = "headrace.frames"
 PREFIX = "headrace"
 DEFAULT_RING = 64
 SCHEMA_VERSION = 1
+# Where the embedded cluster listens, and so where readers look when told nothing.
+DEFAULT_SCHEDULER = "tcp://127.0.0.1:8786"
 
 _NAME = re.compile(r"^[a-z0-9_-]+$")
+
+T = TypeVar("T")
+# What a method of :class:`FrameStream` returns: the value, or with an asynchronous
+# client a coroutine of it (as distributed's own primitives do).
+SyncOrAsync: TypeAlias = T | Awaitable[T]
 
 
 def validate_name(name: str) -> str:
@@ -56,17 +71,44 @@ def validate_name(name: str) -> str:
     return name
 
 
+def configured_scheduler(address: str | None = None) -> str | None:
+    """``address``, else ``DASK_SCHEDULER_ADDRESS`` / dask's ``scheduler-address``, else None.
+
+    None means "nothing configured": the loop then starts an embedded cluster on
+    :data:`DEFAULT_SCHEDULER`, and readers look for it there.
+    """
+    import dask
+
+    return (
+        address
+        or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        or dask.config.get("scheduler-address", None)
+    )
+
+
 def dataset_name(stream: str, seq: int) -> str:
+    """The dataset a frame is published under."""
     return f"{PREFIX}.{stream}.{seq}"
 
 
-def head_key(stream: str | None = None) -> list[str]:
-    return [PREFIX, "streams"] + ([stream] if stream is not None else [])
+def _key(kind: str, stream: str | None = None) -> list[str]:
+    return [PREFIX, kind] + ([stream] if stream is not None else [])
 
 
-def health_key(stream: str | None = None) -> list[str]:
-    """Metadata key of a stream's health dict (counts, errors, malformed samples)."""
-    return [PREFIX, "health"] + ([stream] if stream is not None else [])
+@dataclass(frozen=True)
+class Span:
+    """The rows of a frame: how many, and the ns since the epoch of the first and last."""
+
+    rows: int
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> Span:
+        if not len(frame):
+            return cls(0, 0, 0)
+        times = frame["time"].to_numpy(dtype="datetime64[ns]").view("int64")
+        return cls(len(frame), int(times[0]), int(times[-1]))
 
 
 @dataclass(frozen=True)
@@ -99,71 +141,146 @@ class Head:
     interval: float = 0.0  # the stream's tick interval in seconds, so readers can judge staleness
 
 
-async def _publish(
-    client: Client, stream: str, seq: int, frame: Future | pd.DataFrame, event: Event, head: Head
-) -> None:
-    name = dataset_name(stream, seq)
-    # override: a loop restarted after a crash re-publishes the same frame under the same seq.
-    await client.publish_dataset(**{name: frame}, override=True)
-    await client.set_metadata(head_key(stream), asdict(head))
-    # The dataset and head exist before anyone hears of them, so a reader acting on the
-    # event always finds the frame.
-    await client.log_event(TOPIC, event.to_message())
-    stale = seq - head.ring
-    if stale > 0:
-        await client.unpublish_dataset(dataset_name(stream, stale))
+EventHandler = Callable[[Event], None]
+# Per client: handlers by stream (None: every stream). A client has one handler per topic,
+# so one dispatcher per client serves every FrameStream and subscribe_all on it.
+_handlers: weakref.WeakKeyDictionary[Client, dict[str | None, list[EventHandler]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def publish(
-    client: Client, stream: str, seq: int, frame: Future | pd.DataFrame, event: Event, head: Head
-) -> Any:
-    """Publish ``frame`` as ``seq`` of ``stream``: dataset, head, then event; trim the ring.
+def _listen(client: Client, stream: str | None, handler: EventHandler) -> None:
+    table = _handlers.setdefault(client, {})
+    group = table.setdefault(stream, [])
+    if handler not in group:
+        group.append(handler)
 
-    Returns a coroutine with an asynchronous client.
+    def dispatch(message: tuple[float, dict[str, Any]]) -> None:
+        event = Event.from_message(message[1])
+        for h in [*table.get(event.stream, ()), *table.get(None, ())]:
+            h(event)
+
+    # Sent to the scheduler every time: after a scheduler restart this subscribes again.
+    client.subscribe_topic(TOPIC, dispatch)
+
+
+def _client(client: Client | None) -> Client:
+    if client is not None:
+        return client
+    from distributed import get_client
+
+    return get_client()
+
+
+class FrameStream:
+    """The published frames of one stream: what the loop writes and readers read.
+
+    ``ring`` and ``interval`` matter to the publisher only (they go into the head).
+    Handlers given to :meth:`subscribe` run on the client's event loop: they must not
+    block nor await futures (that deadlocks the client's message stream); schedule the
+    fetch instead.
     """
-    return client.sync(_publish, client, stream, seq, frame, event, head)
 
+    def __init__(
+        self,
+        name: str,
+        client: Client | None = None,
+        *,
+        ring: int = DEFAULT_RING,
+        interval: float = 0.0,
+    ) -> None:
+        self.name = validate_name(name)
+        self.client = _client(client)
+        self.ring, self.interval = ring, interval
 
-async def _heads(client: Client) -> dict[str, Head]:
-    raw = await client.get_metadata(head_key(), default=None) or {}
-    return {name: Head(**h) for name, h in raw.items()}
+    def __repr__(self) -> str:
+        return f"FrameStream({self.name!r})"
 
+    def publish(
+        self, seq: int, frame: pd.DataFrame | Future, span: Span | None = None
+    ) -> SyncOrAsync[Event]:
+        """Publish ``frame`` as ``seq``: dataset, head, then event; trim the ring.
 
-def heads(client: Client) -> Any:
-    """``{stream: Head}`` for every stream published on the cluster (a coroutine if async)."""
-    return client.sync(_heads, client)
+        ``span`` is computed from a DataFrame; give it for a Future. Publishing a seq
+        again (a loop restarted after a crash) replaces it with the same frame.
+        """
+        if span is None:
+            if isinstance(frame, Future):
+                raise TypeError(f"{self!r}: publishing a Future needs its span")
+            span = Span.of(frame)
+        return self.client.sync(self._publish, seq, frame, span)
 
+    async def _publish(self, seq: int, frame: pd.DataFrame | Future, span: Span) -> Event:
+        client, now = self.client, time.time()
+        event = Event(self.name, seq, span.rows, span.first, span.last, now)
+        await client.publish_dataset(**{dataset_name(self.name, seq): frame}, override=True)
+        head = Head(seq, self.ring, now, self.interval)
+        await client.set_metadata(_key("streams", self.name), asdict(head))
+        # The dataset and head exist before anyone hears of them, so a reader acting on the
+        # event always finds the frame.
+        await client.log_event(TOPIC, event.to_message())
+        stale = seq - self.ring
+        if stale > 0:
+            await client.unpublish_dataset(dataset_name(self.name, stale))
+        return event
 
-async def _read_frames(
-    client: Client, stream: str, after: int, until: int | None
-) -> list[tuple[int, pd.DataFrame]]:
-    if until is None:
-        head = (await _heads(client)).get(stream)
-        if head is None:
+    def head(self) -> SyncOrAsync[Head | None]:
+        """The newest published frame's :class:`Head`, or None if nothing was published."""
+        return self.client.sync(self._head)
+
+    async def _head(self) -> Head | None:
+        raw = await self.client.get_metadata(_key("streams", self.name), default=None)
+        return Head(**raw) if raw else None
+
+    def read(
+        self, after: int = 0, until: int | None = None
+    ) -> SyncOrAsync[list[tuple[int, pd.DataFrame]]]:
+        """Frames with ``after < seq <= until`` (default: the head), oldest first.
+
+        ``[(seq, DataFrame), ...]``. Frames that have left the ring (or were lost with a
+        scheduler) are absent: compare the returned numbers with the range to see the gap.
+        """
+        return self.client.sync(self._read, after, until)
+
+    async def _read(self, after: int, until: int | None) -> list[tuple[int, pd.DataFrame]]:
+        if until is None:
+            head = await self._head()
+            if head is None:
+                return []
+            until = head.seq
+        seqs = list(range(after + 1, until + 1))
+        if not seqs:
             return []
-        until = head.seq
-    seqs = list(range(after + 1, until + 1))
-    if not seqs:
-        return []
-    values = await client.get_dataset([dataset_name(stream, s) for s in seqs], default=None)
-    found = [(s, v) for s, v in zip(seqs, values, strict=True) if v is not None]
-    # The loop publishes the frame itself (one round trip for readers); a frame published
-    # as a Future (kept in worker memory) is gathered.
-    futures = [(s, v) for s, v in found if isinstance(v, Future)]
-    if futures:
+        names = [dataset_name(self.name, s) for s in seqs]
+        values = await self.client.get_dataset(names, default=None)
+        found = [(s, v) for s, v in zip(seqs, values, strict=True) if v is not None]
+        futures = {s: v for s, v in found if isinstance(v, Future)}
+        if futures:
+            gathered = await self._gather(futures)
+            found = [(s, gathered.get(s) if s in futures else v) for s, v in found]
+        return [(s, v) for s, v in found if v is not None]
+
+    async def _gather(self, futures: dict[int, Future]) -> dict[int, pd.DataFrame | None]:
         try:
-            gathered = dict(
-                zip(
-                    [s for s, _ in futures],
-                    await client.gather([f for _, f in futures]),
-                    strict=True,
-                )
-            )
+            return dict(zip(futures, await self.client.gather(list(futures.values())), strict=True))
         except Exception:
             # One lost frame (its worker died) must not hide the others.
-            gathered = {s: await _result_or_none(f) for s, f in futures}
-        found = [(s, gathered.get(s, v) if isinstance(v, Future) else v) for s, v in found]
-    return [(s, v) for s, v in found if v is not None and not isinstance(v, Future)]
+            return {s: await _result_or_none(f) for s, f in futures.items()}
+
+    def subscribe(self, handler: EventHandler) -> None:
+        """Call ``handler(Event)`` for every frame of this stream announced from now on.
+
+        Subscriptions do not survive a scheduler restart: call this again after one.
+        """
+        _listen(self.client, self.name, handler)
+
+    def report_health(self, health: dict[str, Any]) -> SyncOrAsync[None]:
+        """Keep the loop's health record of this stream on the scheduler."""
+        return self.client.sync(self.client.set_metadata, _key("health", self.name), health)
+
+    def health(self) -> SyncOrAsync[dict[str, Any] | None]:
+        """The loop's last health record of this stream, or None."""
+        return self.client.sync(self.client.get_metadata, _key("health", self.name), default=None)
 
 
 async def _result_or_none(future: Future) -> pd.DataFrame | None:
@@ -173,25 +290,20 @@ async def _result_or_none(future: Future) -> pd.DataFrame | None:
         return None
 
 
-def read_frames(client: Client, stream: str, after: int = 0, until: int | None = None) -> Any:
-    """Frames of ``stream`` with ``after < seq <= until`` (default: the head), oldest first.
+def heads(client: Client | None = None) -> SyncOrAsync[dict[str, Head]]:
+    """``{stream: Head}`` for every stream published on the cluster."""
+    client = _client(client)
 
-    Returns ``[(seq, DataFrame), ...]``, or a coroutine of it with an asynchronous
-    client. Frames that have left the ring (or were lost with a scheduler) are
-    absent: compare the returned sequence numbers with the range to see the gap.
+    async def read() -> dict[str, Head]:
+        raw = await client.get_metadata(_key("streams"), default=None) or {}
+        return {name: Head(**h) for name, h in raw.items()}
+
+    return client.sync(read)
+
+
+def subscribe_all(client: Client, handler: EventHandler) -> None:
+    """Call ``handler(Event)`` for every frame of every stream announced from now on.
+
+    As :meth:`FrameStream.subscribe`, for readers that follow streams as they appear.
     """
-    return client.sync(_read_frames, client, stream, after, until)
-
-
-def subscribe(client: Client, handler) -> None:
-    """Call ``handler(Event)`` for every frame announced from now on.
-
-    The handler runs on the client's event loop: it must not block nor await
-    futures (that deadlocks the client's message stream); schedule the fetch.
-    Subscriptions do not survive a scheduler restart: call this again after one.
-    """
-
-    def on_message(message: tuple[float, dict[str, Any]]) -> None:
-        handler(Event.from_message(message[1]))
-
-    client.subscribe_topic(TOPIC, on_message)
+    _listen(client, None, handler)

@@ -22,7 +22,7 @@ from distributed import Client
 
 from . import contract, pipeline
 from .sources import SourceError
-from .state import StateStore, StreamState
+from .state import Checkpoint, StateStore
 from .streams import Stream
 
 log = logging.getLogger("headrace.etl")
@@ -69,8 +69,9 @@ class StreamRunner:
     """Runs the ticks of one stream and keeps its state and health."""
 
     def __init__(self, client: Client, stream: Stream, store: StateStore, ring: int) -> None:
-        self.client, self.stream, self.store, self.ring = client, stream, store, ring
-        self.state: StreamState = store.load(stream.name)
+        self.client, self.stream, self.store = client, stream, store
+        self.frames = contract.FrameStream(stream.name, client, ring=ring, interval=stream.interval)
+        self.state: Checkpoint = store.load(stream.name)
         self.health = Health(published=self.state.next_seq - 1)
 
     def _key(self, step: str, seq: int, token: str) -> str:
@@ -114,31 +115,28 @@ class StreamRunner:
             )
         if summary.nbytes == 0:
             if summary.cursor != state.cursor:  # a reset or a partial line: remember where we are
-                self._commit(StreamState(summary.cursor, seq, state.carry))
+                self._commit(Checkpoint(summary.cursor, seq, state.carry))
             return None
         self._account(summary)
-        done = StreamState(summary.cursor, seq, summary.carry)
-        if summary.rows == 0:
+        done = Checkpoint(summary.cursor, seq, summary.carry)
+        if summary.span.rows == 0:
             self._commit(done)
             return None
         # Write-ahead: if we die after publishing and before committing, the restart re-reads
         # exactly the same bytes and re-publishes the same frame under the same seq.
         self._commit(
-            StreamState(state.cursor, seq, state.carry, pending_until=summary.cursor.offset)
+            Checkpoint(state.cursor, seq, state.carry, pending_until=summary.cursor.offset)
         )
-        now = time.time()
-        event = contract.Event(stream.name, seq, summary.rows, summary.first, summary.last, now)
-        head = contract.Head(seq, self.ring, now, stream.interval)
-        await contract.publish(client, stream.name, seq, frame, event, head)
+        event = await self.frames.publish(seq, frame, summary.span)
         done.next_seq = seq + 1
         self._commit(done)
-        self.health.published, self.health.last_published = seq, now
+        self.health.published, self.health.last_published = seq, event.published
         return seq
 
     def _account(self, s: pipeline.Summary) -> None:
         h = self.health
         h.lines += s.lines
-        h.rows += s.rows
+        h.rows += s.span.rows
         h.late += s.late
         if s.malformed:
             h.malformed += s.malformed
@@ -157,7 +155,7 @@ class StreamRunner:
                 s.late,
             )
 
-    def _commit(self, state: StreamState) -> None:
+    def _commit(self, state: Checkpoint) -> None:
         self.store.save(self.stream.name, state, time.time())
         self.state = state
 

@@ -1,25 +1,22 @@
 """What runs on Dask workers each tick: extract, then parse and transform.
 
 Functions here are submitted as tasks; they take and return plain picklable
-objects, hold no state of their own (the connection pool lives in
-``sources``), and never raise for bad data: malformed lines are counted and
+objects, hold no state of their own (the FTP connection pool lives in
+``etl.ftp``), and never raise for bad data: malformed lines are counted and
 sampled, not fatal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from .parsing import Malformed, Parsed, RegexParser
+from .contract import Span
+from .parser import Malformed, Parser
 from .sources import Chunk, Cursor, Source, SourceError
-from .transforms import Step, empty_frame
-
-Parser = Callable[..., Parsed]
-Transform = Callable[[pd.DataFrame, Any], Step]
+from .transforms import Transform, empty_frame
 
 
 def extract(source: Source, cursor: Cursor, limit: int | None = None) -> Chunk:
@@ -41,15 +38,13 @@ class Summary:
     transfers: int
     reset: str | None
     error: str | None = None  # the source could not be read
-    rows: int = 0
-    first: int = 0  # ns of the first row's time, 0 if no rows
-    last: int = 0
+    span: Span = field(default_factory=lambda: Span(0, 0, 0))  # the frame's rows
     lines: int = 0
     malformed: int = 0
     samples: list[Malformed] = field(default_factory=list)
     late: int = 0
     carried: int = 0
-    carry: Any = None
+    carry: Any = None  # the transform's carry, opaque to the loop
 
 
 @dataclass
@@ -58,32 +53,7 @@ class Result:
     summary: Summary
 
 
-def take_lines(fn: Callable[[list[str]], pd.DataFrame]) -> Callable[[bytes], pd.DataFrame]:
-    """Adapt a parser written for a list of text lines to the bytes the sources produce."""
-
-    def parse(data: bytes) -> pd.DataFrame:
-        return fn(data.decode("utf-8", errors="replace").splitlines())
-
-    parse.__name__ = getattr(fn, "__name__", "parse")
-    return parse
-
-
-def run_parser(parser: Any, chunk: Chunk) -> Parsed:
-    """Run the stream's parser; a user parser that raises marks its chunk malformed."""
-    if isinstance(parser, RegexParser):
-        return parser(chunk.data, first_line=chunk.first_line, source=chunk.source)
-    lines = chunk.data.count(b"\n")
-    try:
-        frame = parser(chunk.data)
-    except Exception as exc:  # the user's code: report it with its place, keep the loop alive
-        text = chunk.data[:200].decode("utf-8", errors="replace")
-        reason = f"parser {getattr(parser, '__name__', parser)!r} raised {exc!r}"
-        sample = Malformed(line=chunk.first_line, reason=reason, text=text, source=chunk.source)
-        return Parsed(frame=empty_frame(), lines=lines, malformed=lines, samples=[sample])
-    return Parsed(frame=frame, lines=lines, malformed=0, samples=[])
-
-
-def transform(chunk: Chunk, parser: Any, transform: Transform, carry: Any) -> Result:
+def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) -> Result:
     """Parse the chunk's complete lines and apply the stream's transform.
 
     Without new lines there is nothing to parse or transform: the task returns at once
@@ -93,12 +63,10 @@ def transform(chunk: Chunk, parser: Any, transform: Transform, carry: Any) -> Re
     if not chunk.data:
         summary.carry = carry
         return Result(empty_frame(), summary)
-    parsed = run_parser(parser, chunk)
-    step = transform(parsed.frame, carry)
+    parsed = parser.parse(chunk.data, first_line=chunk.first_line, source=chunk.source)
+    step = transform.step(parsed.frame, carry)
     frame = step.frame
-    if len(frame):
-        times = frame["time"].to_numpy(dtype="datetime64[ns]").view("int64")
-        summary.rows, summary.first, summary.last = len(frame), int(times[0]), int(times[-1])
+    summary.span = Span.of(frame)
     summary.lines, summary.malformed = parsed.lines, parsed.malformed
     summary.samples = parsed.samples
     summary.late, summary.carried, summary.carry = step.late, step.carried, step.carry

@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS streams (
 
 
 @dataclass
-class StreamState:
+class Checkpoint:
+    """Where a stream's loop stands: what it has read, what it publishes next, its carry."""
+
     cursor: Cursor = field(default_factory=Cursor)
     next_seq: int = 1
     carry: Any = None  # the transform's state between ticks (small, picklable)
@@ -56,7 +58,7 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
 
-    def load(self, name: str) -> StreamState:
+    def load(self, name: str) -> Checkpoint:
         with self._lock:
             row = self._db.execute(
                 "SELECT offset, line, tail, fingerprint, next_seq, carry, pending_until"
@@ -64,9 +66,9 @@ class StateStore:
                 (name,),
             ).fetchone()
         if row is None:
-            return StreamState()
+            return Checkpoint()
         offset, line, tail, fingerprint, next_seq, carry, pending_until = row
-        return StreamState(
+        return Checkpoint(
             cursor=Cursor(
                 offset=offset, line=line, tail=bytes(tail), fingerprint=bytes(fingerprint)
             ),
@@ -75,7 +77,7 @@ class StateStore:
             pending_until=pending_until,
         )
 
-    def save(self, name: str, state: StreamState, updated: float) -> None:
+    def save(self, name: str, state: Checkpoint, updated: float) -> None:
         c = state.cursor
         carry = pickle.dumps(state.carry, protocol=5) if state.carry is not None else None
         with self._lock:

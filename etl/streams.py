@@ -2,7 +2,8 @@
 
 Define streams in Python::
 
-    from etl import Stream, Resample, run
+    from cluster.service import run
+    from etl import Stream
 
     streams = [
         Stream("cpu", "ftp://127.0.0.1:2121/cpu.log", interval=0.2),
@@ -10,23 +11,26 @@ Define streams in Python::
     ]
     run(streams, scheduler="tcp://127.0.0.1:8786")
 
-``parser`` is a :class:`RegexParser` or any function ``bytes -> DataFrame`` (use
-:func:`take_lines` for a function of text lines); ``transform`` is a
-:class:`Resample`, any function ``DataFrame -> DataFrame``, or None to publish
-parsed rows as they are.
+``parser`` is a :class:`~etl.parser.Parser` (default: a :class:`RegexParser`) or any
+function ``bytes -> DataFrame`` (use :func:`~etl.parser.take_lines` for a function of
+text lines); ``transform`` is a :class:`~etl.transforms.Transform` (default: a
+:class:`Resample`), any function ``DataFrame -> DataFrame``, or None to publish parsed
+rows as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from .contract import validate_name
-from .parsing import RegexParser
+from .parser import FunctionParser, Parser
+from .regexparser import RegexParser
 from .sources import Source, make_source
-from .transforms import Resample, as_transform
+from .transforms import Map, Resample, Transform
 
 DEFAULT_INTERVAL = 0.2
 
@@ -59,8 +63,10 @@ def _identity(frame: pd.DataFrame) -> pd.DataFrame:
 class Stream:
     name: str
     source: Source | str
-    parser: Any = field(default_factory=RegexParser)
-    transform: Any = field(default_factory=Resample)
+    parser: Parser | Callable[[bytes], pd.DataFrame] = field(default_factory=RegexParser)
+    transform: Transform | Callable[[pd.DataFrame], pd.DataFrame] | None = field(
+        default_factory=Resample
+    )
     interval: float = DEFAULT_INTERVAL
     source_options: dict = field(default_factory=dict)
 
@@ -80,15 +86,18 @@ class Stream:
                 self.source = make_source(self.source, **self.source_options)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc), stream=self.name, setting="source") from None
-        if not callable(self.parser):
+        self.parser = self._extension("parser", self.parser, Parser, FunctionParser)
+        transform = Map(_identity) if self.transform is None else self.transform
+        self.transform = self._extension("transform", transform, Transform, Map)
+
+    def _extension(self, setting: str, value: Any, kind: type, wrap: Callable[[Any], Any]) -> Any:
+        """``value`` if it is a ``kind`` (a Protocol), else the plain function ``wrap``ped."""
+        if isinstance(value, kind):
+            return value
+        if not callable(value):
             raise ConfigError(
-                f"must be callable, got {self.parser!r}", stream=self.name, setting="parser"
+                f"must be a {kind.__name__} or callable, got {value!r}",
+                stream=self.name,
+                setting=setting,
             )
-        if self.transform is None:
-            self.transform = as_transform(_identity)
-        elif not callable(self.transform):
-            raise ConfigError(
-                f"must be callable, got {self.transform!r}", stream=self.name, setting="transform"
-            )
-        elif not getattr(self.transform, "stateful", False):
-            self.transform = as_transform(self.transform)
+        return wrap(value)

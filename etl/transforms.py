@@ -1,8 +1,10 @@
 """Transforms: parsed rows -> frames to publish, with state carried between ticks.
 
-A transform is called as ``transform(rows, carry) -> Step`` once per tick. ``carry`` is
-whatever the previous call returned in ``Step.carry`` (None the first time); the loop
-pickles it into its state store, so it must stay small and picklable.
+A :class:`Transform` is called as ``transform.step(rows, carry) -> Step`` once per tick.
+It keeps no state of its own: what one tick leaves for the next goes back in
+``Step.carry`` and comes in as ``carry`` (None the first time); the loop keeps it in its
+state store across restarts, so it must stay small and picklable. :class:`Map` makes a
+transform of a stateless ``DataFrame -> DataFrame`` function.
 
 :class:`Resample` aggregates rows into fixed periods and publishes a period only
 once it is closed, i.e. once a row of a later period has been seen. A closed period
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-__all__ = ["AGGS", "Carry", "Resample", "Step", "as_transform", "empty_frame"]
+__all__ = ["AGGS", "Carry", "Map", "Resample", "Step", "Transform", "empty_frame"]
 
 AGGS = ("mean", "max", "min", "sum", "last", "first", "median")
 TIME_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
@@ -44,14 +47,24 @@ class Carry:
     published_until: int | None = None
 
 
+C = TypeVar("C")
+
+
 @dataclass
-class Step:
+class Step(Generic[C]):
     """What a transform returns for one tick."""
 
-    frame: pd.DataFrame  # rows to publish: closed periods only, sorted by time
-    carry: Carry | None
+    frame: pd.DataFrame  # rows to publish, sorted by time, none published before
+    carry: C | None  # what the next tick's call gets as ``carry``
     late: int = 0  # input rows dropped because their period was already published
     carried: int = 0  # rows held in carry
+
+
+@runtime_checkable
+class Transform(Protocol[C]):
+    """Parsed rows of one tick -> the frame to publish, with state carried in ``C``."""
+
+    def step(self, rows: pd.DataFrame, carry: C | None) -> Step[C]: ...
 
 
 class Resample:
@@ -61,8 +74,6 @@ class Resample:
     do not depend on where a tick's rows begin. Output columns: ``time`` (period
     start), ``value`` (the aggregate), ``count`` (rows in the period) and ``key``.
     """
-
-    stateful = True  # already (rows, carry) -> Step: the loop must not wrap it
 
     def __init__(self, period: str | pd.Timedelta = "25ms", agg: str = "mean") -> None:
         if agg not in AGGS:
@@ -77,7 +88,7 @@ class Resample:
     def __repr__(self) -> str:
         return f"Resample({str(self.period)!r}, agg={self.agg!r})"
 
-    def __call__(self, rows: pd.DataFrame, carry: Carry | None = None) -> Step:
+    def step(self, rows: pd.DataFrame, carry: Carry | None = None) -> Step[Carry]:
         times, values, keys = _columns(rows)
         until = carry.published_until if carry is not None else None
         if carry is not None and len(carry.rows):
@@ -139,10 +150,10 @@ class Resample:
         return pd.DataFrame(out)
 
 
-Columns = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
+_Arrays = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
 
 
-def _columns(rows: pd.DataFrame) -> Columns:
+def _columns(rows: pd.DataFrame) -> _Arrays:
     """ns times, float64 values and keys (or None) of a frame of rows."""
     missing = [c for c in ("time", "value") if c not in rows.columns]
     if missing:
@@ -154,7 +165,7 @@ def _columns(rows: pd.DataFrame) -> Columns:
     return times.array.asi8, rows["value"].to_numpy(np.float64), keys
 
 
-def _join(carried: Columns, new: Columns) -> Columns:
+def _join(carried: _Arrays, new: _Arrays) -> _Arrays:
     times = np.concatenate([carried[0], new[0]])
     values = np.concatenate([carried[1], new[1]])
     if carried[2] is None and new[2] is None:
@@ -208,19 +219,22 @@ def _utc_ns(times: pd.Series) -> pd.Series:
     return pd.to_datetime(times, utc=True).dt.as_unit("ns")
 
 
-class _Stateless:
-    """A user's ``DataFrame -> DataFrame`` function as a transform (no carry)."""
+class Map:
+    """A stateless ``DataFrame -> DataFrame`` function as a :class:`Transform` (no carry).
 
-    stateful = True
+    Its output is checked and coerced to the contract: ``time`` and ``value`` columns
+    required (ValueError naming what is missing), ``time`` as datetime64[ns, UTC],
+    ``value`` as float64, rows sorted by time.
+    """
 
     def __init__(self, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
     def __repr__(self) -> str:
-        return f"as_transform({self.fn!r})"
+        return f"Map({self.fn!r})"
 
-    def __call__(self, rows: pd.DataFrame, carry: object = None) -> Step:
+    def step(self, rows: pd.DataFrame, carry: None = None) -> Step[None]:
         out = self.fn(rows)
         if not isinstance(out, pd.DataFrame):
             raise TypeError(f"transform {self.__name__!r} returned {type(out).__name__}")
@@ -233,13 +247,3 @@ class _Stateless:
         out = out.assign(time=_utc_ns(out["time"]), value=out["value"].astype(np.float64))
         out = out.sort_values("time", kind="stable", ignore_index=True)
         return Step(out, None, 0, 0)
-
-
-def as_transform(fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[..., Step]:
-    """Wrap a stateless ``DataFrame -> DataFrame`` function as ``(rows, carry) -> Step``.
-
-    The result is checked and coerced to the contract: ``time`` and ``value``
-    columns required (ValueError naming what is missing), ``time`` as
-    datetime64[ns, UTC], ``value`` as float64, rows sorted by time.
-    """
-    return _Stateless(fn)

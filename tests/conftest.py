@@ -5,13 +5,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from etl.demo import FTPServer
+from cluster.ftpserver import FTPServer
 
 FTP_USER = "alice"
 FTP_PASSWORD = "s3cret-PW"
+
+# Threads keep test clusters fast (tests that need worker processes say so). tcp, not
+# inproc: over inproc a published Future is passed by reference and dies with its
+# publishing client. Loopback and free ports, for the scheduler and its dashboard.
+CLUSTER_OPTIONS: dict[str, Any] = dict(
+    n_workers=1,
+    threads_per_worker=2,
+    processes=False,
+    protocol="tcp://",
+    host="127.0.0.1",
+    scheduler_port=0,
+    dashboard_address=":0",
+)
+
+
+@pytest.fixture(scope="session")
+def cluster_options() -> dict[str, Any]:
+    """Keyword arguments of ``LocalCluster`` for a test cluster (a fresh copy each time)."""
+    return dict(CLUSTER_OPTIONS)
 
 
 class RootFiles:

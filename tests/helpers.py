@@ -86,12 +86,10 @@ class Publisher:
                 self.unsent = self.make_frame()
             frame = self.unsent
         assert frame is not None
-        now = time.time()
-        first, last = (int(t.value) for t in frame["time"].iloc[[0, -1]])
-        event = contract.Event(self.stream, seq, len(frame), first, last, now)
-        head = contract.Head(seq, self.ring, now, self.interval)
+        # As a Future (rows left in worker memory), the contract's way for large frames.
         [future] = await client.scatter([frame], hash=False)
-        await contract.publish(client, self.stream, seq, future, event, head)
+        frames = contract.FrameStream(self.stream, client, ring=self.ring, interval=self.interval)
+        await frames.publish(seq, future, contract.Span.of(frame))
         self.frames[seq] = frame
         if seq > self.seq:
             self.seq, self.unsent = seq, None
@@ -150,11 +148,12 @@ def count_dataset_gets(scheduler) -> Counter:
 
 
 @contextlib.contextmanager
-def panel_serve(
+def headrace_serve(
     address: str, num_procs: int, log_path: Path, extra=(), window: float | None = None
 ) -> Iterator[tuple[subprocess.Popen, int]]:
     """``headrace serve`` as a subprocess on a free port; kills its process group after."""
-    from app.cli import serve_command, stop_serving
+    from cluster import processes
+    from cluster.panel import serve_command
 
     port = free_port()
     with open(log_path, "wb") as log:
@@ -171,21 +170,19 @@ def panel_serve(
         try:
             yield proc, port
         finally:
-            stop_serving(proc)
+            processes.stop(proc)
 
 
 def spawn(args: list[str], log, env: dict | None = None) -> subprocess.Popen:
-    """A subprocess in its own process group (stop it with ``app.cli.stop_serving``)."""
-    return subprocess.Popen(
-        args,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
+    """A subprocess in its own process group (stop it with ``cluster.processes.stop``)."""
+    from cluster import processes
+
+    return processes.start(
+        args, {**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
     )
 
 
-def etl_loop(config: Path, address: str, log, env: dict | None = None) -> subprocess.Popen:
+def headrace_etl(config: Path, address: str, log, env: dict | None = None) -> subprocess.Popen:
     """``headrace etl --config CONFIG --scheduler ADDRESS``."""
     cmd = [sys.executable, "-m", "cluster.cli", "etl", "--config", str(config)]
     return spawn([*cmd, "--scheduler", address], log, env)

@@ -16,7 +16,7 @@ from helpers import (
     check_rows,
     count_dataset_gets,
     free_port,
-    panel_serve,
+    headrace_serve,
     publishing,
     raw_session,
     wait_for,
@@ -25,27 +25,17 @@ from helpers import (
 
 from etl import contract
 
-CLUSTER = dict(
-    n_workers=1,
-    threads_per_worker=2,
-    processes=False,
-    dashboard_address=":0",
-    protocol="tcp://",
-    host="127.0.0.1",
-    scheduler_port=0,
-)
-
 
 @pytest.mark.timeout(150)
-def test_sessions_across_three_processes_get_every_row_once(tmp_path):
+def test_sessions_across_three_processes_get_every_row_once(tmp_path, cluster_options):
     procs = 3
-    with LocalCluster(**CLUSTER) as cluster:
+    with LocalCluster(**cluster_options) as cluster:
         gets = count_dataset_gets(cluster.scheduler)
         publisher = Publisher("synth", interval=0.15)
         log = tmp_path / "panel.log"
         with (
             publishing(publisher, cluster.scheduler_address),
-            panel_serve(cluster.scheduler_address, procs, log) as (proc, port),
+            headrace_serve(cluster.scheduler_address, procs, log) as (proc, port),
         ):
 
             def subscribed() -> set[str]:
@@ -95,22 +85,23 @@ def test_sessions_across_three_processes_get_every_row_once(tmp_path):
 
 
 @pytest.mark.timeout(150)
-def test_200_sessions_opened_and_closed_leave_nothing_behind():
+def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
     import panel as pn
     from bokeh.client import pull_session
     from bokeh.document import Document
     from bokeh.events import DocumentReady
     from tornado.ioloop import IOLoop
 
+    from app import registry
     from app.dashboard import build
-    from app.fanout import get_fanout
-    from app.subscriber import Subscriber, _swap_instance
+    from app.subscriber import Subscriber
 
-    with LocalCluster(**CLUSTER) as cluster:
+    with LocalCluster(**cluster_options) as cluster:
         publisher = Publisher("churn", interval=0.1)
         subscriber = Subscriber(cluster.scheduler_address, window=60)
         port = free_port()
-        with publishing(publisher, cluster.scheduler_address), _swap_instance(subscriber):
+        parts = registry.reset(subscriber)
+        with publishing(publisher, cluster.scheduler_address):
             server = pn.serve(
                 {"dashboard": build},
                 port=port,
@@ -122,7 +113,7 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind():
             )
             try:
                 url = f"http://127.0.0.1:{port}/dashboard"
-                fanout = get_fanout(subscriber)
+                fanout = parts.fanout
                 loop = IOLoop()
                 process = psutil.Process()
 
@@ -190,6 +181,7 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind():
                         closing.result(10)
                 finally:
                     server.stop()
+                    registry.reset()
 
 
 def count(cls) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -12,22 +11,12 @@ import pytest
 from distributed import Client, LocalCluster
 from helpers import Publisher, async_wait_for, count_dataset_gets, free_port
 
+from app.columns import frame_columns
 from app.fanout import Fanout, Gate, Sink
 from app.freshness import Lag, describe
-from app.subscriber import StreamState, Subscriber, frame_columns
+from app.subscriber import Subscriber
+from app.window import Window
 from etl import contract
-
-# TCP, not the in-process default: inproc hands the publisher's Future objects themselves to
-# other clients, which then cannot gather them; across processes they are serialised.
-CLUSTER = dict(
-    n_workers=1,
-    threads_per_worker=2,
-    processes=False,
-    dashboard_address=":0",
-    asynchronous=True,
-    protocol="tcp://",
-    host="127.0.0.1",
-)
 
 
 def published_ns(publisher: Publisher, seqs=None) -> np.ndarray:
@@ -40,22 +29,24 @@ def window_ns(subscriber: Subscriber, stream: str) -> np.ndarray:
 
 async def publish_without_event(client: Client, publisher: Publisher) -> int:
     """Publish the next frame's dataset and head but lose its event, as a dropped message."""
-    publisher.seq += 1
-    seq, frame = publisher.seq, publisher.make_frame()
-    publisher.frames[seq] = frame
-    await client.publish_dataset(**{contract.dataset_name(publisher.stream, seq): frame})
-    head = contract.Head(seq, publisher.ring, 0.0, publisher.interval)
-    await client.set_metadata(contract.head_key(publisher.stream), asdict(head))
-    return seq
+
+    async def lost(topic: str, msg: dict) -> None:
+        pass
+
+    client.log_event = lost  # the one fault here that cannot be provoked for real
+    try:
+        return await publisher.publish(client)
+    finally:
+        del client.log_event
 
 
 @pytest.mark.timeout(60)
-def test_each_frame_fetched_once_duplicates_ignored_gaps_filled(caplog):
+def test_each_frame_fetched_once_duplicates_ignored_gaps_filled(caplog, cluster_options):
     caplog.set_level(logging.INFO, logger="headrace.app")
 
     async def main():
         async with (
-            LocalCluster(scheduler_port=0, **CLUSTER) as cluster,
+            LocalCluster(**cluster_options, asynchronous=True) as cluster,
             Client(cluster, asynchronous=True) as client,
         ):
             gets = count_dataset_gets(cluster.scheduler)
@@ -109,19 +100,19 @@ def test_each_frame_fetched_once_duplicates_ignored_gaps_filled(caplog):
 
 
 def test_window_keeps_the_newest_seconds_of_row_time():
-    state = StreamState("w", window_ns=int(1e9))
+    window = Window(window_ns=int(1e9))
     start = pd.Timestamp("2026-01-01", tz="UTC")
     for i in range(40):  # 4 s of rows at 25 ms, in frames of 4
         times = pd.date_range(start + pd.Timedelta(milliseconds=100 * i), periods=4, freq="25ms")
-        state.append(frame_columns(pd.DataFrame({"time": times, "value": np.arange(4.0)})))
-    snap = state.snapshot()
+        window.append(frame_columns(pd.DataFrame({"time": times, "value": np.arange(4.0)})))
+    snap = window.snapshot()
     times = snap.columns["time"]
     newest = times[-1]
     assert newest == np.datetime64("2026-01-01T00:00:03.975")
     assert times[0] == newest - np.timedelta64(1000, "ms")  # the cutoff row itself is kept
     assert len(times) == 41
     assert snap.end == 160  # indices count every row ever ingested
-    assert state.window_rows() <= 41 + 4  # whole old frames are dropped as they age out
+    assert window.held() <= 41 + 4  # whole old frames are dropped as they age out
     assert snap.capacity >= 1000
 
 
@@ -168,28 +159,24 @@ def test_fanout_drops_sinks_of_gone_documents():
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=60)
     fanout = Fanout(subscriber)
-    state = subscriber._state("s")
     keep = Document()
     fanout.register("s", keep, ColumnDataSource())
     fanout.register("s", Document(), ColumnDataSource())
     gc.collect()
-    columns = frame_columns(
-        pd.DataFrame(
-            {"time": pd.date_range("2026", periods=3, freq="25ms"), "value": [1.0, 2.0, 3.0]}
-        )
+    frame = pd.DataFrame(
+        {"time": pd.date_range("2026", periods=3, freq="25ms"), "value": [1.0, 2.0, 3.0]}
     )
-    first = state.append(columns)
-    fanout._on_rows("s", columns, first)
+    subscriber.ingest("s", 1, frame)
     assert fanout.sinks("s") == 1  # the gone document's sink went with its first update
 
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("down", [0.0, 7.0], ids=["quick", "client-gives-up"])
-def test_scheduler_restart_resubscribes_and_resumes(caplog, down):
+def test_scheduler_restart_resubscribes_and_resumes(caplog, down, cluster_options):
     """A new scheduler on the same address; after 7 s down the client has closed (5 s timeout)."""
     caplog.set_level(logging.INFO, logger="headrace.app")
     port = free_port()
-    cluster_args = dict(scheduler_port=port, **CLUSTER)
+    cluster_args = {**cluster_options, "scheduler_port": port, "asynchronous": True}
 
     async def main():
         publisher = Publisher("restart", interval=0.1)
@@ -231,13 +218,13 @@ def test_scheduler_restart_resubscribes_and_resumes(caplog, down):
 
 
 @pytest.mark.timeout(60)
-def test_head_going_backwards_is_followed_without_repeating_rows(caplog):
+def test_head_going_backwards_is_followed_without_repeating_rows(caplog, cluster_options):
     """State wiped upstream: a publisher starts again at seq 1 with partly repeated rows."""
     caplog.set_level(logging.INFO, logger="headrace.app")
 
     async def main():
         async with (
-            LocalCluster(scheduler_port=0, **CLUSTER) as cluster,
+            LocalCluster(**cluster_options, asynchronous=True) as cluster,
             Client(cluster, asynchronous=True) as client,
         ):
             first = Publisher("again")

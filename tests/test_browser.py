@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from distributed import LocalCluster
-from helpers import Publisher, panel_serve, publishing, wait_for, wait_http
+from helpers import Publisher, headrace_serve, publishing, wait_for, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -43,22 +43,14 @@ TEXTS = """
 
 
 @pytest.mark.timeout(120)
-def test_dashboard_in_chromium_shows_growing_data(tmp_path):
+def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
     from playwright.sync_api import sync_playwright
 
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,
-        dashboard_address=":0",
-        protocol="tcp://",
-        host="127.0.0.1",
-        scheduler_port=0,
-    ) as cluster:
+    with LocalCluster(**cluster_options) as cluster:
         publisher = Publisher("browser", interval=0.2)
         with (
             publishing(publisher, cluster.scheduler_address),
-            panel_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
+            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
             sync_playwright() as playwright,
         ):
             wait_http(port, "/static/js/bokeh.min.js", 60, proc)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from etl.config import load, parse
-from etl.parsing import RegexParser
-from etl.sources import FileSource, FTPSource
+from etl.ftp import FTPSource
+from etl.regexparser import RegexParser
+from etl.sources import FileSource
 from etl.streams import ConfigError, Stream
-from etl.transforms import Resample
+from etl.transforms import Map, Resample
 
 
 def test_yaml_config_builds_streams(tmp_path):
@@ -86,6 +87,6 @@ def test_python_streams_accept_plain_functions():
         return frame
 
     stream = Stream("mine", "/var/log/mine.log", parser=parse_fn, transform=smooth, interval=1)
-    assert stream.parser is parse_fn and stream.transform.stateful
+    assert stream.parser.fn is parse_fn and isinstance(stream.transform, Map)
     with pytest.raises(ConfigError, match=r"'mine'.*'parser'"):
         Stream("mine", "/var/log/mine.log", parser=42)

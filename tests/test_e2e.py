@@ -22,15 +22,15 @@ from helpers import (
     RecordedSession,
     dask_scheduler,
     dask_worker,
-    etl_loop,
     free_port,
-    panel_serve,
+    headrace_etl,
+    headrace_serve,
     wait_for,
 )
 
-from app.cli import stop_serving
+from cluster import processes
+from cluster.logwriter import LogWriter
 from etl import contract
-from etl.demo import LogWriter
 
 STREAM = "e2e"
 INTERVAL = 0.2
@@ -41,7 +41,7 @@ GIVE_UP_FAST = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
 
 def frames_published(address: str) -> bool:
     with Client(address, timeout=5) as client:
-        head = contract.heads(client).get(STREAM)
+        head = contract.FrameStream(STREAM, client).head()
     return head is not None and head.seq > 3
 
 
@@ -84,16 +84,16 @@ class Stack:
             "worker": lambda log: dask_worker(self.address, log),
             # The loop's client gives up on an away scheduler after 2 s (default 30 s), so
             # that the crash below also covers the loop connecting afresh.
-            "etl": lambda log: etl_loop(self.config, self.address, log, GIVE_UP_FAST),
+            "etl": lambda log: headrace_etl(self.config, self.address, log, GIVE_UP_FAST),
         }[name]
         self.procs[name] = start(self._log(name))
 
     def kill(self, name: str) -> None:
-        stop_serving(self.procs.pop(name), grace=0)
+        processes.stop(self.procs.pop(name), grace=0)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
-            stop_serving(self.procs.pop(name))
+            processes.stop(self.procs.pop(name))
         for f in self.files:
             f.close()
 
@@ -126,7 +126,7 @@ def test_viewers_add_no_transfers_and_survive_loop_and_scheduler_restarts(
     try:
         for name in ("scheduler", "worker", "etl"):
             stack.start(name)
-        with panel_serve(stack.address, PROCS, logs / "panel.log") as (panel, port):
+        with headrace_serve(stack.address, PROCS, logs / "panel.log") as (panel, port):
             url = f"http://127.0.0.1:{port}/dashboard"
 
             def open_session() -> RecordedSession:

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
+from cluster.logwriter import LogWriter
 from etl import contract
-from etl.demo import LogWriter
 from etl.loop import StreamRunner, run_streams
-from etl.parsing import RegexParser
-from etl.pipeline import take_lines
+from etl.parser import take_lines
+from etl.regexparser import RegexParser
 from etl.state import StateStore
 from etl.streams import Stream
 
@@ -23,17 +23,9 @@ PASSWORD = "s3cret-PW"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    # Threads keep this fast (test_restart.py uses worker processes). tcp, not inproc: over
-    # inproc a published Future is passed by reference and dies with its publishing client.
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=False,
-        protocol="tcp",
-        scheduler_port=0,
-        dashboard_address=None,
-    ) as c:
+def cluster(cluster_options):
+    # Two workers, so that a tick's extract and transform can run on different ones.
+    with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
         yield c
 
 
@@ -50,7 +42,7 @@ async def run_loop(address, streams, state_dir, until, timeout=30.0):
             await asyncio.sleep(0.05)
         stop.set()
         await task
-        frames = {s.name: await contract.read_frames(client, s.name) for s in streams}
+        frames = {s.name: await contract.FrameStream(s.name, client).read() for s in streams}
     store.close()
     return {r.stream.name: r for r in runners}, frames
 
@@ -212,9 +204,9 @@ class SlowParser(RegexParser):
         super().__init__()
         self.delay = delay
 
-    def __call__(self, data, first_line=1, source=""):
+    def parse(self, data, first_line=1, source=""):
         time.sleep(self.delay)
-        return super().__call__(data, first_line, source)
+        return super().parse(data, first_line, source)
 
 
 def test_credentials_never_logged(cluster, ftp_server, ftp_root, tmp_path, caplog):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl import parsing
-from etl.parsing import DEFAULT_PATTERN, Malformed, RegexParser
+from etl.parser import Malformed
+from etl.regexparser import DEFAULT_PATTERN, RegexParser
 
 KEYED = r"^(?P<time>\S+)\s+(?P<key>\S+)\s+(?P<value>\S+)\s*$"
 
@@ -25,7 +25,7 @@ def times_of(frame: pd.DataFrame) -> list[int]:
 
 def test_demo_lines() -> None:
     data = b"2026-11-23T09:17:02.123456Z 0.103412\n2026-11-23T09:17:02.148000Z -1.5\n"
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     assert list(parsed.frame.columns) == ["time", "value"]
     assert str(parsed.frame["time"].dtype) == "datetime64[ns, UTC]"
     assert parsed.frame["value"].dtype == np.float64
@@ -36,7 +36,7 @@ def test_demo_lines() -> None:
 
 def test_time_dtype_is_ns_even_for_whole_seconds() -> None:
     for data in (b"2026-11-23T09:17:02Z 1\n", b"2026-11-23T09:17:02 1\n", b""):
-        frame = RegexParser()(data).frame
+        frame = RegexParser().parse(data).frame
         assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
         assert frame["value"].dtype == np.float64
 
@@ -51,7 +51,7 @@ def test_malformed_lines_keep_their_neighbours() -> None:
         b"yesterday 4\n"
         b"2026-11-23T09:00:04Z 5\n"
     )
-    parsed = RegexParser()(data, first_line=101, source="ftp://h/demo.log")
+    parsed = RegexParser().parse(data, first_line=101, source="ftp://h/demo.log")
     assert parsed.frame["value"].tolist() == [1, 2, 3, 5]
     assert times_of(parsed.frame) == ns(*(f"2026-11-23T09:00:0{i}Z" for i in (0, 1, 3, 4)))
     assert (parsed.lines, parsed.malformed) == (7, 3)
@@ -66,7 +66,7 @@ def test_malformed_lines_keep_their_neighbours() -> None:
 @pytest.mark.parametrize("value", ["abc", "nan", "NA", "1.2.3", "-", "1,5", "0x10", "é"])
 def test_bad_values(value: str) -> None:
     data = f"2026-11-23T09:00:00Z 1\n2026-11-23T09:00:01Z {value}\n".encode()
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [1.0]
     assert parsed.samples[0].reason == f"bad value {value!r}"
     assert parsed.samples[0].line == 2
@@ -78,7 +78,7 @@ def test_bad_values(value: str) -> None:
 )
 def test_bad_times(time: str) -> None:
     data = f"{time} 1\n2026-11-23T09:00:01Z 2\n".encode()
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [2.0]
     assert (parsed.malformed, parsed.samples[0].reason) == (1, f"bad time {time!r}")
 
@@ -90,7 +90,7 @@ def test_other_iso_forms_and_naive_times_are_utc() -> None:
         b"2026-11-23T09:00:00.5Z 3\n"
         b"2026-11-23T09:00:00.123456789Z 4\n"
     )
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     expected = ns("2026-11-23T09:00Z", "2026-11-23T09:00Z", "2026-11-23T09:00:00.5Z")
     assert times_of(parsed.frame) == [*expected, expected[0] + 123456789]
 
@@ -102,7 +102,7 @@ def test_invalid_utf8_does_not_crash() -> None:
         b"2026-11-23T09:00:01Z \xc3\n"
         b"2026-11-23T09:00:02Z 3\n"
     )
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [1, 3]
     assert [s.line for s in parsed.samples] == [2, 3]
     assert parsed.samples[0].text == "\ufffd\ufffd\ufffd 2"
@@ -110,21 +110,21 @@ def test_invalid_utf8_does_not_crash() -> None:
 
 def test_blank_lines_are_ignored_but_numbered() -> None:
     data = b"\n2026-11-23T09:00:00Z 1\n  \n\t\r\n\nbad\n\n"
-    parsed = RegexParser()(data)
+    parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [1]
     assert (parsed.lines, parsed.malformed) == (2, 1)
     assert parsed.samples[0].line == 6
 
 
 def test_crlf_and_missing_final_newline() -> None:
-    parsed = RegexParser()(b"2026-11-23T09:00:00Z 1\r\n2026-11-23T09:00:01Z 2")
+    parsed = RegexParser().parse(b"2026-11-23T09:00:00Z 1\r\n2026-11-23T09:00:01Z 2")
     assert parsed.frame["value"].tolist() == [1, 2]
     assert (parsed.lines, parsed.malformed) == (2, 0)
 
 
 def test_key_group() -> None:
     data = b"2026-11-23T09:00:00Z pump 1\n2026-11-23T09:00:00Z fan 2\n2026-11-23T09:00:01Z 3\n"
-    parsed = RegexParser(KEYED)(data)
+    parsed = RegexParser(KEYED).parse(data)
     assert list(parsed.frame.columns) == ["time", "value", "key"]
     assert parsed.frame["key"].tolist() == ["pump", "fan"]
     assert parsed.frame["key"].dtype == "str"
@@ -134,17 +134,17 @@ def test_key_group() -> None:
 def test_custom_pattern_with_epoch_times() -> None:
     pattern = r"^(?P<value>[-\d.]+);(?P<time>\d+(?:\.\d+)?);"
     data = b"1.5;1795425422.25;x\n2.5;1795425423;y\n-.-;1;\n"
-    parsed = RegexParser(pattern, time_format="epoch")(data)
+    parsed = RegexParser(pattern, time_format="epoch").parse(data)
     assert times_of(parsed.frame) == [1795425422250000000, 1795425423000000000]
     assert parsed.frame["value"].tolist() == [1.5, 2.5]
     assert parsed.samples[0].reason == "bad value '-.-'"
 
 
 def test_epoch_ms_and_strftime_formats() -> None:
-    frame = RegexParser(time_format="epoch_ms")(b"1795425422250 1\n").frame
+    frame = RegexParser(time_format="epoch_ms").parse(b"1795425422250 1\n").frame
     assert times_of(frame) == [1795425422250000000]
     pattern = r"^(?P<time>\d\d/\d\d/\d{4} \d\d:\d\d),(?P<value>\S+)$"
-    parsed = RegexParser(pattern, time_format="%d/%m/%Y %H:%M")(b"23/11/2026 09:17,4\n1,2\n")
+    parsed = RegexParser(pattern, time_format="%d/%m/%Y %H:%M").parse(b"23/11/2026 09:17,4\n1,2\n")
     assert times_of(parsed.frame) == ns("2026-11-23T09:17Z")
     assert parsed.malformed == 1
 
@@ -152,7 +152,7 @@ def test_epoch_ms_and_strftime_formats() -> None:
 def test_pattern_outside_re2_falls_back_to_pandas() -> None:
     parser = RegexParser(r"^(?P<time>\S+) (?P<value>\S+)(?= ok$)")
     assert not parser.use_re2
-    parsed = parser(b"2026-11-23T09:00:00Z 1 ok\n2026-11-23T09:00:01Z 2 no\n")
+    parsed = parser.parse(b"2026-11-23T09:00:00Z 1 ok\n2026-11-23T09:00:01Z 2 no\n")
     assert parsed.frame["value"].tolist() == [1]
     assert parsed.samples[0].line == 2
 
@@ -178,14 +178,14 @@ def test_unknown_time_format() -> None:
 
 def test_keep_limits_samples_to_the_last_ones() -> None:
     data = b"".join(f"bad{i}\n".encode() for i in range(20))
-    assert [s.line for s in RegexParser()(data).samples] == [16, 17, 18, 19, 20]
-    assert [s.line for s in RegexParser(keep=2)(data).samples] == [19, 20]
-    assert RegexParser(keep=0)(data).samples == []
-    assert RegexParser(keep=0)(data).malformed == 20
+    assert [s.line for s in RegexParser().parse(data).samples] == [16, 17, 18, 19, 20]
+    assert [s.line for s in RegexParser(keep=2).parse(data).samples] == [19, 20]
+    assert RegexParser(keep=0).parse(data).samples == []
+    assert RegexParser(keep=0).parse(data).malformed == 20
 
 
 def test_long_lines_are_cut_in_samples() -> None:
-    sample = RegexParser()(b"x" * 1000 + b"\n").samples[0]
+    sample = RegexParser().parse(b"x" * 1000 + b"\n").samples[0]
     assert sample.text == "x" * 200
 
 
@@ -193,7 +193,7 @@ def test_pickles() -> None:
     parser = RegexParser(KEYED, keep=3)
     clone = pickle.loads(pickle.dumps(parser))
     data = b"2026-11-23T09:00:00Z a 1\nbad\n"
-    a, b = parser(data), clone(data)
+    a, b = parser.parse(data), clone.parse(data)
     pd.testing.assert_frame_equal(a.frame, b.frame)
     assert a.samples == b.samples
     assert pickle.loads(pickle.dumps(a.samples)) == a.samples
@@ -269,11 +269,11 @@ def random_log(rng: np.random.Generator, n: int, odd: bool) -> bytes:
 @pytest.mark.parametrize("seed", range(8))
 def test_matches_per_line_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small pieces so one input takes the CSV path, cutting and the general path.
-    monkeypatch.setattr(parsing, "_PIECE", 2048)
-    monkeypatch.setattr(parsing, "_MIN_CSV", 256)
+    monkeypatch.setattr(RegexParser, "PIECE", 2048)
+    monkeypatch.setattr(RegexParser, "MIN_CSV", 256)
     rng = np.random.default_rng(seed)
     data = random_log(rng, 400, odd=seed % 2 == 1)
-    parsed = RegexParser(DEFAULT_PATTERN, keep=1000)(data)
+    parsed = RegexParser(DEFAULT_PATTERN, keep=1000).parse(data)
     times, values, lines, bad = reference(data, DEFAULT_PATTERN)
     assert times_of(parsed.frame) == times
     assert parsed.frame["value"].tolist() == values
@@ -290,9 +290,9 @@ def test_clean_input_gives_the_same_frame_on_every_path(seed: int) -> None:
     keys = rng.choice(["a", "bb", "c-1"], n)
     values = rng.normal(size=n).round(6)
     data = "".join(f"{t} {k} {v}\n" for t, k, v in zip(texts, keys, values, strict=True))
-    fast = RegexParser(KEYED)(data.encode())
+    fast = RegexParser(KEYED).parse(data.encode())
     # A tab anywhere keeps the input off the CSV path; one bad line adds the regex path.
-    slow = RegexParser(KEYED)(("bad\tline\n" + data).encode())
+    slow = RegexParser(KEYED).parse(("bad\tline\n" + data).encode())
     for parsed in (fast, slow):
         assert times_of(parsed.frame) == (stamps // 1000 * 1000).tolist()
         assert parsed.frame["value"].tolist() == values.tolist()

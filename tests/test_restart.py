@@ -10,15 +10,17 @@ import pandas as pd
 import pytest
 import yaml
 from distributed import Client, LocalCluster
-from helpers import etl_loop, wait_for
+from helpers import headrace_etl, wait_for
 
+from cluster.logwriter import LogWriter
 from etl import contract
-from etl.demo import LogWriter
 from etl.state import StateStore
 
 
 @pytest.mark.timeout(180)
-def test_sigkill_and_restart_loses_and_repeats_nothing(ftp_server, ftp_root, tmp_path):
+def test_sigkill_and_restart_loses_and_repeats_nothing(
+    ftp_server, ftp_root, tmp_path, cluster_options
+):
     path = ftp_root / "kill.log"
     writer = LogWriter([path], rate=500, keep=True)
     url = ftp_server.url("kill.log").replace(":s3cret-PW", "")  # password comes from the env
@@ -35,30 +37,24 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(ftp_server, ftp_root, tmp
     # Worker processes, as in production: the extract connection pool lives in them.
     with (
         open(tmp_path / "etl.log", "wb") as log,
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=True,
-            scheduler_port=0,
-            dashboard_address=None,
-        ) as cluster,
+        LocalCluster(**{**cluster_options, "processes": True}) as cluster,
         Client(cluster) as client,
     ):
 
         def head() -> int:
-            h = contract.heads(client).get("killme")
+            h = contract.FrameStream("killme", client).head()
             return h.seq if h else 0
 
         writer.start()
         second = None
-        first = etl_loop(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
+        first = headrace_etl(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
         try:
             wait_for(lambda: head() >= 10, 60, "10 frames from the first run")
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
             killed_at = head()
             time.sleep(1.0)  # lines keep arriving while the loop is dead
-            second = etl_loop(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
+            second = headrace_etl(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
             wait_for(lambda: head() >= killed_at + 10, 60, "10 frames from the second run")
             writer.stop()
             store = StateStore(tmp_path / "state")
@@ -74,7 +70,7 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(ftp_server, ftp_root, tmp
                 if proc is not None and proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
             writer.stop()
-        frames = contract.read_frames(client, "killme", after=0)
+        frames = contract.FrameStream("killme", client).read(after=0)
 
     seqs = [s for s, _ in frames]
     assert seqs == list(range(1, len(seqs) + 1))

@@ -13,15 +13,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from etl.demo import FTPServer, LogWriter
+from cluster.ftpserver import FTPServer
+from cluster.logwriter import LogWriter
+from etl.ftp import FTPSource
+from etl.pipeline import extract
 from etl.sources import (
     Chunk,
     Cursor,
     FileSource,
-    FTPSource,
     Source,
     SourceError,
-    extract,
     make_source,
 )
 

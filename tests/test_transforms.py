@@ -1,4 +1,4 @@
-"""Resample publishes closed periods only, once each; as_transform checks user output."""
+"""Resample publishes closed periods only, once each; Map checks user output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.transforms import AGGS, Carry, Resample, Step, as_transform, empty_frame
+from etl.transforms import AGGS, Carry, Map, Resample, Step, Transform, empty_frame
 
 START = pd.Timestamp("2026-11-23T09:00:00Z").value
 MS = 1_000_000
@@ -45,7 +45,7 @@ def run(transform: Resample, chunks: list[pd.DataFrame]) -> tuple[list[Step], pd
     """Feed chunks one per tick, pickling the carry between ticks as the loop does."""
     steps, carry = [], None
     for chunk in chunks:
-        step = transform(chunk, carry)
+        step = transform.step(chunk, carry)
         steps.append(step)
         carry = pickle.loads(pickle.dumps(step.carry))
     return steps, pd.concat([s.frame for s in steps], ignore_index=True)
@@ -92,7 +92,7 @@ def test_random_splits_with_keys() -> None:
 
 def test_output_dtypes_and_columns() -> None:
     rows = make_rows(np.random.default_rng(1), 200, keys=["a", "b"])
-    step = Resample("25ms")(rows, None)
+    step = Resample("25ms").step(rows, None)
     assert list(step.frame.columns) == ["time", "value", "count", "key"]
     assert str(step.frame["time"].dtype) == "datetime64[ns, UTC]"
     assert step.frame["value"].dtype == np.float64
@@ -103,20 +103,20 @@ def test_output_dtypes_and_columns() -> None:
 
 
 def test_empty_input() -> None:
-    step = Resample()(empty_frame(), None)
+    step = Resample().step(empty_frame(), None)
     assert len(step.frame) == 0 and (step.late, step.carried) == (0, 0)
     pd.testing.assert_series_equal(step.frame.dtypes, empty_frame({"count": "int64"}).dtypes)
     # An empty tick keeps the open period and what was published.
-    first = Resample()(make_rows(np.random.default_rng(2), 50), None)
-    again = Resample()(empty_frame(), first.carry)
+    first = Resample().step(make_rows(np.random.default_rng(2), 50), None)
+    again = Resample().step(empty_frame(), first.carry)
     assert len(again.frame) == 0 and again.carried == first.carried
     assert again.carry.published_until == first.carry.published_until
 
 
 def test_keyed_carry_survives_a_frame_without_keys() -> None:
     rows = make_rows(np.random.default_rng(6), 100, keys=["a", "b"])
-    first = Resample()(rows, None)
-    step = Resample()(empty_frame(), first.carry)  # what a failed parser publishes
+    first = Resample().step(rows, None)
+    step = Resample().step(empty_frame(), first.carry)  # what a failed parser publishes
     assert step.carried == first.carried
     pd.testing.assert_frame_equal(step.carry.rows, first.carry.rows)
 
@@ -125,7 +125,7 @@ def test_late_rows_are_dropped_and_counted() -> None:
     t = pd.to_datetime(
         ["2026-11-23T09:00:00.001Z", "2026-11-23T09:00:00.030Z", "2026-11-23T09:00:00.060Z"]
     )
-    first = Resample("25ms", "sum")(pd.DataFrame({"time": t, "value": [1.0, 2.0, 3.0]}), None)
+    first = Resample("25ms", "sum").step(pd.DataFrame({"time": t, "value": [1.0, 2.0, 3.0]}), None)
     assert first.frame["value"].tolist() == [1.0, 2.0]  # 09:00:00.000 and .025 closed
     late = pd.DataFrame(
         {
@@ -133,7 +133,7 @@ def test_late_rows_are_dropped_and_counted() -> None:
             "value": [100.0, 4.0],
         }
     )
-    step = Resample("25ms", "sum")(late, first.carry)
+    step = Resample("25ms", "sum").step(late, first.carry)
     assert (step.late, step.carried, len(step.frame)) == (1, 2, 0)
     assert step.carry.rows["value"].tolist() == [3.0, 4.0]
 
@@ -155,7 +155,7 @@ def test_out_of_order_rows_are_accounted_and_never_republished() -> None:
 def test_unsorted_rows_within_a_tick_are_not_late() -> None:
     rows = make_rows(np.random.default_rng(3), 200)
     shuffled = rows.sample(frac=1, random_state=3).reset_index(drop=True)
-    step = Resample("25ms", "first")(shuffled, None)
+    step = Resample("25ms", "first").step(shuffled, None)
     pd.testing.assert_frame_equal(step.frame, one_shot(rows, "25ms", "first"), check_dtype=False)
     assert step.late == 0
 
@@ -172,7 +172,7 @@ def test_max_keeps_spikes() -> None:
 
 def test_carry_pickles() -> None:
     rows = make_rows(np.random.default_rng(5), 100, keys=["a"])
-    carry = Resample()(rows, None).carry
+    carry = Resample().step(rows, None).carry
     clone = pickle.loads(pickle.dumps(carry))
     assert isinstance(clone, Carry)
     pd.testing.assert_frame_equal(clone.rows, carry.rows)
@@ -186,7 +186,7 @@ def test_resample_validation_and_pickle() -> None:
     with pytest.raises(ValueError, match="positive"):
         Resample("0ms")
     with pytest.raises(ValueError, match="value"):
-        Resample()(pd.DataFrame({"time": []}), None)
+        Resample().step(pd.DataFrame({"time": []}), None)
     clone = pickle.loads(pickle.dumps(Resample("1s", "median")))
     assert (clone.period_ns, clone.agg) == (10**9, "median")
 
@@ -205,33 +205,34 @@ def unsorted_naive(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def test_as_transform_coerces_to_the_contract() -> None:
-    transform = as_transform(unsorted_naive)
-    step = transform(empty_frame(), None)
+def test_map_coerces_to_the_contract() -> None:
+    transform = Map(unsorted_naive)
+    step = transform.step(empty_frame(), None)
     assert (step.carry, step.late, step.carried) == (None, 0, 0)
     assert str(step.frame["time"].dtype) == "datetime64[ns, UTC]"
     assert step.frame["value"].dtype == np.float64
     assert step.frame["value"].tolist() == [1.0, 2.0]  # sorted by time
     assert step.frame["time"][0] == pd.Timestamp("2026-11-23T09:00:00Z")
     assert list(step.frame.columns) == ["time", "value", "x"]
-    assert transform.stateful and pickle.loads(pickle.dumps(transform)).fn is unsorted_naive
+    assert isinstance(transform, Transform)
+    assert pickle.loads(pickle.dumps(transform)).fn is unsorted_naive
 
 
-def test_as_transform_converts_other_zones_to_utc() -> None:
+def test_map_converts_other_zones_to_utc() -> None:
     times = pd.date_range("2026-11-23 10:00", periods=2, freq="s", tz="Europe/Paris")
-    step = as_transform(lambda rows: pd.DataFrame({"time": times, "value": [1.0, 2.0]}))(None)
+    step = Map(lambda rows: pd.DataFrame({"time": times, "value": [1.0, 2.0]})).step(None, None)
     assert step.frame["time"][0] == pd.Timestamp("2026-11-23T09:00:00Z")
 
 
 @pytest.mark.parametrize(
     ("columns", "missing"), [(["value"], "time"), (["time"], "value"), (["x"], "time, value")]
 )
-def test_as_transform_validates_columns(columns: list[str], missing: str) -> None:
-    bad = as_transform(lambda rows: pd.DataFrame({c: [1] for c in columns}))
+def test_map_validates_columns(columns: list[str], missing: str) -> None:
+    bad = Map(lambda rows: pd.DataFrame({c: [1] for c in columns}))
     with pytest.raises(ValueError, match=missing):
-        bad(empty_frame(), None)
+        bad.step(empty_frame(), None)
 
 
-def test_as_transform_rejects_non_frames() -> None:
+def test_map_rejects_non_frames() -> None:
     with pytest.raises(TypeError, match="list"):
-        as_transform(lambda rows: [])(empty_frame(), None)
+        Map(lambda rows: []).step(empty_frame(), None)

@@ -1,4 +1,4 @@
-"""Vectorised log-line parser: bytes of complete lines -> contract frame.
+"""The built-in :class:`~etl.parser.Parser`: log lines by a regex, vectorised.
 
 No path loops over lines in Python:
 
@@ -7,19 +7,18 @@ No path loops over lines in Python:
   all cores, but rejects a whole range for one line it cannot convert, so it only
   ever returns ranges where every line parses; a rejected range is cut smaller until
   the bad lines sit in small ranges left to the general path.
-* General, fast split: numpy finds all bytes <= 0x20. A line whose only such
-  bytes are single spaces between non-empty fields is "simple" and its fields
-  become Arrow string views into the input buffer: no copy, no regex. For a
-  simple line this split is exactly what the regex captures.
+* General, fast split: numpy finds all bytes <= 0x20 (:class:`etl.lines.Lines`). A
+  line whose only such bytes are single spaces between non-empty fields is "simple"
+  and its fields become Arrow string views into the input buffer: no copy, no regex.
+  For a simple line this split is exactly what the regex captures.
 * General, regex: every other line (every line for a custom pattern) goes
   through Arrow ``extract_regex`` (RE2), or pandas ``str.extract`` when RE2
   rejects the pattern.
 
-The general path converts field strings with Arrow casts, which fail a whole
-array for one bad element; a failing array is bisected and the small pieces that
-still fail go to pandas. Arrow accepts a subset of what pandas accepts and gives
-the same value for it, so whichever path a line takes, its result is the same and
-does not depend on its neighbours (tests check this against a per-line reference).
+The general path converts field strings with :mod:`etl.convert`: Arrow casts,
+with pandas for the pieces Arrow rejects, giving the same value for what both
+accept. So whichever path a line takes, its result is the same and does not
+depend on its neighbours (tests check this against a per-line reference).
 """
 
 from __future__ import annotations
@@ -35,18 +34,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-__all__ = ["DEFAULT_PATTERN", "Malformed", "Parsed", "RegexParser"]
+from . import convert
+from .lines import Lines, valid_utf8
+from .parser import Malformed, Parsed
+
+__all__ = ["DEFAULT_PATTERN", "TIME_FORMATS", "RegexParser"]
 
 DEFAULT_PATTERN = r"^(?P<time>\S+)\s+(?P<value>\S+)\s*$"
 
 TIME_FORMATS = ("ISO8601", "epoch", "epoch_ms")
 _TEXT_MAX = 200  # characters of a malformed line kept in a sample
 _FIELD_MAX = 60  # characters of a bad field quoted in a reason
-_NAT = np.iinfo(np.int64).min
-_PIECE = 4 << 20  # bytes parsed at a time, to bound memory
-_MIN_CSV = 64 << 10  # a range the CSV reader rejects is cut down to this size
-# Below this size a failing Arrow cast is not bisected further but left to pandas.
-_MIN_BISECT = 1024
 
 # A pattern made only of whitespace-separated non-space fields can use the fast split.
 _FIELD_RE = r"\(\?P<(\w+)>(?:\\S\+|\[\^ \]\+|\[\^\\s\]\+)\)"
@@ -61,29 +59,6 @@ _CSV_TIME = {"ISO8601": pa.timestamp("ns", "UTC"), "epoch": pa.float64(), "epoch
 _CSV_PARSE = pacsv.ParseOptions(
     delimiter=" ", quote_char=False, escape_char=False, double_quote=False, ignore_empty_lines=False
 )
-
-
-@dataclass(frozen=True)
-class Malformed:
-    """One line that did not parse, kept as a sample for logs and dead letters."""
-
-    line: int
-    reason: str
-    text: str
-    source: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}: {self.text!r}"
-
-
-@dataclass
-class Parsed:
-    """Result of parsing one block of lines; ``len(frame) + malformed == lines``."""
-
-    frame: pd.DataFrame
-    lines: int
-    malformed: int
-    samples: list[Malformed] = field(default_factory=list)
 
 
 def _split_fields(pattern: str) -> tuple[str, ...] | None:
@@ -121,6 +96,9 @@ class RegexParser:
     attributes, so it pickles for shipping to Dask workers.
     """
 
+    PIECE = 4 << 20  # bytes parsed at a time, to bound memory
+    MIN_CSV = 64 << 10  # a range the CSV reader rejects is cut down to this size
+
     def __init__(
         self, pattern: str = DEFAULT_PATTERN, time_format: str = "ISO8601", keep: int = 5
     ) -> None:
@@ -154,10 +132,10 @@ class RegexParser:
     def __repr__(self) -> str:
         return f"RegexParser({self.pattern!r}, time_format={self.time_format!r})"
 
-    def __call__(self, data: bytes, first_line: int = 1, source: str = "") -> Parsed:
+    def parse(self, data: bytes, first_line: int = 1, source: str = "") -> Parsed:
         data = bytes(data)
         parts: list[_Part] = []
-        for pos, end in _pieces(data, _PIECE):
+        for pos, end in _pieces(data, self.PIECE):
             first_line += self._parse_range(data, pos, end, first_line, source, parts)
         return self._assemble(parts)
 
@@ -175,14 +153,14 @@ class RegexParser:
         if part is not None:
             out.append(part)
             return part.nlines
-        if self.use_csv and end - pos > _MIN_CSV:
+        if self.use_csv and end - pos > self.MIN_CSV:
             cuts = list(_pieces(data, (end - pos) // 8 + 1, pos, end))
             if len(cuts) > 1:
                 n = 0
                 for a, b in cuts:
                     n += self._parse_range(data, a, b, line + n, source, out)
                 return n
-        out.append(self._parse_lines(_Lines(_valid_utf8(data[pos:end])), line, source))
+        out.append(self._parse_lines(Lines(valid_utf8(data[pos:end])), line, source))
         return out[-1].nlines
 
     def _assemble(self, parts: list[_Part]) -> Parsed:
@@ -233,19 +211,19 @@ class RegexParser:
         if fmt != "ISO8601":
             times = table.column("time").combine_chunks()
             if fmt in ("epoch", "epoch_ms"):
-                ns = _epoch_ns(times.to_numpy(), fmt)
+                ns = convert.epoch_ns(times.to_numpy(), fmt)
             else:
-                ns = _parse_times(times, fmt)
-            if (ns == _NAT).any():
+                ns = convert.parse_times(times, fmt)
+            if (ns == convert.NAT).any():
                 return None
-            table = table.set_column(table.schema.get_field_index("time"), "time", _ns(ns))
+            table = table.set_column(table.schema.get_field_index("time"), "time", convert.ns(ns))
         if "key" in self.names:
             keys = table.column("key")
             if len(keys) and pc.min(pc.binary_length(keys)).as_py() == 0:
                 return None  # an empty key means two spaces in a row, which the regex rejects
         return _Part(table.select(self.names), table.num_rows, table.num_rows)
 
-    def _parse_lines(self, lines: _Lines, first_line: int, source: str) -> _Part:
+    def _parse_lines(self, lines: Lines, first_line: int, source: str) -> _Part:
         """The general path: any pattern, any line."""
         groups: list[tuple[np.ndarray, dict[str, pa.Array]]] = []
         pending = ~lines.blank
@@ -267,14 +245,14 @@ class RegexParser:
             idx = idx[matched.to_numpy(zero_copy_only=False)]
             cols = {n: c.filter(matched) for n, c in cols.items()}
 
-        ns = _parse_times(cols["time"], self.time_format)
-        values = _parse_values(cols["value"])
-        bad_time, bad_value = ns == _NAT, np.isnan(values)
+        ns = convert.parse_times(cols["time"], self.time_format)
+        values = convert.parse_values(cols["value"])
+        bad_time, bad_value = ns == convert.NAT, np.isnan(values)
         ok = ~(bad_time | bad_value)
         code = np.where(lines.blank, 0, _NO_MATCH).astype(np.int8)
         code[idx] = np.where(bad_time, _BAD_TIME, np.where(bad_value, _BAD_VALUE, 0))
         bad = np.flatnonzero(code)
-        columns = {"time": _ns(ns[ok]), "value": pa.array(values[ok])}
+        columns = {"time": convert.ns(ns[ok]), "value": pa.array(values[ok])}
         if "key" in self.names:
             columns["key"] = cols["key"].filter(pa.array(ok))
         return _Part(
@@ -285,7 +263,7 @@ class RegexParser:
             samples=self._samples(lines, bad, code, idx, cols, first_line, source),
         )
 
-    def _regex(self, lines: _Lines, todo: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
+    def _regex(self, lines: Lines, todo: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
         """Fields of lines ``todo``; null where the line does not match."""
         text = lines.text(todo)
         if self.use_re2:
@@ -305,7 +283,7 @@ class RegexParser:
 
     def _samples(
         self,
-        lines: _Lines,
+        lines: Lines,
         bad: np.ndarray,
         code: np.ndarray,
         idx: np.ndarray,
@@ -338,183 +316,7 @@ def _pieces(
         pos = stop
 
 
-def _ns(ns: np.ndarray) -> pa.Array:
-    """int64 ns since the epoch as an Arrow timestamp[ns, UTC] array (no copy)."""
-    return pa.array(ns, pa.int64()).view(pa.timestamp("ns", "UTC"))
-
-
-def _valid_utf8(data: bytes) -> bytes:
-    if data.isascii():
-        return data
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        # Invalid bytes become U+FFFD; "\n" is never part of an invalid sequence,
-        # so line boundaries and numbers are unchanged.
-        return data.decode("utf-8", errors="replace").encode("utf-8")
-    return data
-
-
-class _Lines:
-    """Line boundaries of a buffer and the positions of its bytes <= 0x20."""
-
-    def __init__(self, data: bytes) -> None:
-        if data and not data.endswith(b"\n"):
-            data += b"\n"
-        self.data = data
-        # Views read 12 bytes at a time; tiny inputs are padded so there is room.
-        self.vbuf = data if len(data) >= 16 else data.ljust(16, b"\0")
-        # Overlapping 4-byte view: u4[i] is bytes i..i+3, for building string views.
-        self.u4 = np.ndarray((len(self.vbuf) - 3,), "<u4", buffer=self.vbuf, strides=(1,))
-        buf = np.frombuffer(data, np.uint8)
-        self.low = np.flatnonzero(buf <= 0x20)  # whitespace and control bytes
-        self.lowb = buf[self.low]
-        self.k = np.flatnonzero(self.lowb == 0x0A)  # index into low of each newline
-        nl = self.low[self.k]
-        self.n = len(nl)
-        self.starts = np.empty(self.n, np.int64)
-        self.starts[:1] = 0
-        self.starts[1:] = nl[:-1] + 1
-        self.nlow = np.diff(self.k, prepend=-1) - 1  # low bytes inside each line
-        # A trailing "\r" is dropped so CRLF files behave like LF files.
-        last = self.low[self.k - 1]
-        self.cr = (self.nlow > 0) & (self.lowb[self.k - 1] == 0x0D) & (last == nl - 1)
-        self.ends = nl - self.cr
-        self.nlow -= self.cr
-        self.blank = self.nlow == self.ends - self.starts  # only low bytes: maybe blank
-        if self.blank.any():
-            cand = np.flatnonzero(self.blank)
-            text = self.text(cand)
-            space = pc.or_(pc.equal(pc.utf8_length(text), 0), pc.ascii_is_space(text))
-            self.blank[cand] = space.to_numpy(zero_copy_only=False)
-
-    def split(self, nfields: int) -> tuple[np.ndarray, list[pa.Array]]:
-        """Simple lines (only single spaces between non-empty fields) and their fields."""
-        nsep = nfields - 1
-        simple = self.nlow == nsep
-        top = self.k - self.cr  # index into low of the line end
-        seps = [self.low[top - nsep + j] for j in range(nsep)]
-        for j in range(nsep):
-            simple &= self.lowb[top - nsep + j] == 0x20
-        firsts = [self.starts, *(s + 1 for s in seps)]
-        lasts = [*seps, self.ends]
-        for a, b in zip(firsts, lasts, strict=True):
-            simple &= b > a
-        rows = np.flatnonzero(simple)
-        fields = [self.views(a[rows], (b - a)[rows]) for a, b in zip(firsts, lasts, strict=True)]
-        return rows, fields
-
-    def text(self, rows: np.ndarray) -> pa.Array:
-        return self.views(self.starts[rows], self.ends[rows] - self.starts[rows])
-
-    def views(self, start: np.ndarray, length: np.ndarray) -> pa.Array:
-        """Substrings of the buffer as a large_string array, built from string views.
-
-        A view is 16 bytes: the length, then either the string inline (<= 12 bytes)
-        or a 4-byte prefix, buffer index 0 and offset. Building them takes a few numpy
-        ops; Arrow's cast to large_string then gathers the bytes in C.
-        """
-        n = len(start)
-        v = np.zeros((n, 4), np.uint32)
-        v[:, 0] = length
-        tail = start > len(self.vbuf) - 12  # a 12-byte read would run off the end
-        safe = np.where(tail, 0, start)
-        v[:, 1] = self.u4[safe]  # prefix, or the first inline bytes
-        short = length <= 12
-        every = bool(short.all())
-        if every or short.any():
-            rows = slice(None) if every else np.flatnonzero(short)
-            v[rows, 2] = self.u4[safe[rows] + 4]
-            v[rows, 3] = self.u4[safe[rows] + 8]
-            v.view(np.uint64)[rows] &= _INLINE_MASK[length[rows]]
-        if not every:
-            rows = slice(None) if not short.any() else np.flatnonzero(~short)
-            v[rows, 3] = start[rows]
-        for i in np.flatnonzero(tail).tolist():  # at most 12 rows, all short
-            piece = self.vbuf[start[i] : start[i] + length[i]].ljust(12, b"\0")
-            v[i, 1:] = np.frombuffer(piece, np.uint32)
-        views = pa.Array.from_buffers(
-            pa.string_view(), n, [None, pa.py_buffer(v), pa.py_buffer(self.vbuf)]
-        )
-        return views.cast(pa.large_string())
-
-
-def _inline_masks() -> np.ndarray:
-    # Keep the 4-byte length and the first L bytes of the inline string.
-    masks = np.zeros((13, 2), np.uint64)
-    for length in range(13):
-        full = (1 << (32 + 8 * length)) - 1
-        masks[length] = full & (2**64 - 1), full >> 64
-    return masks
-
-
-_INLINE_MASK = _inline_masks()
-
-
 def _concat(arrays: list[pa.Array]) -> pa.Array:
     if not arrays:
         return pa.array([], pa.large_string())
     return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
-
-
-def _cast(arr: pa.Array, to: pa.DataType, fallback) -> np.ndarray:
-    """Arrow cast as numpy; pieces Arrow rejects go to ``fallback`` (bisecting)."""
-    try:
-        out = pc.cast(arr, to)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if len(arr) <= _MIN_BISECT:
-            return fallback(arr)
-        mid = len(arr) // 2
-        return np.concatenate([_cast(arr[:mid], to, fallback), _cast(arr[mid:], to, fallback)])
-    if pa.types.is_timestamp(to):
-        out = out.cast(pa.int64())
-    return out.to_numpy(zero_copy_only=False)
-
-
-def _pandas_numbers(arr: pa.Array) -> np.ndarray:
-    series = pd.Series(arr.to_pandas().to_numpy(), dtype=object)
-    return pd.to_numeric(series, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-
-
-def _to_ns(times: pd.DatetimeIndex) -> np.ndarray:
-    """Nanoseconds since the epoch; NaT where the time does not fit in ns."""
-    scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[times.unit]
-    raw = times.asi8
-    ok = (raw != _NAT) & (np.abs(raw) <= np.iinfo(np.int64).max // scale)
-    return np.where(ok, raw * np.where(ok, scale, 0), _NAT)
-
-
-def _pandas_times(fmt: str):
-    def parse(arr: pa.Array) -> np.ndarray:
-        texts = arr.to_pandas().to_numpy(object)
-        times = pd.DatetimeIndex(pd.to_datetime(texts, format=fmt, utc=True, errors="coerce"))
-        ns = _to_ns(times)
-        if fmt == "ISO8601":
-            # pandas also reads words such as "now" and "today"; ISO times start with a digit
-            digit = pc.match_substring_regex(arr, r"^[0-9]").to_numpy(zero_copy_only=False)
-            ns[~digit] = _NAT
-        return ns
-
-    return parse
-
-
-def _parse_times(arr: pa.Array, fmt: str) -> np.ndarray:
-    """int64 ns since the epoch (UTC), NaT where unparseable."""
-    if fmt == "ISO8601":
-        return _cast(arr, pa.timestamp("ns", "UTC"), _pandas_times(fmt))
-    if fmt in ("epoch", "epoch_ms"):
-        return _epoch_ns(_cast(arr, pa.float64(), _pandas_numbers), fmt)
-    return _pandas_times(fmt)(arr)
-
-
-def _epoch_ns(numbers: np.ndarray, fmt: str) -> np.ndarray:
-    # Rounded to the microsecond: near today's epoch a float64 holds no finer, and
-    # without rounding "…22.25" would come out as …22.249999872.
-    us = np.rint(numbers * (1e6 if fmt == "epoch" else 1e3))
-    ok = np.isfinite(us) & (np.abs(us) < 2.0**63 / 1000)
-    return np.where(ok, np.where(ok, us, 0).astype(np.int64) * 1000, _NAT)
-
-
-def _parse_values(arr: pa.Array) -> np.ndarray:
-    """float64, NaN where unparseable (a literal "nan" counts as unparseable too)."""
-    return _cast(arr, pa.float64(), _pandas_numbers)

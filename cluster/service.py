@@ -1,4 +1,8 @@
-"""Run streams as a service: find the cluster, restore state, tick until told to stop."""
+"""The tick loop as a service: find the cluster, restore state, tick until told to stop.
+
+It outlives its cluster: when the scheduler goes away for longer than the client waits,
+it connects afresh and carries on from the state store.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,16 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from distributed import Client
 
-from cluster import LocalSpec, connect
+from etl import contract
+from etl.loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
+from etl.state import StateStore
+from etl.streams import Stream
 
-from . import contract
-from .loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
-from .state import StateStore
-from .streams import Stream
+from .connection import LocalSpec, connect
 
 log = logging.getLogger("headrace.etl")
 
@@ -84,7 +89,7 @@ async def _run_connected(
     session = asyncio.Event()
     runners: list[StreamRunner] = []
     ticking = asyncio.create_task(run_streams(client, streams, store, ring, session, runners))
-    reporter = asyncio.create_task(_report_health(client, runners, session))
+    reporter = asyncio.create_task(_report_health(runners, session))
     status = client.status
     while not session.is_set():
         await sleep_unless_stopped(stop, 0.5)
@@ -99,17 +104,17 @@ async def _run_connected(
     await asyncio.gather(ticking, reporter)
 
 
-async def _report_health(client: Client, runners: list[StreamRunner], stop: asyncio.Event) -> None:
+async def _report_health(runners: list[StreamRunner], stop: asyncio.Event) -> None:
     """Keep each stream's health in the scheduler's metadata, for operators and the app."""
     while not stop.is_set():
         for r in runners:
             try:
-                await client.set_metadata(contract.health_key(r.stream.name), r.health.as_dict())
+                await r.frames.report_health(r.health.as_dict())
             except Exception:  # the scheduler is away; the ticks report that already
                 break
         await sleep_unless_stopped(stop, HEALTH_EVERY)
 
 
-def run(streams: Iterable[Stream], **settings) -> None:
+def run(streams: Iterable[Stream], **settings: Any) -> None:
     """Blocking form of :func:`serve` for scripts: ``run(streams, scheduler=...)``."""
     asyncio.run(serve(streams, **settings))

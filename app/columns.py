@@ -1,0 +1,67 @@
+"""Rows as the app holds and sends them: a dict of column arrays, ``time`` first.
+
+Bokeh sends numpy float and datetime arrays as binary buffers (lists and object arrays
+go as JSON), so rows stay numpy from the fetched frame to ``cds.stream``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+Columns = dict[str, np.ndarray]
+
+
+def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Columns:
+    """Column arrays of ``frame`` in the form Bokeh sends as binary buffers.
+
+    ``time`` becomes tz-naive ``datetime64[ns]`` (UTC) and every other numeric column
+    ``float64``; non-numeric columns (``key``) are left out: lists of strings would go
+    as JSON and nothing plots them yet. ``names`` fixes the column set (a stream's first
+    frame decides it) so every batch streams into the same ``ColumnDataSource``.
+    """
+    times = frame["time"]
+    if isinstance(times.dtype, pd.DatetimeTZDtype):
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    columns: Columns = {"time": times.to_numpy(dtype="datetime64[ns]")}
+    if names is None:
+        names = [
+            c
+            for c in frame.columns
+            if c != "time"
+            and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+        ]
+    for name in names:
+        if name in frame:
+            columns[name] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            columns[name] = np.full(len(frame), np.nan)
+    return columns
+
+
+def empty(names: list[str]) -> Columns:
+    """No rows, with ``names`` as columns (``time`` as datetime64[ns], the rest float64)."""
+    return {n: np.array([], dtype="datetime64[ns]" if n == "time" else "float64") for n in names}
+
+
+def concat(chunks: list[Columns]) -> Columns:
+    if len(chunks) == 1:
+        return chunks[0]
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def take(columns: Columns, start: int, stop: int | None = None) -> Columns:
+    return {name: array[start:stop] for name, array in columns.items()}
+
+
+def to_wire(columns: Columns) -> Columns:
+    """``columns`` with ``time`` as float ms since the epoch, as Bokeh sends datetimes.
+
+    Done once per batch for the whole process, not by Bokeh once per session.
+    """
+    from bokeh.util.serialization import convert_datetime_array
+
+    times = columns["time"]
+    if times.dtype.kind != "M":
+        return columns
+    return {**columns, "time": convert_datetime_array(times)}

@@ -1,0 +1,70 @@
+"""This process's shared parts: one subscriber, its fan-out and its status board.
+
+A Panel process serves many sessions; all of them read through these three, so each
+frame is fetched, each tick's rows routed and each status line worked out once per
+process. :func:`get` is the one way to reach them; :func:`reset` the one way to swap
+them (tests). Keyed by pid: ``panel serve --num-procs`` forks after importing the app,
+and what a child inherits belongs to its parent (a Dask client does not survive a fork).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass
+
+from app.board import Board
+from app.fanout import Fanout
+from app.subscriber import Subscriber
+
+
+@dataclass(frozen=True)
+class Registry:
+    subscriber: Subscriber
+    fanout: Fanout
+    board: Board
+
+    @classmethod
+    def around(cls, subscriber: Subscriber) -> Registry:
+        return cls(subscriber, Fanout(subscriber), Board(subscriber))
+
+
+_current: tuple[int, Registry] | None = None
+_lock = threading.Lock()
+
+
+def get() -> Registry:
+    """This process's registry, created on first use, with its subscriber started.
+
+    Call it from the server's event loop (session creation, a setup script, a callback);
+    from another thread it starts the subscriber on the loop Tornado calls current.
+    """
+    global _current
+    with _lock:
+        if _current is None or _current[0] != os.getpid():
+            _current = (os.getpid(), Registry.around(Subscriber()))
+        registry = _current[1]
+    subscriber = registry.subscriber
+    if not subscriber.started:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            from tornado.ioloop import IOLoop
+
+            IOLoop.current().add_callback(subscriber.start)
+        else:
+            subscriber.start()
+    return registry
+
+
+def reset(subscriber: Subscriber | None = None) -> Registry | None:
+    """Make this process's parts those around ``subscriber`` (None: new ones on next use).
+
+    Returns the new registry. The subscriber is started by :func:`get`, as usual.
+    """
+    global _current
+    registry = Registry.around(subscriber) if subscriber is not None else None
+    with _lock:
+        _current = (os.getpid(), registry) if registry is not None else None
+    return registry

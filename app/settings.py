@@ -1,0 +1,57 @@
+"""What a Panel process is told through its environment (``headrace serve`` sets it).
+
+``DASK_SCHEDULER_ADDRESS`` (or dask's ``scheduler-address``), else the embedded
+cluster's address; ``HEADRACE_WINDOW``: seconds of data kept per stream;
+``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+
+log = logging.getLogger("headrace.app")
+
+WINDOW_ENV = "HEADRACE_WINDOW"
+DEFAULT_WINDOW = 600.0
+FOLLOW_ENV = "HEADRACE_FOLLOW"
+DEFAULT_FOLLOW = 60.0
+
+
+def scheduler_address() -> str:
+    """The scheduler the app reads from."""
+    return configured_scheduler() or DEFAULT_SCHEDULER
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds: using %s", name, raw, default)
+        return default
+    return value if value > 0 else default
+
+
+def window_seconds() -> float:
+    return _seconds(WINDOW_ENV, DEFAULT_WINDOW)
+
+
+def follow_seconds() -> float:
+    return _seconds(FOLLOW_ENV, DEFAULT_FOLLOW)
+
+
+def configure_logging() -> None:
+    """Let ``headrace.app`` INFO lines through under ``panel serve``.
+
+    Bokeh's ``--log-level`` sets only the ``bokeh`` logger; the root logger stays at
+    WARNING, which would hide the subscriber's connect/resubscribe/gap lines. A level
+    configured elsewhere is left alone.
+    """
+    logger = logging.getLogger("headrace")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,272 @@
+"""Tail a log file on an FTP server: :class:`FTPSource` and its connection pool.
+
+The cursor logic is the one every source shares (:func:`etl.sources.advance`);
+what lives here is FTP's own: credentials (URL, environment, netrc), one
+persistent login per process and server, and reconnecting when a reused
+connection turns out dead. Kept apart from :mod:`etl.sources` so that the local
+file source and the source types do not carry ftplib and its pool.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import logging
+import netrc
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from .sources import BeyondEnd, Chunk, Cursor, SourceError, advance, redact_url
+
+__all__ = ["FTPSource"]
+
+log = logging.getLogger("headrace.etl")
+
+_BLOCK = 1 << 16  # bytes asked of the data connection at a time
+
+# Errors after which a reused connection is presumed dead (dropped by the server,
+# network blip, protocol out of step): reconnect once and retry the whole read.
+_RETRYABLE = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
+
+
+@dataclass
+class _Conn:
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one call at a time
+    ftp: ftplib.FTP | None = None
+    last_used: float = 0.0
+
+
+_pool: dict[tuple, _Conn] = {}
+_pool_lock = threading.Lock()
+
+
+def _forget_pool_in_child() -> None:
+    # A forked child must not talk on its parent's control connections.
+    global _pool, _pool_lock
+    _pool, _pool_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+T = TypeVar("T")
+
+
+class FTPSource:
+    """A log file on an FTP server, read over one persistent connection per process.
+
+    ``url`` is ``ftp://[user[:password]@]host[:port]/path``, percent-encoded. As in
+    RFC 1738 the path is relative to the login directory; start it with ``%2F``
+    for an absolute path. Without a password in the URL, it comes from the
+    environment variable ``password_env``, else from the netrc file (``netrc_file``
+    or ``~/.netrc``), else the login is anonymous. Credentials are resolved here,
+    in the process that builds the source, and travel with it when pickled.
+
+    A bad configuration (URL, unset environment variable, unusable netrc file)
+    raises ``ValueError`` here; failures to read raise :class:`SourceError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        password_env: str | None = None,
+        netrc_file: str | None = None,
+        keepalive: float = 60.0,
+    ) -> None:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or ftplib.FTP_PORT
+        except ValueError as e:
+            raise ValueError(f"{redact_url(url)}: invalid FTP URL") from e
+        if parts.scheme.lower() != "ftp" or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"{redact_url(url)}: expected ftp://[user@]host[:port]/path")
+        self.host = parts.hostname
+        self.port = port
+        self.path = unquote(parts.path[1:])
+        if "\r" in self.path or "\n" in self.path:  # would inject FTP commands
+            raise ValueError(f"{redact_url(url)}: line breaks in the path")
+        self.timeout = timeout
+        self.keepalive = keepalive
+        user = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        where = f"{host}:{port}{parts.path}"
+        self.user, self._password = self._credentials(
+            user, password, password_env, netrc_file, f"ftp://{where}"
+        )
+        who = "" if self.user == "anonymous" else f"{self.user}@"
+        self.display = f"ftp://{who}{where}"
+
+    def _credentials(
+        self,
+        user: str | None,
+        password: str | None,
+        password_env: str | None,
+        netrc_file: str | None,
+        where: str,
+    ) -> tuple[str, str]:
+        if password is None and password_env:
+            password = os.environ.get(password_env)
+            if password is None:
+                raise ValueError(f"{where}: environment variable {password_env} is not set")
+        if password is None:
+            found = _netrc_lookup(self.host, netrc_file, where)
+            if found and (user is None or found[0] in ("", user)):
+                user = user or found[0] or None
+                password = found[1]
+        if user is None:
+            return "anonymous", password or ""  # ftplib sends "anonymous@"
+        return user, password or ""
+
+    def __repr__(self) -> str:
+        return f"FTPSource({self.display!r})"
+
+    __str__ = __repr__
+
+    def _key(self) -> tuple:
+        # The password's digest is part of the key so that a source with other
+        # credentials never borrows a connection someone else logged in.
+        digest = hashlib.sha256(self._password.encode()).hexdigest()[:16]
+        return (self.host, self.port, self.user, self.path, digest)
+
+    def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
+        return self._with_connection(
+            lambda ftp: advance(
+                cursor,
+                limit,
+                lambda: self._size(ftp),
+                lambda offset: self._read_from(ftp, offset),
+                self.display,
+            )
+        )
+
+    def close(self) -> None:
+        with _pool_lock:
+            conn = _pool.pop(self._key(), None)
+        if conn is not None:
+            with conn.lock:
+                _drop(conn)
+
+    # -- primitives
+
+    def _size(self, ftp: ftplib.FTP) -> int:
+        try:
+            size = ftp.size(self.path)
+        except ftplib.error_perm as e:
+            raise self._error(f"cannot get the size of {self.path!r}", e) from e
+        if size is None:
+            raise self._error(f"SIZE {self.path!r} is not supported by the server")
+        return size
+
+    def _read_from(self, ftp: ftplib.FTP, offset: int) -> bytes:
+        try:
+            # REST 0 would only cost a round trip.
+            data_conn = ftp.transfercmd(f"RETR {self.path}", rest=offset or None)
+        except ftplib.error_perm as e:
+            # RFC 1123: 554 when REST is past the end. Other 55x are taken the same way
+            # (the file shrank or went away mid-rotation); 50x means no REST support.
+            if offset and str(e).startswith("55"):
+                raise BeyondEnd from e
+            raise self._error(f"cannot retrieve {self.path!r}", e) from e
+        parts = []
+        with data_conn:
+            while block := data_conn.recv(_BLOCK):
+                parts.append(block)
+        ftp.voidresp()
+        return b"".join(parts)
+
+    # -- the connection
+
+    def _with_connection(self, work: Callable[[ftplib.FTP], T]) -> T:
+        with _pool_lock:
+            conn = _pool.setdefault(self._key(), _Conn())
+        with conn.lock:
+            fresh = conn.ftp is None
+            if fresh:
+                self._connect(conn)
+            elif time.monotonic() - conn.last_used > self.keepalive:
+                try:
+                    conn.ftp.voidcmd("NOOP")
+                except _RETRYABLE as e:
+                    self._reconnect(conn, e)
+                    fresh = True
+            try:
+                result = work(conn.ftp)
+            except _RETRYABLE as e:
+                if fresh:
+                    _drop(conn)
+                    raise self._error("connection failed", e) from e
+                self._reconnect(conn, e)
+                try:
+                    result = work(conn.ftp)
+                except _RETRYABLE as e2:
+                    _drop(conn)
+                    raise self._error("connection failed after reconnecting", e2) from e2
+            conn.last_used = time.monotonic()
+            return result
+
+    def _reconnect(self, conn: _Conn, why: BaseException) -> None:
+        log.info("%s: reconnecting (%s)", self.display, self._scrub(_describe(why)))
+        _drop(conn)
+        self._connect(conn)
+
+    def _connect(self, conn: _Conn) -> None:
+        ftp = ftplib.FTP(timeout=self.timeout)
+        try:
+            ftp.connect(self.host, self.port)
+        except (OSError, EOFError, ftplib.Error) as e:
+            ftp.close()
+            raise self._error("cannot connect", e) from e
+        try:
+            ftp.login(self.user, self._password)
+            # Binary mode, or SIZE is refused (pyftpdlib) or counts converted bytes.
+            ftp.sendcmd("TYPE I")
+        except (OSError, EOFError, ftplib.Error) as e:
+            ftp.close()
+            raise self._error(f"login as {self.user!r} failed", e) from e
+        conn.ftp = ftp
+        conn.last_used = time.monotonic()
+
+    def _error(self, problem: str, cause: BaseException | None = None) -> SourceError:
+        detail = f": {_describe(cause)}" if cause is not None else ""
+        return SourceError(self._scrub(f"{self.display}: {problem}{detail}"))
+
+    def _scrub(self, text: str) -> str:
+        # Messages are built from our own text and server replies; a server that
+        # echoes the password must still not get it into a log.
+        return text.replace(self._password, "***") if self._password else text
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _drop(conn: _Conn) -> None:
+    if conn.ftp is not None:
+        conn.ftp.close()  # no QUIT: the connection may be dead, and QUIT could block
+        conn.ftp = None
+
+
+def _netrc_lookup(host: str, netrc_file: str | None, where: str) -> tuple[str, str] | None:
+    if netrc_file is None and not (Path.home() / ".netrc").exists():
+        return None
+    try:
+        entry = netrc.netrc(netrc_file).authenticators(host)
+    except FileNotFoundError as e:
+        raise ValueError(f"{where}: netrc file {netrc_file} not found") from e
+    except netrc.NetrcParseError as e:
+        # The parser's message may quote a token from the file: a password, maybe.
+        problem = f"bad syntax or permissions too open (line {e.lineno})"
+        raise ValueError(f"{where}: cannot use netrc file {e.filename}: {problem}") from None
+    if entry is None:
+        return None
+    login, _account, password = entry
+    return login or "", password or ""
