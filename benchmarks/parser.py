@@ -36,7 +36,7 @@ def _headrace(data: bytes) -> int:
     from etl.transforms import Resample
 
     parsed = RegexParser().parse(data)
-    step = Resample("25ms", agg="max")(parsed.frame, None)
+    step = Resample("25ms", agg="max").step(parsed.frame, None)
     return len(step.frame)
 
 
