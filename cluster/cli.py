@@ -63,6 +63,7 @@ def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
             state_dir=state_dir or config.state_dir,
             ring=config.ring,
             cluster=config.cluster,
+            sink=config.sink,
         )
     )
 

@@ -18,6 +18,7 @@ from distributed import Client
 
 from etl import contract
 from etl.loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
+from etl.sink import Sink, SinkSpec, drain
 from etl.state import StateStore
 from etl.streams import Stream
 
@@ -36,11 +37,14 @@ async def serve(
     cluster: dict | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Client], Awaitable[None]] | None = None,
+    sink: SinkSpec | None = None,
 ) -> None:
     """Tick ``streams`` on the cluster until ``stop`` is set (or SIGINT/SIGTERM).
 
     ``on_ready(client)`` is awaited once connected, before the first tick (the demo
-    starts its Panel servers there).
+    starts its Panel servers there). ``sink`` holds the defaults of the streams' history
+    (default: a SQLite file in ``state_dir``); it is written whether or not the
+    scheduler is reachable.
     """
     streams = list(streams)
     stop = stop or asyncio.Event()
@@ -52,6 +56,7 @@ async def serve(
     store = StateStore(state_dir)
     ready = on_ready
     failures = 0
+    history = asyncio.create_task(drain(store, sinks(streams, sink, state_dir), stop))
     try:
         while not stop.is_set():
             try:
@@ -74,8 +79,28 @@ async def serve(
                     log.error("etl: scheduler unreachable, retrying: %s", exc)
                 await sleep_unless_stopped(stop, backoff(failures))
     finally:
+        stop.set()
+        await history
         store.close()
         log.info("etl: stopped")
+
+
+def sinks(
+    streams: list[Stream], defaults: SinkSpec | None, state_dir: str | Path
+) -> dict[str, Sink]:
+    """Each stream's database, one :class:`Sink` per distinct setting."""
+    made: dict[SinkSpec, Sink] = {}
+    out = {}
+    for stream in streams:
+        if stream.sink is None:
+            continue
+        spec = stream.sink.defaults(defaults or SinkSpec(), state_dir)
+        if spec not in made:
+            made[spec] = Sink(spec)
+        kept = f"rows kept {spec.retention}" if spec.retention is not None else "kept for ever"
+        log.info("history: stream %s into %s, %s", stream.name, spec.display(), kept)
+        out[stream.name] = made[spec]
+    return out
 
 
 async def _run_connected(

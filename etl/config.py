@@ -5,6 +5,10 @@ scheduler: tcp://127.0.0.1:8786   # optional: else DASK_SCHEDULER_ADDRESS, else 
 state_dir: .headrace               # where offsets and sequence numbers survive restarts
 ring: 64                           # frames kept per stream on the cluster
 cluster: {n_workers: 2}            # options of the embedded LocalCluster
+sink:                              # history of every stream (none: no history)
+  url: postgresql+psycopg://headrace@db.example/history   # default: SQLite in state_dir
+  password_env: HISTORY_PASSWORD
+  retention: 30d                   # default: kept for ever
 streams:
   cpu:
     source: ftp://reader@127.0.0.1:2121/cpu.log
@@ -12,6 +16,7 @@ streams:
     interval: 0.2
     parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601}
     transform: {resample: 25ms, agg: max}    # or none, or "package.module:function"
+    sink: {retention: 7d}                    # overrides the defaults below; none: no history
   custom:
     source: /var/log/custom.log
     parser: mypackage.parsers:parse          # a function bytes -> DataFrame
@@ -29,11 +34,21 @@ import yaml
 
 from .contract import DEFAULT_RING
 from .regexparser import RegexParser
+from .sink import SinkSpec
 from .streams import ConfigError, Stream
 from .transforms import Resample
 
-_TOP = {"scheduler", "state_dir", "ring", "cluster", "streams"}
-_STREAM = {"source", "interval", "parser", "transform", "timeout", "password_env", "netrc_file"}
+_TOP = {"scheduler", "state_dir", "ring", "cluster", "sink", "streams"}
+_STREAM = {
+    "source",
+    "interval",
+    "parser",
+    "transform",
+    "sink",
+    "timeout",
+    "password_env",
+    "netrc_file",
+}
 _SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file")
 
 
@@ -44,6 +59,7 @@ class Config:
     state_dir: Path = Path(".headrace")
     ring: int = DEFAULT_RING
     cluster: dict = field(default_factory=dict)
+    sink: SinkSpec = field(default_factory=SinkSpec)  # the streams' defaults
 
 
 def load(path: str | Path) -> Config:
@@ -71,16 +87,35 @@ def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
     cluster = raw.get("cluster") or {}
     if not isinstance(cluster, dict):
         raise ConfigError("must be a mapping", setting="cluster", where=where)
+    sink = _sink(raw.get("sink", {}), where, None)  # none: no history unless a stream has one
     return Config(
-        streams=[_stream(str(name), spec, where) for name, spec in specs.items()],
+        streams=[_stream(str(name), spec, where, sink is not None) for name, spec in specs.items()],
         scheduler=raw.get("scheduler"),
         state_dir=base / raw.get("state_dir", ".headrace"),
         ring=ring,
         cluster=cluster,
+        sink=sink or SinkSpec(),
     )
 
 
-def _stream(name: str, spec: Any, where: str) -> Stream:
+def _sink(raw: Any, where: str, stream: str | None) -> SinkSpec | None:
+    """A sink setting: a mapping, or none/false for no history."""
+    if raw is None or raw is False or raw == "none":
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"expected {{url: ..., retention: 30d}} or none, got {raw!r}",
+            stream=stream,
+            setting="sink",
+            where=where,
+        )
+    try:
+        return SinkSpec.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc), stream=stream, setting="sink", where=where) from None
+
+
+def _stream(name: str, spec: Any, where: str, history: bool = True) -> Stream:
     if isinstance(spec, str):
         spec = {"source": spec}
     if not isinstance(spec, dict) or "source" not in spec:
@@ -101,7 +136,9 @@ def _stream(name: str, spec: Any, where: str) -> Stream:
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         raise ConfigError(str(exc), stream=name, setting="transform", where=where) from None
     options = {k: spec[k] for k in _SOURCE_OPTIONS if k in spec}
-    kwargs = {"interval": spec["interval"]} if "interval" in spec else {}
+    kwargs: dict[str, Any] = {"interval": spec["interval"]} if "interval" in spec else {}
+    if "sink" in spec or not history:
+        kwargs["sink"] = _sink(spec.get("sink"), where, name)
     try:
         return Stream(
             name,

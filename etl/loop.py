@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from distributed import Client
 
 from . import contract, pipeline
+from .sink import encode
 from .sources import SourceError
 from .state import Checkpoint, StateStore
 from .streams import Stream
@@ -129,7 +130,8 @@ class StreamRunner:
         )
         event = await self.frames.publish(seq, frame, summary.span)
         done.next_seq = seq + 1
-        self._commit(done)
+        # The history sink gets the frame through the backlog, queued with this commit.
+        self._commit(done, encode(frame) if self.stream.sink is not None else None)
         self.health.published, self.health.last_published = seq, event.published
         return seq
 
@@ -155,8 +157,8 @@ class StreamRunner:
                 s.late,
             )
 
-    def _commit(self, state: Checkpoint) -> None:
-        self.store.save(self.stream.name, state, time.time())
+    def _commit(self, state: Checkpoint, queue: bytes | None = None) -> None:
+        self.store.save(self.stream.name, state, time.time(), queue)
         self.state = state
 
     async def run(self, stop: asyncio.Event) -> None:

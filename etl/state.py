@@ -28,8 +28,26 @@ CREATE TABLE IF NOT EXISTS streams (
     carry BLOB,
     pending_until INTEGER,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backlog (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    frame BLOB NOT NULL,
+    added REAL NOT NULL
 )
 """
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A published frame waiting in the backlog for the history sink."""
+
+    id: int
+    stream: str
+    seq: int
+    frame: bytes  # Arrow IPC stream, see etl.sink.encode
+    added: float
 
 
 @dataclass
@@ -56,7 +74,7 @@ class StateStore:
         # that matters here; only a power cut may lose the last ticks.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
 
     def load(self, name: str) -> Checkpoint:
         with self._lock:
@@ -77,24 +95,62 @@ class StateStore:
             pending_until=pending_until,
         )
 
-    def save(self, name: str, state: Checkpoint, updated: float) -> None:
+    def save(
+        self, name: str, state: Checkpoint, updated: float, queue: bytes | None = None
+    ) -> None:
+        """Store ``state``; with ``queue``, put that frame (``next_seq - 1``) in the backlog.
+
+        Both in one transaction: a frame is queued exactly when its stream moves past it.
+        """
         c = state.cursor
         carry = pickle.dumps(state.carry, protocol=5) if state.carry is not None else None
+        row = (name, c.offset, c.line, c.tail, c.fingerprint, state.next_seq, carry)
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    c.offset,
-                    c.line,
-                    c.tail,
-                    c.fingerprint,
-                    state.next_seq,
-                    carry,
-                    state.pending_until,
-                    updated,
-                ),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, state.pending_until, updated),
+                )
+                if queue is not None:
+                    self._db.execute(
+                        "INSERT INTO backlog (stream, seq, frame, added) VALUES (?, ?, ?, ?)",
+                        (name, state.next_seq - 1, queue, updated),
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def queued(self, limit: int) -> list[Queued]:
+        """The oldest ``limit`` frames of the backlog, in the order they were queued."""
+        with self._lock:
+            got = self._db.execute(
+                "SELECT id, stream, seq, frame, added FROM backlog ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [Queued(i, s, q, bytes(f), a) for i, s, q, f, a in got]
+
+    def unqueue(self, ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM backlog WHERE id = ?", [(i,) for i in ids])
+
+    def backlog(self) -> tuple[int, int]:
+        """Frames and bytes waiting in the backlog."""
+        with self._lock:
+            n, size = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(frame)), 0) FROM backlog"
+            ).fetchone()
+        return int(n), int(size)
+
+    def trim_backlog(self, max_bytes: int) -> int:
+        """Drop the oldest frames while the backlog holds more than ``max_bytes``; how many."""
+        dropped = 0
+        while self.backlog()[1] > max_bytes:
+            with self._lock:
+                dropped += self._db.execute(
+                    "DELETE FROM backlog WHERE id IN (SELECT id FROM backlog ORDER BY id LIMIT 100)"
+                ).rowcount
+        return dropped
 
     def close(self) -> None:
         with self._lock:

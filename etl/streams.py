@@ -29,6 +29,7 @@ import pandas as pd
 from .contract import validate_name
 from .parser import FunctionParser, Parser
 from .regexparser import RegexParser
+from .sink import SinkSpec
 from .sources import Source, make_source
 from .transforms import Map, Resample, Transform
 
@@ -69,6 +70,8 @@ class Stream:
     )
     interval: float = DEFAULT_INTERVAL
     source_options: dict = field(default_factory=dict)
+    # Where published frames are kept (unset fields: the loop's defaults); None: nowhere.
+    sink: SinkSpec | None = field(default_factory=SinkSpec)
 
     def __post_init__(self) -> None:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import PostgresServer, postgres_server
 
 from cluster.ftpserver import FTPServer
 
@@ -79,4 +80,16 @@ def ftp_server(ftp_root: Path) -> Iterator[FTPServer]:
     """A server on a free port of 127.0.0.1, user ``alice``, password ``s3cret-PW``."""
     server = FTPServer(ftp_root, user=FTP_USER, password=FTP_PASSWORD)
     with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (skipped if not installed), see tests/postgres.py.
+
+    ``.url`` is the SQLAlchemy URL of its database ``headrace``; ``.stop()`` and ``.start()``
+    (or ``with postgres.down():``) take it down and up again on the same port. A test that
+    stops it must start it again (``down()`` does): the server is shared by the session.
+    """
+    with postgres_server() as server:
         yield server

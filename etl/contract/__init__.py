@@ -1,6 +1,7 @@
-"""The published contract between the tick loop (``etl``) and its readers (``app``).
+"""The published contract between the tick loop (``etl``) and its readers (``app``): frames.
 
-This is the only module both sides import, and the wire format is all written here.
+This package is all that both sides import, and the wire format is all written in it:
+frames on the cluster here, frames kept in a SQL database in :mod:`etl.contract.history`.
 
 On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+``):
 

@@ -1,0 +1,111 @@
+"""History: frames into SQL exactly once, rollups that keep extremes, long windows read back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from etl.contract import history
+from etl.sink import Sink, SinkSpec, drain, encode
+from etl.state import Checkpoint, StateStore
+
+
+def frames(n: int, rows: int = 40, start: str = "2026-01-01T00:00:00Z", spike_at: int = 77):
+    """``n`` consecutive frames of 25 ms rows; one spike of 5.0 at row ``spike_at``."""
+    step = pd.Timedelta("25ms")
+    out = []
+    for i in range(n):
+        times = pd.date_range(pd.Timestamp(start) + i * rows * step, periods=rows, freq=step)
+        values = np.full(rows, 0.1) + 0.001 * np.arange(rows)
+        if i * rows <= spike_at < (i + 1) * rows:
+            values[spike_at - i * rows] = 5.0
+        out.append(pd.DataFrame({"time": times, "value": values, "count": np.full(rows, 2)}))
+    return out
+
+
+def queue(store: StateStore, stream: str, batch: list[pd.DataFrame], first_seq: int = 1) -> None:
+    for i, frame in enumerate(batch):
+        store.save(stream, Checkpoint(next_seq=first_seq + i + 1), 0.0, encode(frame))
+
+
+async def drain_all(store: StateStore, sinks: dict[str, Sink]) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(drain(store, sinks, stop, idle=0.05))
+    for _ in range(200):
+        if store.backlog()[0] == 0:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+
+def test_frames_written_once_with_rollups(tmp_path):
+    store = StateStore(tmp_path / "state")
+    sink = Sink(SinkSpec().defaults(SinkSpec(), tmp_path / "state"))
+    batch = frames(10)
+    queue(store, "cpu", batch)
+    queue(store, "cpu", batch[3:5], first_seq=4)  # re-queued after a crash: same seqs, same rows
+    asyncio.run(drain_all(store, {"cpu": sink}))
+    assert store.backlog() == (0, 0)
+    with sink.engine.connect() as conn:
+        got = pd.read_sql(sa.select(history.rows).order_by(history.rows.c.time), conn)
+        seconds = pd.read_sql(sa.select(history.LEVELS[0].table), conn)
+        written = conn.execute(sa.select(sa.func.count()).select_from(history.frames)).scalar()
+    assert written == 10
+    assert len(got) == 400 and got["count"].sum() == 800  # every row once
+    assert got["seq"].tolist() == [s for s in range(1, 11) for _ in range(40)]
+    expected = pd.concat(batch).assign(time=lambda f: f["time"].dt.floor("1s"))
+    by_second = expected.groupby("time")["value"].agg(["min", "max", "size", "mean"])
+    seconds = seconds.sort_values("time")
+    np.testing.assert_allclose(seconds["value_max"], by_second["max"])
+    np.testing.assert_allclose(seconds["value_min"], by_second["min"])
+    np.testing.assert_allclose(seconds["value_mean"], by_second["mean"])
+    assert seconds["periods"].tolist() == by_second["size"].tolist()  # buckets over frames
+    assert seconds["value_max"].max() == 5.0
+
+
+@pytest.mark.parametrize(
+    ("hours", "level"), [(0.01, "raw"), (1, "1s"), (48, "1min")], ids=["raw", "1s", "1min"]
+)
+def test_long_windows_keep_every_spike(tmp_path, hours, level):
+    sink = Sink(SinkSpec(f"sqlite:///{tmp_path}/h.sqlite"))
+    store = StateStore(tmp_path / "state")
+    queue(store, "s", frames(20, rows=200, spike_at=1001))
+    asyncio.run(drain_all(store, {"s": sink}))
+    reader = history.HistoryReader(sink.engine)
+    start = pd.Timestamp("2026-01-01T00:00:00Z")
+    window = reader.window("s", start, start + pd.Timedelta(hours=hours), points=100)
+    assert window.attrs["level"] == level
+    assert len(window) <= 100
+    assert window["value"].max() == 5.0  # the spike survives every level
+    assert window["value"].min() == pytest.approx(0.1)
+    assert window["time"].is_monotonic_increasing
+
+
+def test_retention_prunes_old_rows(tmp_path):
+    spec = SinkSpec(f"sqlite:///{tmp_path}/h.sqlite", retention=pd.Timedelta("1h"))
+    sink = Sink(spec)
+    store = StateStore(tmp_path / "state")
+    now = pd.Timestamp.now(tz="UTC")
+    queue(store, "s", frames(3, start=str(now - pd.Timedelta("5h"))))
+    queue(store, "s", frames(3, start=str(now - pd.Timedelta("10min"))), first_seq=4)
+    asyncio.run(drain_all(store, {"s": sink}))  # writes, then prunes in slices
+    with sink.engine.connect() as conn:
+        left = pd.read_sql(sa.select(history.rows.c.time), conn)["time"]
+        seconds = pd.read_sql(sa.select(history.LEVELS[0].table.c.time), conn)["time"]
+    assert len(left) == 120 and left.min() >= (now - pd.Timedelta("1h")).tz_localize(None)
+    assert seconds.min() >= (now - pd.Timedelta("1h")).floor("1s").tz_localize(None)
+    assert sink.prune("s", now) == 0  # nothing older is left
+
+
+def test_sink_settings_are_checked():
+    with pytest.raises(ValueError, match="retention"):
+        SinkSpec.parse({"retention": "soon"})
+    with pytest.raises(ValueError, match="unknown settings"):
+        SinkSpec.parse({"uri": "sqlite://"})
+    spec = SinkSpec.parse({"url": "postgresql+psycopg://u:pw@db/h", "retention": "30d"})
+    assert spec.retention == pd.Timedelta(days=30) and "pw" not in spec.display()
