@@ -22,6 +22,7 @@ try:
 except ImportError:  # a checkout that was not pip-installed: serve it from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pandas as pd
 import panel as pn
 from bokeh.document import Document
 from panel.io.document import unlocked
@@ -31,17 +32,33 @@ from app import freshness, registry
 from app.board import Status
 from app.columns import empty
 from app.fanout import Fanout, Sink
+from app.history import HistoryCache
+from app.lookback import LookBack
 from app.plots import live_plot
 from app.settings import configure_logging
 
 TITLE = "headrace"
 PLOTTED = ("time", "value")
+WINDOWS = {
+    "live": None,
+    "1 h": pd.Timedelta(hours=1),
+    "24 h": pd.Timedelta(days=1),
+    "7 d": pd.Timedelta(days=7),
+    "custom": None,
+}
 
 
 class StreamView:
     """One stream in one session: its plot, its sink in the fan-out and its freshness line."""
 
-    def __init__(self, stream: str, fanout: Fanout, doc: Document, held: bool = False) -> None:
+    def __init__(
+        self,
+        stream: str,
+        fanout: Fanout,
+        doc: Document,
+        held: bool = False,
+        history: HistoryCache | None = None,
+    ) -> None:
         self.stream = stream
         self.fanout = fanout
         subscriber = fanout.subscriber
@@ -50,6 +67,11 @@ class StreamView:
         # Rendered empty (cheap); register() fills the source with the window atomically.
         self.plot = live_plot(stream, empty(columns))
         self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held, columns=columns)
+        self.past = (
+            LookBack(stream, self.plot.figure, history, doc)
+            if history is not None and history.available
+            else None
+        )
         self.status = pn.pane.HTML(
             self._html(subscriber.freshness(stream)), margin=(0, 10), sizing_mode="stretch_width"
         )
@@ -81,7 +103,7 @@ class Dashboard:
 
     def __init__(self, parts: registry.Registry | None = None) -> None:
         parts = parts or registry.get()
-        self.fanout, self.board = parts.fanout, parts.board
+        self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
         doc = pn.state.curdoc
         self._doc = weakref.ref(doc)
         self.fanout.open_session(doc)
@@ -101,6 +123,17 @@ class Dashboard:
         self.plots = pn.Column(sizing_mode="stretch_width")
         self.line = pn.pane.HTML(status.line, sizing_mode="stretch_width", margin=(0, 10))
         self.picker.param.watch(self._picked, "value")
+        self.span = pn.widgets.RadioButtonGroup(
+            label="Window",
+            options=list(WINDOWS),
+            value="live",
+            disabled=not self.history.available,
+            description=None if self.history.available else "no history database configured",
+        )
+        self.range = pn.widgets.DatetimeRangePicker(label="From - to (UTC)", visible=False)
+        self.span.param.watch(self._windowed, "value")
+        self.range.param.watch(self._windowed, "value")
+        self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
         self._sync()  # streams known now go into the document the browser first receives
         # Changes made after the browser connected but before it reported the document
         # ready are dropped by Panel: status updates start once it has loaded.
@@ -115,7 +148,7 @@ class Dashboard:
         self.layout = pn.Column(
             header,
             self.line,
-            self.picker,
+            pn.Row(self.picker, self.span, self.range, sizing_mode="stretch_width"),
             self.plots,
             sizing_mode="stretch_width",
             tags=[f"pid:{os.getpid()}"],
@@ -179,12 +212,33 @@ class Dashboard:
             if stream not in self.views and doc is not None:
                 # In a live document Panel may send the new plot a tick later, and its rows
                 # must not reach the browser before their source does.
-                view = self.views[stream] = StreamView(stream, self.fanout, doc, held=self.live)
+                view = StreamView(stream, self.fanout, doc, self.live, self.history)
+                self.views[stream] = view
+                if view.past is not None and self.window is not None:
+                    view.past.show(self.window)
                 added.append(view)
         self.plots.objects = [self.views[s].panel for s in selected if s in self.views]
         if self.live and doc is not None:
             for view in added:
                 doc.add_next_tick_callback(view.sink.release)
+
+    def _windowed(self, _event: object) -> None:
+        """The viewer picked a window: every plot looks at it (or follows live again)."""
+        span = WINDOWS[self.span.value]
+        self.range.visible = self.span.value == "custom"
+        if self.span.value == "live":
+            self.window = None
+        elif span is not None:
+            now = pd.Timestamp.now(tz="UTC")
+            self.window = (now - span, now)
+        elif self.range.value:
+            start, end = (pd.Timestamp(t).tz_localize("UTC") for t in self.range.value)
+            self.window = (start, end)
+        else:
+            return  # custom, but no range picked yet
+        for view in self.views.values():
+            if view.past is not None:
+                view.past.show(self.window)
 
     def _destroyed(self, _context: object) -> None:
         # The fan-out drops the sinks itself; this lets go of the board and the views.

@@ -17,17 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from app.settings import follow_seconds
 
 if TYPE_CHECKING:
-    from bokeh.models import ColumnDataSource
+    from bokeh.models import ColumnDataSource, DataRange1d
     from bokeh.plotting import figure as Figure
 
     from app.columns import Columns
 
 TOOLS = ["xpan", "xwheel_zoom", "box_zoom", "reset", "save", "hover"]
+COLOR = "#1f77b4"
 
 
 @dataclass
@@ -51,7 +53,7 @@ def curve(columns: Columns, stream: str, height: int = 260) -> Any:
         responsive=True,
         height=height,
         line_width=1.2,
-        color="#1f77b4",
+        color=COLOR,
         default_tools=[],
         tools=TOOLS,
         active_tools=["xpan", "xwheel_zoom"],
@@ -74,12 +76,19 @@ def render(element: Any) -> tuple[Figure, ColumnDataSource]:
     return figure, renderers[0].data_source
 
 
+def live_range(seconds: float) -> DataRange1d:
+    """An x-range that follows the newest ``seconds`` until the viewer pans or zooms."""
+    from bokeh.models import DataRange1d
+
+    return DataRange1d(follow="end", follow_interval=seconds * 1000.0, range_padding=0)
+
+
 def follow_newest(figure: Figure, seconds: float) -> None:
     """Let the x-range follow the newest ``seconds`` until the viewer pans or zooms."""
     from bokeh.events import DoubleTap
     from bokeh.models import CustomJS, DataRange1d
 
-    figure.x_range = DataRange1d(follow="end", follow_interval=seconds * 1000.0, range_padding=0)
+    figure.x_range = live_range(seconds)
     figure.y_range = DataRange1d(range_padding=0.08)
     # A double-click does what the reset tool does: back to following the newest data.
     figure.js_on_event(DoubleTap, CustomJS(args={"plot": figure}, code="plot.reset.emit()"))
@@ -91,3 +100,12 @@ def live_plot(stream: str, columns: Columns, follow: float | None = None) -> Liv
     figure.toolbar.logo = None
     follow_newest(figure, follow or follow_seconds())
     return LivePlot(stream, figure, source)
+
+
+def history_line(figure: Figure) -> ColumnDataSource:
+    """A second line, for rows read back from history; returns its source."""
+    from bokeh.models import ColumnDataSource
+
+    source = ColumnDataSource({"time": np.array([], float), "value": np.array([], float)})
+    figure.line("time", "value", source=source, color=COLOR, line_width=1.0)
+    return source

@@ -1,4 +1,4 @@
-"""This process's shared parts: one subscriber, its fan-out and its status board.
+"""This process's shared parts: one subscriber, its fan-out, its status board, history reads.
 
 A Panel process serves many sessions; all of them read through these three, so each
 frame is fetched, each tick's rows routed and each status line worked out once per
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from app.board import Board
 from app.fanout import Fanout
+from app.history import HistoryCache
+from app.settings import history_url
 from app.subscriber import Subscriber
 
 
@@ -24,10 +26,12 @@ class Registry:
     subscriber: Subscriber
     fanout: Fanout
     board: Board
+    history: HistoryCache
 
     @classmethod
-    def around(cls, subscriber: Subscriber) -> Registry:
-        return cls(subscriber, Fanout(subscriber), Board(subscriber))
+    def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
+        history = history or HistoryCache(history_url())
+        return cls(subscriber, Fanout(subscriber), Board(subscriber), history)
 
 
 _current: tuple[int, Registry] | None = None
@@ -58,13 +62,15 @@ def get() -> Registry:
     return registry
 
 
-def reset(subscriber: Subscriber | None = None) -> Registry | None:
+def reset(
+    subscriber: Subscriber | None = None, history: HistoryCache | None = None
+) -> Registry | None:
     """Make this process's parts those around ``subscriber`` (None: new ones on next use).
 
     Returns the new registry. The subscriber is started by :func:`get`, as usual.
     """
     global _current
-    registry = Registry.around(subscriber) if subscriber is not None else None
+    registry = Registry.around(subscriber, history) if subscriber is not None else None
     with _lock:
         _current = (os.getpid(), registry) if registry is not None else None
     return registry

@@ -2,7 +2,8 @@
 
 ``DASK_SCHEDULER_ADDRESS`` (or dask's ``scheduler-address``), else the embedded
 cluster's address; ``HEADRACE_WINDOW``: seconds of data kept per stream;
-``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following.
+``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following;
+``HEADRACE_HISTORY``: the SQLAlchemy URL of the history database, for looking back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ WINDOW_ENV = "HEADRACE_WINDOW"
 DEFAULT_WINDOW = 600.0
 FOLLOW_ENV = "HEADRACE_FOLLOW"
 DEFAULT_FOLLOW = 60.0
+HISTORY_ENV = "HEADRACE_HISTORY"
 
 
 def scheduler_address() -> str:
@@ -43,6 +45,10 @@ def window_seconds() -> float:
 
 def follow_seconds() -> float:
     return _seconds(FOLLOW_ENV, DEFAULT_FOLLOW)
+
+
+def history_url() -> str | None:
+    return os.environ.get(HISTORY_ENV) or None
 
 
 def configure_logging() -> None:

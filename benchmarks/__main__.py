@@ -22,7 +22,7 @@ import psutil
 from . import common, report
 from .common import log
 
-SECTIONS = ("load", "peer", "parser", "hv", "cluster")
+SECTIONS = ("load", "peer", "parser", "hv", "cluster", "history")
 FULL_NS = [1, 5, 20, 50, 100, 200]
 QUICK_NS = [1, 5, 20]
 
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             from . import clustercost
 
             results["cluster"] = clustercost.run(ticks=30 if args.quick else 100)
+        if "history" in args.only:
+            from . import history
+
+            results["history"] = history.run(
+                days=3 if args.quick else 30, repeats=3 if args.quick else 5
+            )
         if {"load", "peer"} & set(args.only):
             results["load"] = _load(args, work)
     except BaseException:

@@ -208,6 +208,27 @@ def cluster_table(r: dict) -> list[str]:
     ]
 
 
+def history_table(r: dict) -> list[str]:
+    if "windows" not in r:
+        return [f"history: {r.get('error', 'not run')}"]
+    rows = [
+        [name, _f(w["ms"], ".1f"), str(w["points"]), w["level"], _f(w["max"], ".3f")]
+        for name, w in r["windows"].items()
+    ]
+    out = [
+        f"## History reads ({r['days']} days in SQLite, 2,000 points, median of {r['repeats']})",
+        "",
+        *_table(["window", "ms", "points", "table read", "max value (spikes kept)"], rows),
+        "",
+    ]
+    w = r["write"]
+    out.append(
+        f"Sink writes: {w['frames_per_s']:,.0f} frames/s of 8 rows with rollups "
+        f"({w['frames']:,} frames in {w['seconds']:.1f} s)."
+    )
+    return out
+
+
 def targets(results: dict) -> list[str]:
     rows = []
     sweeps = {sw["system"]: sw for sw in results.get("load", [])}
@@ -283,6 +304,8 @@ def markdown(results: dict) -> str:
         parts.append(parser_table(results["parser"]))
     if "hv" in results:
         parts.append(hv_table(results["hv"]))
+    if "history" in results:
+        parts.append(history_table(results["history"]))
     if "cluster" in results:
         parts.append(cluster_table(results["cluster"]))
     parts.append(targets(results))

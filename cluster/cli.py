@@ -112,6 +112,13 @@ def demo(**options: Any) -> None:
     type=click.FloatRange(min=1),
     help="Seconds of data kept and shown per stream (default 600).",
 )
+@click.option(
+    "--history",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the history database the loop writes (its sink), for looking "
+    "back. Default: HEADRACE_HISTORY.",
+)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def serve(
     num_procs: int,
@@ -119,6 +126,7 @@ def serve(
     port: int,
     address: str,
     window: float | None,
+    history: str | None,
     extra: tuple[str, ...],
 ) -> None:
     """Serve the live dashboard at http://ADDRESS:PORT/dashboard.
@@ -128,7 +136,8 @@ def serve(
     from .panel import serve_command
 
     click.echo(f"headrace serve: http://{address}:{port}/dashboard", err=True)
-    raise SystemExit(serve_command(num_procs, scheduler, port, address, list(extra), window))
+    code = serve_command(num_procs, scheduler, port, address, list(extra), window, history=history)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 from distributed import Client
 
+from etl.sink import SinkSpec
 from etl.streams import Stream
 
 from . import processes
@@ -60,8 +61,10 @@ async def demo(
     defs = [Stream(n, server.url(f"{n}.log"), interval=interval) for n in names]
     panel: list[subprocess.Popen] = []
 
+    history = SinkSpec().defaults(SinkSpec(), work / "state").url  # where the loop writes
+
     async def start_panel(client: Client) -> None:
-        proc = serve_command(num_procs, client.scheduler.address, port, wait=False)
+        proc = serve_command(num_procs, client.scheduler.address, port, wait=False, history=history)
         panel.append(proc)
         print(
             f"\nheadrace demo is up ({len(names)} streams at {rate:g} lines/s, files in {root})\n"
@@ -70,6 +73,7 @@ async def demo(
             f"  Dask scheduler:  {client.scheduler.address}  (add workers: dask worker "
             f"{client.scheduler.address})\n"
             f"  FTP server:      ftp://127.0.0.1:{server.port}/\n"
+            f"  history:         {history}  (every frame, 1 s and 1 min rollups)\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import app
-from app.settings import WINDOW_ENV
+from app.settings import HISTORY_ENV, WINDOW_ENV
 from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
 from . import processes
@@ -53,12 +53,16 @@ def panel_command(
     return [*cmd, *extra]
 
 
-def serve_env(scheduler: str | None = None, window: float | None = None) -> dict[str, str]:
+def serve_env(
+    scheduler: str | None = None, window: float | None = None, history: str | None = None
+) -> dict[str, str]:
     """The environment for the panel processes: scheduler, window, and ``app`` importable."""
     env = dict(os.environ)
     env["DASK_SCHEDULER_ADDRESS"] = configured_scheduler(scheduler) or DEFAULT_SCHEDULER
     if window is not None:
         env[WINDOW_ENV] = str(window)
+    if history is not None:
+        env[HISTORY_ENV] = history
     root = str(APP_DIR.parent)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in paths:
@@ -74,6 +78,7 @@ def serve_command(
     extra: Sequence[str] = (),
     window: float | None = None,
     wait: bool = True,
+    history: str | None = None,
     **popen: object,
 ) -> subprocess.Popen | int:
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
@@ -85,7 +90,7 @@ def serve_command(
     ``subprocess.Popen`` (``stdout=``, ``stderr=``...).
     """
     cmd = panel_command(num_procs, port, address, extra)
-    env = serve_env(scheduler, window)
+    env = serve_env(scheduler, window, history)
     if not wait:
         return processes.start(cmd, env, **popen)
     proc = subprocess.Popen(cmd, env=env, **popen)

@@ -177,6 +177,8 @@ class Sink:
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
         self.engine = sa.create_engine(spec.engine_url(), pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_wal)
         self._created = False
 
     def write(self, queued: list[Queued]) -> int:
@@ -240,6 +242,14 @@ class Sink:
                     cond = sa.and_(mine, table.c.time <= edge)
                     deleted += conn.execute(sa.delete(table).where(cond)).rowcount or 0
         return deleted
+
+
+def _sqlite_wal(dbapi_connection: object, _record: object) -> None:
+    # WAL: the dashboards read while the loop writes, neither waiting for the other.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
 
 
 def _frame_record(q: Queued, rows: pd.DataFrame, now: datetime) -> dict:

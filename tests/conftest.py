@@ -1,4 +1,10 @@
-"""Fixtures shared by the test suite."""
+"""Fixtures shared by the test suite.
+
+Nothing imported here may import ``distributed``: imported this early (before pytest's
+log capture is set up) it configures its logging differently, and every ``LocalCluster``
+then turns pytest's capture handlers down to WARNING (its ``silence_logs``), which hides
+INFO lines from ``caplog`` (seen with distributed 2026.8).
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from distributed import Client
+from ports import free_port
 
 from etl import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = pd.Timedelta(milliseconds=25)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05):
@@ -149,7 +143,12 @@ def count_dataset_gets(scheduler) -> Counter:
 
 @contextlib.contextmanager
 def headrace_serve(
-    address: str, num_procs: int, log_path: Path, extra=(), window: float | None = None
+    address: str,
+    num_procs: int,
+    log_path: Path,
+    extra=(),
+    window: float | None = None,
+    history: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen, int]]:
     """``headrace serve`` as a subprocess on a free port; kills its process group after."""
     from cluster import processes
@@ -164,6 +163,7 @@ def headrace_serve(
             extra=["--log-level", "info", *extra],
             window=window,
             wait=False,
+            history=history,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

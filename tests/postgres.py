@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import free_port
+from ports import free_port
 
 DATABASE = "headrace"
 SUPERUSER = "postgres"

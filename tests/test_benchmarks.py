@@ -17,3 +17,13 @@ def test_hv_benchmark_runs_every_plot():
     result = hvcost.run(updates=5, rows=2, repeats=1)
     assert "error" not in result, result
     assert result["headrace_ms"] > 0 and result["raw_ms"] > 0
+
+
+def test_history_benchmark_reads_every_window():
+    from benchmarks import history
+
+    result = history.run(days=1, repeats=1)
+    assert set(result["windows"]) == {"1 h", "24 h", "7 d", "30 d"}
+    assert all(0 < w["points"] <= 2000 for w in result["windows"].values())
+    assert result["windows"]["24 h"]["max"] > 0.5  # the filled spikes come back
+    assert result["write"]["frames_per_s"] > 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from distributed import LocalCluster
 from helpers import Publisher, headrace_serve, publishing, wait_for, wait_http
@@ -104,3 +106,75 @@ def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
         assert panned["end"] < panned["last"] and held["end"] == panned["end"], (panned, held)
         assert held["last"] > panned["last"]
         assert abs(following["end"] - following["last"]) < 1000, following
+
+
+# The history line of the stream's plot: its points, highest value, and the x-range.
+HISTORY_STATE = """
+(stream) => {
+  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
+  if (!doc) return null;
+  for (const m of doc.all_models) {
+    if ((m.constructor.__name__ === "Figure" || m.constructor.__name__ === "Plot")
+        && m.title && m.title.text === stream && m.renderers.length > 1) {
+      const values = m.renderers[1].data_source.data["value"];
+      return {points: values.length, max: values.length ? Math.max(...values) : null,
+              start: m.x_range.start, end: m.x_range.end};
+    }
+  }
+  return null;
+}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_options):
+    from playwright.sync_api import sync_playwright
+
+    from etl.sink import Sink, SinkSpec, encode
+    from etl.state import Queued
+
+    # Half an hour of 25 ms rows in the history database, one spike among them.
+    url = f"sqlite:///{tmp_path}/history.sqlite"
+    now = pd.Timestamp.now(tz="UTC").floor("1s")
+    times = pd.date_range(now - pd.Timedelta("30min"), now, freq="25ms", inclusive="left")
+    values = np.full(len(times), 0.1)
+    values[len(times) // 3] = 5.0
+    frame = pd.DataFrame({"time": times, "value": values, "count": 1})
+    parts = [frame.iloc[i : i + 1200] for i in range(0, len(frame), 1200)]
+    Sink(SinkSpec(url)).write(
+        [Queued(i, "browser", i + 1, encode(p), 0.0) for i, p in enumerate(parts)]
+    )
+
+    with LocalCluster(**cluster_options) as cluster:
+        publisher = Publisher("browser", interval=0.2)
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log", history=url) as (
+                proc,
+                port,
+            ),
+            sync_playwright() as pw,
+        ):
+            wait_http(port, proc=proc)
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 700})
+                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+                wait_for(lambda: page.evaluate(PLOT_STATE, "browser"), 60, "the live plot")
+                page.get_by_role("button", name="1 h").click()
+                got = wait_for(
+                    lambda: (s := page.evaluate(HISTORY_STATE, "browser")) and s["points"] and s,
+                    30,
+                    "history in the plot",
+                )
+                page.screenshot(path=str(tmp_path / "history.png"))
+            finally:
+                browser.close()
+    assert got["max"] == 5.0, got  # the spike survives the 2,000-point downsampling
+    assert got["points"] <= 2000
+    assert abs((got["end"] - got["start"]) - 3600e3) < 5e3, got  # the window is an hour
+    log = (tmp_path / "panel.log").read_text()
+    assert "history: stream browser" in log, log
