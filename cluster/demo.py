@@ -73,7 +73,7 @@ async def demo(
             f"  Dask scheduler:  {client.scheduler.address}  (add workers: dask worker "
             f"{client.scheduler.address})\n"
             f"  FTP server:      ftp://127.0.0.1:{server.port}/\n"
-            f"  history:         {history}  (every frame, 1 s and 1 min rollups)\n"
+            f"  history:         {history}  (every frame, with 1 s to 10 min rollups)\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -69,7 +69,9 @@ def test_frames_written_once_with_rollups(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("hours", "level"), [(0.01, "raw"), (1, "1s"), (48, "1min")], ids=["raw", "1s", "1min"]
+    ("hours", "level"),
+    [(0.01, "raw"), (0.25, "1s"), (1, "10s"), (3, "1min"), (48, "10min")],
+    ids=["raw", "1s", "10s", "1min", "10min"],
 )
 def test_long_windows_keep_every_spike(tmp_path, hours, level):
     sink = Sink(SinkSpec(f"sqlite:///{tmp_path}/h.sqlite"))
@@ -152,9 +154,8 @@ def test_database_outage_costs_the_live_path_nothing(
                 return head.seq if head else 0
 
             with LogWriter([path], rate=200):
-                await async_wait_for(
-                    lambda: store().backlog()[0] == 0 and written() > 0, 30, "history written"
-                )
+                # The backlog holds the last half second's frames while the sink keeps up.
+                await async_wait_for(lambda: written() > 0, 30, "history written")
                 postgres.stop()
                 try:
                     during = await seq()

@@ -6,7 +6,8 @@ speaks SQL reads it. Times are UTC without a zone (``TIMESTAMP``/``DATETIME2``).
 ``headrace_rows``: every published row.
     ``stream``, ``key`` ('' for streams without keys), ``time`` (the period start),
     ``value``, ``count`` (log lines in the period), ``seq`` (the frame it came in).
-``headrace_rollup_1s``, ``headrace_rollup_1min``: rows per bucket, written as rows arrive.
+``headrace_rollup_1s``, ``_10s``, ``_1min``, ``_10min``: rows per bucket, written as rows
+    arrive.
     ``stream``, ``key``, ``time`` (bucket start), ``value_min``, ``value_max``,
     ``value_mean``, ``value_sum``, ``periods`` (rows in the bucket), ``count`` (lines).
 ``headrace_frames``: one row per frame written: ``stream``, ``seq``, ``rows``,
@@ -83,7 +84,12 @@ def _rollup(name: str) -> sa.Table:
     )
 
 
-LEVELS = (Level("1s", 1.0, _rollup("1s")), Level("1min", 60.0, _rollup("1min")))
+# A tenfold or sixfold step between levels: any window reads between ~2,000 and ~20,000
+# buckets for 2,000 points.
+LEVELS = tuple(
+    Level(name, width, _rollup(name))
+    for name, width in (("1s", 1.0), ("10s", 10.0), ("1min", 60.0), ("10min", 600.0))
+)
 RAW_SPACING = 0.025  # seconds between rows assumed when choosing a level (25 ms periods)
 
 
