@@ -116,8 +116,10 @@ HISTORY_STATE = """
   for (const m of doc.all_models) {
     if ((m.constructor.__name__ === "Figure" || m.constructor.__name__ === "Plot")
         && m.title && m.title.text === stream && m.renderers.length > 1) {
-      const values = m.renderers[1].data_source.data["value"];
+      const data = m.renderers[1].data_source.data;
+      const values = data["value"];
       return {points: values.length, max: values.length ? Math.max(...values) : null,
+              first: values.length ? data["time"][0] : null,
               start: m.x_range.start, end: m.x_range.end};
     }
   }
@@ -171,10 +173,27 @@ def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_opt
                     "history in the plot",
                 )
                 page.screenshot(path=str(tmp_path / "history.png"))
+                # Zoom in on the last quarter of the hour: that range is read again, finer.
+                box = page.locator(".bk-Canvas").first.bounding_box()
+                page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+                for _ in range(6):
+                    page.mouse.wheel(0, -300)
+                    time.sleep(0.05)
+                zoomed = wait_for(
+                    lambda: (
+                        (s := page.evaluate(HISTORY_STATE, "browser"))
+                        and s["first"] > got["first"] + 60e3
+                        and s
+                    ),
+                    30,
+                    "the zoomed range read again",
+                )
             finally:
                 browser.close()
     assert got["max"] == 5.0, got  # the spike survives the 2,000-point downsampling
     assert got["points"] <= 2000
     assert abs((got["end"] - got["start"]) - 3600e3) < 5e3, got  # the window is an hour
+    assert zoomed["end"] - zoomed["start"] < 0.5 * 3600e3, zoomed
+    assert zoomed["first"] >= zoomed["start"] - 60e3, zoomed  # the rows of the zoomed range
     log = (tmp_path / "panel.log").read_text()
     assert "history: stream browser" in log, log

@@ -191,3 +191,41 @@ def test_database_outage_costs_the_live_path_nothing(
     assert written() == len(published) and len(kept) == len(rows)
     assert kept["count"].sum() == rows["count"].sum()
     assert "history: write failed" in caplog.text and "reachable again" in caplog.text
+
+
+def test_a_window_asked_by_many_sessions_is_read_once(tmp_path):
+    from app.history import HistoryCache
+
+    sink = Sink(SinkSpec(f"sqlite:///{tmp_path}/h.sqlite"))
+    store = StateStore(tmp_path / "state")
+    queue(store, "s", frames(20, rows=200, spike_at=1001))
+    asyncio.run(drain_all(store, {"s": sink}))
+    cache = HistoryCache(f"sqlite:///{tmp_path}/h.sqlite")
+    # Off the 1.8 s grid 1 h / 2,000 points rounds to, so every ask below rounds alike.
+    start = pd.Timestamp("2026-01-01T00:00:00.5Z")
+
+    async def main():
+        # 30 sessions within a second or so ask for "the last hour": one read for all.
+        asks = [
+            cache.window(
+                "s",
+                start + pd.Timedelta(milliseconds=i),
+                start + pd.Timedelta(hours=1, milliseconds=i),
+            )
+            for i in range(30)
+        ]
+        return await asyncio.gather(*asks)
+
+    got = asyncio.run(main())
+    assert cache.stats == {"asked": 30, "read": 1}
+    assert all(g is got[0] for g in got) and got[0]["value"].max() == 5.0
+
+
+def test_the_schema_compiles_for_sql_server_and_postgresql():
+    from sqlalchemy.dialects import mssql, postgresql
+    from sqlalchemy.schema import CreateTable
+
+    for dialect in (mssql.dialect(), postgresql.dialect()):
+        ddl = [str(CreateTable(t).compile(dialect=dialect)) for t in history.metadata.sorted_tables]
+        assert len(ddl) == 2 + len(history.LEVELS)
+    assert "DATETIME2(6)" in str(CreateTable(history.rows).compile(dialect=mssql.dialect()))
