@@ -30,6 +30,7 @@ log = logging.getLogger("headrace.etl")
 
 BACKOFF_START = 0.5
 BACKOFF_CAP = 15.0
+NB_HYPHEN = "\u2011"
 
 
 @dataclass
@@ -55,6 +56,18 @@ class Health:
         return d
 
 
+def task_key(step: str, stream: str, seq: int, token: str) -> str:
+    """The key of a tick's task, which the Dask dashboard shows as ``step(stream)``.
+
+    Dask groups keys by ``dask.utils.key_split``: the first word between hyphens, then
+    only the purely alphabetic words after it, so ``extract-cpu1-7`` would show as
+    ``extract`` and ``extract-web-1-7`` as ``extract-web``. The stream goes into the first
+    word instead, its hyphens written as U+2011 (a non-breaking hyphen, which looks the
+    same): stream ``web-1``'s extract of tick 7 shows as ``extract(web-1)``.
+    """
+    return f"{step}({stream.replace('-', NB_HYPHEN)})-{seq}-{token}"
+
+
 def backoff(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive failures: doubling, capped."""
     return min(BACKOFF_START * 2 ** (failures - 1), BACKOFF_CAP)
@@ -76,7 +89,7 @@ class StreamRunner:
         self.health = Health(published=self.state.next_seq - 1)
 
     def _key(self, step: str, seq: int, token: str) -> str:
-        return f"{step}-{self.stream.name}-{seq}-{token}"
+        return task_key(step, self.stream.name, seq, token)
 
     async def tick(self) -> int | None:
         """One tick; returns the sequence number published, if any."""

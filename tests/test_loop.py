@@ -318,3 +318,30 @@ def test_truncation_and_rotation_restart_at_byte_zero(cluster, ftp_server, ftp_r
     _, frames = asyncio.run(run_loop(cluster.scheduler_address, [stream], tmp_path, script))
     values = [f["value"].tolist() for _, f in frames[how]]
     assert values == [[0.0, 0.1, 0.2], [1.0 + i / 10 for i in range(len(new))]]
+
+
+def test_task_names_name_their_stream_in_the_dashboard(cluster, ftp_server, ftp_root, tmp_path):
+    """Dask groups tasks by key_split: every valid stream name must survive it, distinct."""
+    from dask.utils import key_split
+
+    from etl.loop import task_key
+
+    names = ["cpu1", "app_log", "web-1", "web-2"]
+    for name in names:
+        (ftp_root / f"{name}.log").write_bytes(b"2026-11-23T09:00:00Z 1\n2026-11-23T09:00:01Z 2\n")
+    streams = [Stream(n, ftp_server.url(f"{n}.log"), interval=0.05) for n in names]
+    asyncio.run(
+        run_loop(
+            cluster.scheduler_address,
+            streams,
+            tmp_path,
+            lambda rs: len(rs) == len(names) and all(r.health.published for r in rs),
+        )
+    )
+    prefixes = set(cluster.scheduler.task_prefixes)
+    for name in names:
+        for step in ("extract", "transform"):
+            shown = key_split(task_key(step, name, 7, "ab12c3"))
+            assert shown == f"{step}({name.replace('-', chr(0x2011))})"
+            assert shown in prefixes, (shown, sorted(prefixes))
+    assert len({key_split(task_key("extract", n, 1, "a1")) for n in names}) == len(names)
