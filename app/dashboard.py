@@ -130,10 +130,10 @@ class Dashboard:
             disabled=not self.history.available,
             description=None if self.history.available else "no history database configured",
         )
-        self.range = pn.widgets.DatetimeRangePicker(label="From - to (UTC)", visible=False)
+        self.range: pn.widgets.DatetimeRangePicker | None = None  # made when first picked
         self.span.param.watch(self._windowed, "value")
-        self.range.param.watch(self._windowed, "value")
         self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
+        self.controls = pn.Row(self.picker, self.span, sizing_mode="stretch_width")
         self._sync()  # streams known now go into the document the browser first receives
         # Changes made after the browser connected but before it reported the document
         # ready are dropped by Panel: status updates start once it has loaded.
@@ -148,7 +148,7 @@ class Dashboard:
         self.layout = pn.Column(
             header,
             self.line,
-            pn.Row(self.picker, self.span, self.range, sizing_mode="stretch_width"),
+            self.controls,
             self.plots,
             sizing_mode="stretch_width",
             tags=[f"pid:{os.getpid()}"],
@@ -225,13 +225,18 @@ class Dashboard:
     def _windowed(self, _event: object) -> None:
         """The viewer picked a window: every plot looks at it (or follows live again)."""
         span = WINDOWS[self.span.value]
-        self.range.visible = self.span.value == "custom"
+        if self.span.value == "custom" and self.range is None:
+            self.range = pn.widgets.DatetimeRangePicker(label="From - to (UTC)")
+            self.range.param.watch(self._windowed, "value")
+            self.controls.append(self.range)
+        if self.range is not None:
+            self.range.visible = self.span.value == "custom"
         if self.span.value == "live":
             self.window = None
         elif span is not None:
             now = pd.Timestamp.now(tz="UTC")
             self.window = (now - span, now)
-        elif self.range.value:
+        elif self.range is not None and self.range.value:
             start, end = (pd.Timestamp(t).tz_localize("UTC") for t in self.range.value)
             self.window = (start, end)
         else:

@@ -29,6 +29,7 @@ from app.settings import follow_seconds
 if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.events import RangesUpdate
+    from bokeh.models import ColumnDataSource
     from bokeh.plotting import figure as Figure
 
 log = logging.getLogger("headrace.app")
@@ -49,12 +50,15 @@ class LookBack:
 
         self.stream, self.figure, self.cache = stream, figure, cache
         self._doc = weakref.ref(doc)
-        self.source = history_line(figure)
+        # The line is made when the viewer first looks back: a session that only watches
+        # live does not carry it. The subscription must be there from the start: one
+        # added to a live document does not reach the browser.
+        self.source: ColumnDataSource | None = None
+        figure.on_event(RangesUpdate, self._zoomed)
         self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None  # None: following live
         self.error: str | None = None
         self._asked = 0  # the newest read asked for; older answers are dropped
         self._tasks: set[asyncio.Future[None]] = set()
-        figure.on_event(RangesUpdate, self._zoomed)
 
     def show(self, window: tuple[pd.Timestamp, pd.Timestamp] | None) -> None:
         """Look at ``window`` (UTC start, end), or follow the newest data again (None).
@@ -66,9 +70,12 @@ class LookBack:
         self.window = window
         self._asked += 1
         if window is None:
-            self.figure.x_range = live_range(follow_seconds())
-            self.source.data = {"time": np.array([], float), "value": np.array([], float)}
+            if self.source is not None:
+                self.figure.x_range = live_range(follow_seconds())
+                self.source.data = {"time": np.array([], float), "value": np.array([], float)}
             return
+        if self.source is None:
+            self.source = history_line(self.figure)
         start, end = window
         self.figure.x_range = Range1d(_ms(start), _ms(end))
         self._read(start, end, self._asked)
@@ -110,7 +117,7 @@ class LookBack:
         task.add_done_callback(self._tasks.discard)
 
     def _draw(self, frame: pd.DataFrame, asked: int) -> None:
-        if asked != self._asked or self.window is None:
+        if asked != self._asked or self.window is None or self.source is None:
             return
         times = frame["time"].dt.tz_localize(None).to_numpy("datetime64[ns]")
         self.source.data = {

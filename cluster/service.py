@@ -130,13 +130,19 @@ async def _run_connected(
 
 
 async def _report_health(runners: list[StreamRunner], stop: asyncio.Event) -> None:
-    """Keep each stream's health in the scheduler's metadata, for operators and the app."""
-    while not stop.is_set():
+    """Keep each stream's health in the scheduler's metadata, for operators and the app.
+
+    Once more after ``stop``: the last second before a stop is reported too.
+    """
+    while True:
+        stopping = stop.is_set()
         for r in runners:
             try:
                 await r.frames.report_health(r.health.as_dict())
             except Exception:  # the scheduler is away; the ticks report that already
                 break
+        if stopping:
+            return
         await sleep_unless_stopped(stop, HEALTH_EVERY)
 
 

@@ -33,9 +33,17 @@ BACKOFF_CAP = 15.0
 NB_HYPHEN = "\u2011"
 
 
+COUNTERS = ("ticks", "overruns", "lines", "rows", "malformed", "late", "transfers")
+
+
 @dataclass
 class Health:
-    """What an operator wants to know about one stream."""
+    """What an operator wants to know about one stream.
+
+    The :data:`COUNTERS` are all-time totals: they are kept with the stream's checkpoint
+    and continue across restarts; ``started`` holds them as they were when this process
+    began, for the figures "since start".
+    """
 
     published: int = 0  # last published sequence number
     ticks: int = 0
@@ -49,11 +57,29 @@ class Health:
     error: str | None = None
     last_published: float = 0.0
     samples: deque = field(default_factory=lambda: deque(maxlen=10))
+    started: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def resumed(cls, checkpoint: Checkpoint) -> Health:
+        totals = {k: int(checkpoint.totals.get(k, 0)) for k in COUNTERS}
+        return cls(published=checkpoint.next_seq - 1, **totals, started=dict(totals))
+
+    def totals(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in COUNTERS}
+
+    def since_start(self) -> dict[str, int]:
+        return {k: getattr(self, k) - self.started.get(k, 0) for k in COUNTERS}
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "samples"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("samples", "started")}
         d["samples"] = [str(s) for s in self.samples]
+        d["since_start"] = self.since_start()
         return d
+
+    def summary(self) -> str:
+        """One line: all-time totals, and since this process started."""
+        now = self.since_start()
+        return ", ".join(f"{k} {getattr(self, k)} ({now[k]} since start)" for k in COUNTERS)
 
 
 def task_key(step: str, stream: str, seq: int, token: str) -> str:
@@ -86,7 +112,7 @@ class StreamRunner:
         self.client, self.stream, self.store = client, stream, store
         self.frames = contract.FrameStream(stream.name, client, ring=ring, interval=stream.interval)
         self.state: Checkpoint = store.load(stream.name)
-        self.health = Health(published=self.state.next_seq - 1)
+        self.health = Health.resumed(self.state)
 
     def _key(self, step: str, seq: int, token: str) -> str:
         return task_key(step, self.stream.name, seq, token)
@@ -129,17 +155,20 @@ class StreamRunner:
             )
         if summary.nbytes == 0:
             if summary.cursor != state.cursor:  # a reset or a partial line: remember where we are
-                self._commit(Checkpoint(summary.cursor, seq, state.carry))
+                self._commit(
+                    Checkpoint(summary.cursor, seq, state.carry, totals=self.health.totals())
+                )
             return None
         self._account(summary)
-        done = Checkpoint(summary.cursor, seq, summary.carry)
+        done = Checkpoint(summary.cursor, seq, summary.carry, totals=self.health.totals())
         if summary.span.rows == 0:
             self._commit(done)
             return None
         # Write-ahead: if we die after publishing and before committing, the restart re-reads
         # exactly the same bytes and re-publishes the same frame under the same seq.
+        # The totals as before this tick: a replay after a crash counts its lines once.
         self._commit(
-            Checkpoint(state.cursor, seq, state.carry, pending_until=summary.cursor.offset)
+            Checkpoint(state.cursor, seq, state.carry, summary.cursor.offset, totals=state.totals)
         )
         event = await self.frames.publish(seq, frame, summary.span)
         done.next_seq = seq + 1
@@ -157,7 +186,7 @@ class StreamRunner:
             h.malformed += s.malformed
             h.samples.extend(s.samples)
             log.warning(
-                "stream %s: %d malformed lines (%d in all), last: %s",
+                "stream %s: %d malformed lines in this tick (%d all-time), last: %s",
                 self.stream.name,
                 s.malformed,
                 h.malformed,
@@ -177,12 +206,13 @@ class StreamRunner:
     async def run(self, stop: asyncio.Event) -> None:
         stream, h = self.stream, self.health
         log.info(
-            "stream %s: ticking every %.3gs from %s, next seq %d at byte %d",
+            "stream %s: ticking every %.3gs from %s, next seq %d at byte %d, %d lines so far",
             stream.name,
             stream.interval,
             stream.source.display,
             self.state.next_seq,
             self.state.cursor.offset,
+            h.lines,
         )
         next_at = _next_slot(stream.interval)
         while not stop.is_set():
@@ -210,6 +240,7 @@ class StreamRunner:
                     h.overruns += 1
                     next_at = time.time()
             await sleep_unless_stopped(stop, next_at - time.time())
+        log.info("stream %s: stopped at seq %d; %s", stream.name, h.published, h.summary())
 
 
 def _next_slot(interval: float, after: float | None = None) -> float:

@@ -8,6 +8,7 @@ after it.
 
 from __future__ import annotations
 
+import json
 import pickle
 import sqlite3
 import threading
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS streams (
     next_seq INTEGER NOT NULL,
     carry BLOB,
     pending_until INTEGER,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    totals TEXT
 );
 CREATE TABLE IF NOT EXISTS backlog (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,6 +62,9 @@ class Checkpoint:
     # Set while frame `next_seq` is being published: the byte offset its chunk ends at, so
     # that a restart reproduces exactly that frame rather than a larger one under the same seq.
     pending_until: int | None = None
+    # The stream's all-time counters (lines, rows, malformed...) as of this checkpoint, so
+    # that they continue across restarts and count a replayed tick once.
+    totals: dict[str, int] = field(default_factory=dict)
 
 
 class StateStore:
@@ -75,17 +80,20 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
+        if "totals" not in columns:  # a state directory from before totals were kept
+            self._db.execute("ALTER TABLE streams ADD COLUMN totals TEXT")
 
     def load(self, name: str) -> Checkpoint:
         with self._lock:
             row = self._db.execute(
-                "SELECT offset, line, tail, fingerprint, next_seq, carry, pending_until"
+                "SELECT offset, line, tail, fingerprint, next_seq, carry, pending_until, totals"
                 " FROM streams WHERE name=?",
                 (name,),
             ).fetchone()
         if row is None:
             return Checkpoint()
-        offset, line, tail, fingerprint, next_seq, carry, pending_until = row
+        offset, line, tail, fingerprint, next_seq, carry, pending_until, totals = row
         return Checkpoint(
             cursor=Cursor(
                 offset=offset, line=line, tail=bytes(tail), fingerprint=bytes(fingerprint)
@@ -93,6 +101,7 @@ class StateStore:
             next_seq=next_seq,
             carry=pickle.loads(carry) if carry is not None else None,
             pending_until=pending_until,
+            totals=json.loads(totals) if totals else {},
         )
 
     def save(
@@ -109,8 +118,10 @@ class StateStore:
             self._db.execute("BEGIN")
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, state.pending_until, updated),
+                    "INSERT OR REPLACE INTO streams (name, offset, line, tail, fingerprint,"
+                    " next_seq, carry, pending_until, updated, totals)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, state.pending_until, updated, json.dumps(state.totals)),
                 )
                 if queue is not None:
                     self._db.execute(

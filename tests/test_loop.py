@@ -345,3 +345,32 @@ def test_task_names_name_their_stream_in_the_dashboard(cluster, ftp_server, ftp_
             assert shown == f"{step}({name.replace('-', chr(0x2011))})"
             assert shown in prefixes, (shown, sorted(prefixes))
     assert len({key_split(task_key("extract", n, 1, "a1")) for n in names}) == len(names)
+
+
+def test_health_totals_continue_across_restarts(cluster, ftp_server, ftp_root, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="headrace.etl")
+    path = ftp_root / "totals.log"
+    path.write_bytes(b"2026-11-23T09:00:00Z 0.1\nbad\n2026-11-23T09:00:01Z 0.2\n")
+
+    def run_until(lines: int):
+        stream = Stream("totals", ftp_server.url("totals.log"), transform=None)
+        runners, _ = asyncio.run(
+            run_loop(
+                cluster.scheduler_address,
+                [stream],
+                tmp_path,
+                until=lambda rs: rs[0].health.lines == lines,
+            )
+        )
+        return runners["totals"].health
+
+    first = run_until(3)
+    with open(path, "ab") as f:
+        f.write(b"worse\n2026-11-23T09:00:02Z 0.3\n")
+    second = run_until(5)
+    assert (first.lines, first.malformed, first.rows) == (3, 1, 2)
+    assert (second.lines, second.malformed, second.rows) == (5, 2, 3)  # all-time
+    assert second.since_start()["lines"] == 2 and second.since_start()["malformed"] == 1
+    assert "1 malformed lines in this tick (2 all-time)" in caplog.text
+    assert "stream totals: stopped at seq 2; ticks" in caplog.text  # the report at stop
+    assert "lines 5 (2 since start)" in caplog.text

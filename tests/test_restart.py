@@ -89,6 +89,8 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
     assert state.next_seq == len(seqs) + 1 and state.pending_until is None
     written = writer.lines(path)
     assert rows["count"].sum() + len(state.carry.rows) == len(written)
+    # The health record's all-time totals count every line once across the SIGKILL.
+    assert state.totals["lines"] == len(written) and state.totals["rows"] == len(rows)
     # The database has every published row once: a SIGKILL between publish and commit,
     # replayed after the restart, is not written twice.
     engine = sa.create_engine(sink_url)
