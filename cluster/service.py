@@ -18,10 +18,11 @@ from distributed import Client
 
 from etl import contract
 from etl.loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
-from etl.sink import Sink, SinkSpec, drain
+from etl.sink import SinkSpec
 from etl.state import StateStore
 from etl.streams import Stream
 
+from . import writer
 from .connection import LocalSpec, connect
 
 log = logging.getLogger("headrace.etl")
@@ -56,7 +57,8 @@ async def serve(
     store = StateStore(state_dir)
     ready = on_ready
     failures = 0
-    history = asyncio.create_task(drain(store, sinks(streams, sink, state_dir), stop))
+    specs = resolve_sinks(streams, sink, state_dir)
+    history = asyncio.create_task(_keep_writing(Path(state_dir), specs, stop))
     try:
         while not stop.is_set():
             try:
@@ -85,22 +87,38 @@ async def serve(
         log.info("etl: stopped")
 
 
-def sinks(
+def resolve_sinks(
     streams: list[Stream], defaults: SinkSpec | None, state_dir: str | Path
-) -> dict[str, Sink]:
-    """Each stream's database, one :class:`Sink` per distinct setting."""
-    made: dict[SinkSpec, Sink] = {}
+) -> dict[str, SinkSpec]:
+    """Each stream's history setting, its unset fields filled in (streams without: left out)."""
     out = {}
     for stream in streams:
         if stream.sink is None:
             continue
-        spec = stream.sink.defaults(defaults or SinkSpec(), state_dir)
-        if spec not in made:
-            made[spec] = Sink(spec)
+        spec = out[stream.name] = stream.sink.defaults(defaults or SinkSpec(), state_dir)
         kept = f"rows kept {spec.retention}" if spec.retention is not None else "kept for ever"
         log.info("history: stream %s into %s, %s", stream.name, spec.display(), kept)
-        out[stream.name] = made[spec]
     return out
+
+
+async def _keep_writing(state_dir: Path, specs: dict[str, SinkSpec], stop: asyncio.Event) -> None:
+    """Run the history writer process until ``stop``; start it again if it dies."""
+    if not specs:
+        return
+    failures = 0
+    while not stop.is_set():
+        process, stopping = writer.start(state_dir, specs)
+        while process.is_alive() and not stop.is_set():
+            await sleep_unless_stopped(stop, 0.5)
+        if stop.is_set():
+            stopping.set()
+            await asyncio.to_thread(process.join, 15)
+            if process.is_alive():
+                process.terminate()
+            return
+        failures += 1
+        log.error("history: the writer process exited with %s; starting it again", process.exitcode)
+        await sleep_unless_stopped(stop, backoff(failures))
 
 
 async def _run_connected(

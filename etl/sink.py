@@ -146,29 +146,40 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
+_KEYS = ["stream", "key", "time"]
+# How buckets of the same stream, key and time combine: what makes rollups mergeable.
+_COMBINE = {
+    "value_min": ("value_min", "min"),
+    "value_max": ("value_max", "max"),
+    "value_sum": ("value_sum", "sum"),
+    "periods": ("periods", "sum"),
+    "count": ("count", "sum"),
+}
+
+
+def _combine(parts: pd.DataFrame) -> pd.DataFrame:
+    """Buckets with the same stream, key and time as one (NaN values skipped)."""
+    out = parts.groupby(_KEYS).agg(**_COMBINE).reset_index()
+    return out.assign(value_mean=out["value_sum"] / out["periods"])
+
+
 def _buckets(new: pd.DataFrame, level: history.Level) -> pd.DataFrame:
-    """Aggregate rows into ``level``'s buckets (min, max, sum, periods, count per key)."""
-    width = pd.Timedelta(seconds=level.width)
-    grouped = new.assign(time=new["time"].dt.floor(width)).groupby(["stream", "key", "time"])
-    return grouped.agg(
-        value_min=("value", "min"),
-        value_max=("value", "max"),
-        value_sum=("value", "sum"),
-        periods=("value", "size"),
-        count=("count", "sum"),
-    ).reset_index()
-
-
-def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    both = pd.concat([old, new], ignore_index=True).groupby(["stream", "key", "time"])
-    merged = both.agg(
-        value_min=("value_min", "min"),
-        value_max=("value_max", "max"),
-        value_sum=("value_sum", "sum"),
-        periods=("periods", "sum"),
-        count=("count", "sum"),
-    ).reset_index()
-    return merged.assign(value_mean=merged["value_sum"] / merged["periods"])
+    """Rows as ``level``'s buckets: each row a bucket of one period, then combined."""
+    value = new["value"]
+    return _combine(
+        pd.DataFrame(
+            {
+                "stream": new["stream"],
+                "key": new["key"],
+                "time": new["time"].dt.floor(pd.Timedelta(seconds=level.width)),
+                "value_min": value,
+                "value_max": value,
+                "value_sum": value,
+                "periods": 1,
+                "count": new["count"],
+            }
+        )
+    )
 
 
 class Sink:
@@ -220,7 +231,7 @@ class Sink:
             lo, hi = part["time"].min().to_pydatetime(), part["time"].max().to_pydatetime()
             where = sa.and_(t.c.stream == stream, t.c.key == key, t.c.time.between(lo, hi))
             old = pd.DataFrame(conn.execute(sa.select(t).where(where)).mappings().all())
-            merged = _merge(old.drop(columns="value_mean") if len(old) else old, part)
+            merged = _combine(pd.concat([old, part], ignore_index=True)) if len(old) else part
             if len(old):
                 conn.execute(sa.delete(t).where(where))
             conn.execute(sa.insert(t), _records(merged))
@@ -259,6 +270,17 @@ def _frame_record(q: Queued, rows: pd.DataFrame, now: datetime) -> dict:
     return dict(
         stream=q.stream, seq=q.seq, rows=len(mine), first_time=first, last_time=last, written_at=now
     )
+
+
+def sinks_for(specs: Mapping[str, SinkSpec]) -> dict[str, Sink]:
+    """One :class:`Sink` (one engine) per distinct setting, by stream."""
+    made: dict[SinkSpec, Sink] = {}
+    out = {}
+    for name, spec in specs.items():
+        if spec not in made:
+            made[spec] = Sink(spec)
+        out[name] = made[spec]
+    return out
 
 
 async def drain(
