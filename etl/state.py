@@ -48,7 +48,7 @@ class Queued:
     id: int
     stream: str
     seq: int
-    frame: bytes  # Arrow IPC stream, see etl.sink.encode
+    frame: bytes  # see etl.sink.encode
     added: float
 
 
@@ -142,8 +142,13 @@ class StateStore:
         return [Queued(i, s, q, bytes(f), a) for i, s, q, f, a in got]
 
     def unqueue(self, ids: list[int]) -> None:
+        # One statement, one transaction: the loop, in another process, waits for each
+        # write transaction here before it can commit its next tick.
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
         with self._lock:
-            self._db.executemany("DELETE FROM backlog WHERE id = ?", [(i,) for i in ids])
+            self._db.execute(f"DELETE FROM backlog WHERE id IN ({marks})", ids)
 
     def backlog(self) -> tuple[int, int]:
         """Frames and bytes waiting in the backlog."""
