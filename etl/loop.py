@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pandas as pd
 from distributed import Client
 
 from . import contract, pipeline
@@ -172,8 +173,10 @@ class StreamRunner:
         )
         event = await self.frames.publish(seq, frame, summary.span)
         done.next_seq = seq + 1
-        # The history sink gets the frame through the backlog, queued with this commit.
-        self._commit(done, encode(frame) if self.stream.sink is not None else None)
+        # The history sink gets the frame through the backlog, queued with this commit. In a
+        # thread: the other streams publish on this loop meanwhile.
+        queue = frame if self.stream.sink is not None else None
+        await asyncio.to_thread(self._commit_queued, done, queue)
         self.health.published, self.health.last_published = seq, event.published
         return seq
 
@@ -198,6 +201,9 @@ class StreamRunner:
                 self.stream.name,
                 s.late,
             )
+
+    def _commit_queued(self, state: Checkpoint, frame: pd.DataFrame | None) -> None:
+        self._commit(state, encode(frame) if frame is not None else None)
 
     def _commit(self, state: Checkpoint, queue: bytes | None = None) -> None:
         self.store.save(self.stream.name, state, time.time(), queue)
