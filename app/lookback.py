@@ -56,7 +56,6 @@ class LookBack:
         self.source: ColumnDataSource | None = None
         figure.on_event(RangesUpdate, self._zoomed)
         self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None  # None: following live
-        self.error: str | None = None
         self._asked = 0  # the newest read asked for; older answers are dropped
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -100,10 +99,9 @@ class LookBack:
             try:
                 frame = await self.cache.window(self.stream, start, end, POINTS)
             except Exception as exc:  # a database outage costs this plot its past, no more
-                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                log.warning("history: stream %s: read failed: %s", self.stream, self.error)
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                log.warning("history: stream %s: read failed: %s", self.stream, error)
                 return
-            self.error = None
             doc = self._doc()
             if doc is not None and asked == self._asked:
                 with contextlib.suppress(Exception):  # the session is being torn down

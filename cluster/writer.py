@@ -1,11 +1,9 @@
-"""The history writer: its own process, so that writing to the database never competes
-with the tick loop for the interpreter.
+"""The history writer: a process of its own, so that its pandas and SQL work never holds
+the tick loop's interpreter, at a lower CPU priority than the live path.
 
-Measured in the loop's process (a thread beside the event loop), its pandas and SQL
-work added ~25 ms to the median publish delay at three 0.2 s streams; in a process of
-its own it adds nothing. It drains the backlog the loop fills in the state directory
-(:func:`etl.sink.drain`); SQLite's WAL lets both use the file at once, and the exactly-
-once guard in the database makes a writer restarted mid-batch harmless.
+It drains the backlog the loop fills in the state directory (:func:`etl.sink.drain`);
+SQLite's WAL lets both use the file at once, and the exactly-once guard in the database
+makes a writer restarted mid-batch harmless.
 """
 
 from __future__ import annotations
@@ -16,14 +14,10 @@ import multiprocessing
 import multiprocessing.synchronize
 import os
 import signal
-import sys
 from pathlib import Path
 
 from etl.sink import SinkSpec
 
-log = logging.getLogger("headrace.etl")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NICE = 10
 IDLE = 2.0  # seconds between batches: fewer, larger transactions cost less CPU per row
 
@@ -45,10 +39,11 @@ def start(
 def _main(
     state_dir: str, specs: dict[str, SinkSpec], stop: multiprocessing.synchronize.Event, level: int
 ) -> None:
+    from cluster.cli import setup_logging
     from etl.sink import drain, sinks_for
     from etl.state import StateStore
 
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging(logging.getLevelName(level))  # as the loop logs: same format, same stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the loop stops us, after its last frame
     # Behind the live path for the CPU too: history may be a few seconds late, viewers not.
     os.nice(NICE)
