@@ -58,14 +58,15 @@ class StreamView:
         doc: Document,
         held: bool = False,
         history: HistoryCache | None = None,
+        fresh: bool = False,
     ) -> None:
         self.stream = stream
         self.fanout = fanout
         subscriber = fanout.subscriber
         # What the plot draws, and no more: every column costs each viewer a buffer per update.
         columns = [c for c in subscriber.columns(stream) if c in PLOTTED]
-        # Rendered empty (cheap); register() fills the source with the window atomically.
-        self.plot = live_plot(stream, empty(columns))
+        # A copy of the process's plot (cheap); register() fills its source with the window.
+        self.plot = live_plot(stream, empty(columns), fresh=fresh)
         self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held, columns=columns)
         self.past = (
             LookBack(stream, self.plot.figure, history, doc)
@@ -106,8 +107,10 @@ class Dashboard:
         self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
         doc = pn.state.curdoc
         self._doc = weakref.ref(doc)
-        self.fanout.open_session(doc)
+        self.fanout.open_session(doc, on_skip=self._skipped)
         self.views: dict[str, StreamView] = {}
+        self.shown_before: set[str] = set()  # streams whose plot models this document had
+        self.skipped = 0
         self.shown: Status | None = None
         self.live = False  # the browser has loaded the document
         status = self.board.status()
@@ -122,6 +125,7 @@ class Dashboard:
         self.follow_all, self._updating = True, False
         self.plots = pn.Column(sizing_mode="stretch_width")
         self.line = pn.pane.HTML(status.line, sizing_mode="stretch_width", margin=(0, 10))
+        self.notice = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 10))
         self.picker.param.watch(self._picked, "value")
         self.span = pn.widgets.RadioButtonGroup(
             label="Window",
@@ -148,6 +152,7 @@ class Dashboard:
         self.layout = pn.Column(
             header,
             self.line,
+            self.notice,
             self.controls,
             self.plots,
             sizing_mode="stretch_width",
@@ -197,6 +202,20 @@ class Dashboard:
         for stream, view in self.views.items():
             view.show(texts.get(stream, "waiting for data"))
 
+    def _skipped(self, rows: int) -> None:
+        """From the fan-out: this page read too slowly and ``rows`` rows never reached it."""
+        self.skipped += rows
+        doc = self._doc()
+        if doc is not None:
+            doc.add_next_tick_callback(self._show_skipped)
+
+    def _show_skipped(self) -> None:
+        self.notice.object = (
+            f"This page fell behind (a slow connection?) and skipped {self.skipped:,} rows "
+            "to show the newest. Reload to start again from the full window."
+        )
+        self.notice.visible = True
+
     def _picked(self, _event: object) -> None:
         if not self._updating:
             self.follow_all = set(self.picker.value) >= set(self.picker.options)
@@ -212,8 +231,10 @@ class Dashboard:
             if stream not in self.views and doc is not None:
                 # In a live document Panel may send the new plot a tick later, and its rows
                 # must not reach the browser before their source does.
-                view = StreamView(stream, self.fanout, doc, self.live, self.history)
+                fresh = stream in self.shown_before
+                view = StreamView(stream, self.fanout, doc, self.live, self.history, fresh)
                 self.views[stream] = view
+                self.shown_before.add(stream)
                 if view.past is not None and self.window is not None:
                     view.past.show(self.window)
                 added.append(view)

@@ -1,217 +1,184 @@
-"""Fan-out of new rows from the process's subscriber to every session's ColumnDataSource.
+"""Fan-out of new rows from the process's subscriber to every session: one encode per tick.
 
-A Bokeh model belongs to one document and may only change inside that document's
-callbacks, so each session registers a :class:`Sink` per stream (its own source) under
-one :class:`Gate` per session. New rows are merged into the sink's pending rows and, if
-the session has no flush pending yet, one ``doc.add_timeout_callback(flush,
-COALESCE_MS)`` is scheduled; the flush calls ``cds.stream(columns, rollover)`` for every
-stream with pending rows, as numpy arrays (binary buffers), in one message. Nothing here
-waits for a session: a slow one only accumulates pending rows, bounded by its rollover,
-and a gone one is dropped (sessions are held weakly as well).
+Per stream the fan-out keeps a :class:`Channel`: the rows every in-sync session's
+source holds (the newest ``rollover`` rows, as Bokeh sends them). Rows arriving from the
+subscriber wait :data:`COALESCE_MS` for the other streams of the tick, then one flush
+for the whole process
 
-A session opened with :meth:`Fanout.open_session` gets no updates before its browser
-reports the document ready: until then Panel does not send model additions (the
-browser pulls the whole document when it connects), so a stream patch could name a
-source the browser has not got yet. Rows wait in the sink meanwhile; the document
-it pulls holds the snapshot.
+1. appends them to each channel's window,
+2. groups the sessions by what they need (their sources' ids and first missing row per
+   stream): sessions in sync with copies of the same plots (:mod:`app.clone`) all need
+   the same, so the ``PATCH-DOC`` is encoded once (:func:`app.wire.encode`),
+3. writes those bytes to each session's websocket, one write per connection, and points
+   each server-side source at the channel's window, so the session's document holds
+   what its browser has (the arrays are shared, not copied).
+
+A session that cannot take a write now (its browser has not loaded the document yet, a
+Bokeh message is half-written on its socket, or the kernel has not taken its previous
+write: a slow reader) is skipped and falls behind; the next flush sends it the rows since
+its first missing one, with a message of its own, or shared with others as far behind.
+So queued data per session is bounded by one message, and nobody waits for anybody. A
+session that fell behind by more than the window gets the whole window (its browser's
+rollover drops the rest) and is told through :meth:`Fanout.open_session`'s ``on_skip``.
+
+Documents that are not served sessions (tests, notebooks) get the same rows through
+``cds.stream``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 import weakref
-from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from panel.io.document import unlocked
-from panel.io.state import set_curdoc
-
-from app.columns import Columns, concat, take, to_wire
+from app.channel import Channel, project
+from app.columns import Columns, to_wire
 from app.subscriber import Subscriber
+from app.wire import Encoded, encode, sockets
 
 if TYPE_CHECKING:
+    from asyncio import Future
+
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource
 
 log = logging.getLogger("headrace.app")
 
-# How long a session's flush waits for rows of its other streams: streams that tick at the
-# same instants (see etl.loop) arrive within a few ms of each other.
+# How long a flush waits for rows of the other streams: streams that tick at the same
+# instants (see etl.loop) arrive within a few ms of each other.
 COALESCE_MS = 25
 
 
-class Gate:
-    """One session: whether its browser is ready for patches, and its one pending flush.
-
-    The session's sinks (one per stream it shows) share it, so rows of several streams
-    that arrive within :data:`COALESCE_MS` of each other reach the browser as one message.
-    """
-
-    __slots__ = ("__weakref__", "_doc", "flushes", "lock", "ready", "scheduled", "sinks")
-
-    def __init__(self, doc: Document, ready: bool, lock: threading.RLock) -> None:
-        self._doc = weakref.ref(doc)
-        self.ready = ready
-        self.lock = lock  # the subscriber's
-        self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
-        self.scheduled = False
-        self.flushes = 0
-
-    @property
-    def alive(self) -> bool:
-        return self._doc() is not None
-
-    def schedule(self) -> bool:
-        """Ask the session to flush soon, unless already asked. False if it is gone."""
-        if self.scheduled or not self.ready:
-            return True
-        doc = self._doc()
-        if doc is None:
-            return False
-        self.scheduled = True
-        try:
-            doc.add_timeout_callback(self.flush, COALESCE_MS)
-        except Exception:  # the document is being torn down
-            self.scheduled = False
-            return False
-        return True
-
-    def flush(self) -> None:
-        """Runs as the session's callback: stream every sink's pending rows, in one message."""
-        with self.lock:
-            self.scheduled = False
-            batches = []
-            for sink in list(self.sinks):
-                if not sink.ready:
-                    continue
-                rows, cds = sink.take(), sink.source()
-                if cds is not None:
-                    batches.append((cds, rows, sink.rollover))
-        doc = self._doc()
-        if not batches or doc is None:
-            return
-        self.flushes += 1
-        # Panel's unlocked() sends the events of its block as one PATCH-DOC, through the
-        # same queue as the models Panel adds, so a new source stays ahead of its rows.
-        with set_curdoc(doc), unlocked():
-            for cds, rows, rollover in batches:
-                cds.stream(rows, rollover=rollover)
-
-
 class Sink:
-    """One session's view of one stream: where its rows go and what is waiting to go there."""
+    """One session's source for one stream, and the first row its browser does not have."""
 
-    __slots__ = (
-        "__weakref__",
-        "_cds",
-        "columns",
-        "dropped",
-        "flushes",
-        "gate",
-        "held",
-        "next_index",
-        "pending",
-        "pending_rows",
-        "rollover",
-        "stream",
-    )
+    __slots__ = ("__weakref__", "_cds", "columns", "gate", "held", "model", "next_index", "stream")
 
     def __init__(
-        self,
-        stream: str,
-        cds: ColumnDataSource,
-        columns: list[str],
-        next_index: int,
-        rollover: int,
-        gate: Gate,
+        self, stream: str, cds: ColumnDataSource, columns: list[str], next_index: int, gate: Gate
     ) -> None:
         self.stream = stream
         # Weak: a sink must never be what keeps a finished session's document alive.
         self._cds = weakref.ref(cds)
+        self.model = cds.id
         self.columns = columns
         self.next_index = next_index
-        self.rollover = rollover
         self.gate = gate
-        self.pending: list[Columns] = []
-        self.pending_rows = 0
-        self.flushes = 0
-        self.dropped = 0
         self.held = False
         gate.sinks.add(self)
 
     def source(self) -> ColumnDataSource | None:
         return self._cds()
 
-    @property
-    def ready(self) -> bool:
-        return bool(self.pending) and not self.held
-
-    def offer(self, rows: Columns, first: int) -> bool:
-        """Queue ``rows`` (indices from ``first``); schedule a flush. False if the sink is dead."""
-        n = len(rows["time"])
-        if first + n <= self.next_index:
-            return True  # already in the snapshot
-        if first < self.next_index:
-            rows, n = take(rows, self.next_index - first), first + n - self.next_index
-        elif first > self.next_index:
-            log.warning(
-                "fan-out: stream %s rows %d-%d missing for a session",
-                self.stream,
-                self.next_index,
-                first - 1,
-            )
-        self.next_index = first + n
-        self.pending.append(self.project(rows))
-        self.pending_rows += n
-        self._bound()
-        return self.schedule()
-
-    def schedule(self) -> bool:
-        """Have the session flush soon if there is something to send. False if it is gone."""
-        return self.gate.schedule() if self.ready else self.gate.alive
-
     def release(self) -> None:
         """Start sending rows held back since :meth:`Fanout.register` (``held=True``)."""
-        with self.gate.lock:
+        with self.gate.fanout.lock:
             self.held = False
-            self.schedule()
+        self.gate.fanout.wake()
 
-    def take(self) -> Columns | None:
-        """The pending rows as one batch (None if there are none); call under the lock."""
-        if not self.pending:
-            return None
-        pending, self.pending, self.pending_rows = self.pending, [], 0
-        self.flushes += 1
-        return concat(pending)
 
-    def project(self, rows: Columns) -> Columns:
-        """``rows`` with exactly the source's columns, as ``cds.stream`` needs."""
-        if list(rows) == self.columns:
-            return rows
-        n = len(rows["time"])
-        return {c: rows[c] if c in rows else np.full(n, np.nan) for c in self.columns}
+class Gate:
+    """One session: whether its browser can take rows, and what it was last sent."""
 
-    def _bound(self) -> None:
-        # A session that never flushes keeps at most what its plot would show.
-        excess = self.pending_rows - self.rollover
-        while excess > 0:
-            head = self.pending[0]
-            size = len(head["time"])
-            if size <= excess:
-                self.pending.pop(0)
-                self.pending_rows -= size
-                self.dropped += size
-                excess -= size
-            else:
-                self.pending[0] = take(head, excess)
-                self.pending_rows -= excess
-                self.dropped += excess
-                excess = 0
+    __slots__ = (
+        "__weakref__",
+        "_doc",
+        "draining",
+        "fanout",
+        "messages",
+        "on_skip",
+        "ready",
+        "sinks",
+        "skipped",
+    )
 
-    def discard(self) -> None:
-        self.pending, self.pending_rows = [], 0
+    def __init__(
+        self,
+        doc: Document,
+        fanout: Fanout,
+        ready: bool,
+        on_skip: Callable[[int], None] | None = None,
+    ) -> None:
+        self._doc = weakref.ref(doc)
+        self.fanout = fanout
+        self.ready = ready
+        self.on_skip = on_skip
+        self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
+        self.draining: list[Future[None]] = []  # writes the kernel has not taken yet
+        self.messages = 0
+        self.skipped = 0  # rows that rolled out of the window before this session got them
+
+    @property
+    def alive(self) -> bool:
+        return self._doc() is not None
+
+    def flush(self, channels: dict[str, Channel], encoded: dict[tuple, Encoded]) -> bool:
+        """Send this session what it is missing, if it can take it now. False once gone."""
+        doc = self._doc()
+        if doc is None:
+            return False
+        if not self.ready:
+            return True
+        due = [
+            (sink, channels[sink.stream])
+            for sink in self.sinks
+            if not sink.held and sink.next_index < channels[sink.stream].end
+        ]
+        if not due:
+            return True
+        targets = sockets(doc)
+        if targets is None:  # not a served session: Bokeh's own path
+            self._stream_in_document(doc, due)
+            return True
+        if not targets or any(not f.done() for f in self.draining):
+            return True  # falls behind; a later flush sends what it missed
+        if not all(socket.writable() for socket in targets):
+            return True
+        key = tuple((s.model, s.stream, s.next_index, tuple(s.columns)) for s, _ in due)
+        message = encoded.get(key)
+        if message is None:
+            message = encoded[key] = encode(
+                [(s.model, ch.since(s.next_index, s.columns), ch.rollover) for s, ch in due]
+            )
+        self.draining = [f for f in (socket.write(message) for socket in targets) if not f.done()]
+        for future in self.draining:
+            future.add_done_callback(self.fanout.wake_soon)
+        self.messages += 1
+        self.fanout.messages += 1
+        self._sent(due)
+        return True
+
+    def _sent(self, due: list[tuple[Sink, Channel]]) -> None:
+        skipped = 0
+        for sink, channel in due:
+            skipped += max(0, channel.start - sink.next_index)
+            sink.next_index = channel.end
+            cds = sink.source()
+            if cds is not None:
+                # What the browser has now; dict.__setitem__ since it already has it.
+                data = cds.data
+                for name, array in project(channel.window, sink.columns).items():
+                    dict.__setitem__(data, name, array)
+        if skipped:
+            self.skipped += skipped
+            if self.on_skip is not None:
+                self.on_skip(skipped)
+
+    def _stream_in_document(self, doc: Document, due: list[tuple[Sink, Channel]]) -> None:
+        from panel.io.state import set_curdoc
+
+        with set_curdoc(doc):
+            for sink, channel in due:
+                cds = sink.source()
+                if cds is not None:
+                    cds.stream(channel.since(sink.next_index, sink.columns), channel.rollover)
+                sink.next_index = channel.end
+        self.messages += 1
+        self.fanout.messages += 1
 
 
 def settle_bokeh_settings() -> None:
@@ -227,37 +194,47 @@ def settle_bokeh_settings() -> None:
 
 
 class Fanout:
-    """Routes the subscriber's new rows to the registered sinks of each stream."""
+    """Routes the subscriber's new rows to every session, encoding each message once."""
 
     def __init__(self, subscriber: Subscriber) -> None:
         settle_bokeh_settings()
         self.subscriber = subscriber
-        self.lock = subscriber.lock
-        self._sinks: dict[str, dict[Sink, None]] = defaultdict(dict)
-        self._gates: weakref.WeakKeyDictionary[Document, Gate] = weakref.WeakKeyDictionary()
-        self.registered = 0
-        self.unregistered = 0
-        self.flushed = 0  # flushes of sinks already gone
+        self.lock: threading.RLock = subscriber.lock
+        self._channels: dict[str, Channel] = {}
+        # Gates held strongly, found by document weakly: a gone document's gate is seen
+        # gone by the next flush, which lets go of its sinks too.
+        self._gates: dict[Gate, None] = {}
+        self._by_doc: weakref.WeakKeyDictionary[Document, Gate] = weakref.WeakKeyDictionary()
+        self._sinks: dict[Sink, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.registered = self.unregistered = 0
+        self.flushes = self.encodes = self.messages = 0
+        self.flush_seconds = 0.0
         subscriber.add_listener(self._on_rows)
 
-    def open_session(self, doc: Document) -> None:
-        """Hold ``doc``'s updates until its browser reports the document ready.
+    def open_session(self, doc: Document, on_skip: Callable[[int], None] | None = None) -> None:
+        """Hold ``doc``'s rows until its browser reports the document ready.
 
-        Call while the session is built (before its browser can be ready). Documents
-        never opened this way are taken as ready.
+        Call while the session is built (before its browser can be ready). Documents never
+        opened this way are taken as ready. ``on_skip(rows)`` is called (on the server's
+        loop) when the session fell so far behind that ``rows`` rows never reached it.
         """
         from bokeh.events import DocumentReady
 
         with self.lock:
-            if doc in self._gates:
+            gate = self._by_doc.get(doc)
+            if gate is None:
+                gate = self._gate(doc, ready=False)
+                gate.on_skip = on_skip
+            else:
+                gate.on_skip = on_skip
                 return
-            gate = self._gates[doc] = Gate(doc, ready=False, lock=self.lock)
 
         def ready(_event: Any) -> None:
             with self.lock:
                 gate.ready = True
-                for sink in list(gate.sinks):
-                    sink.schedule()
+            self.wake()
 
         doc.on_event(DocumentReady, ready)
 
@@ -266,7 +243,6 @@ class Fanout:
         stream: str,
         doc: Document,
         cds: ColumnDataSource,
-        rollover: int | None = None,
         held: bool = False,
         columns: list[str] | None = None,
     ) -> Sink:
@@ -279,64 +255,104 @@ class Fanout:
         ``columns`` (default: all the stream has) are those ``cds`` holds.
         """
         with self.lock:
-            snap = self.subscriber.snapshot(stream)
-            gate = self._gates.get(doc)
-            if gate is None:
-                gate = self._gates[doc] = Gate(doc, ready=True, lock=self.lock)
-            names = columns or list(snap.columns)
-            sink = Sink(stream, cds, names, snap.end, rollover or snap.capacity, gate)
+            channel = self._channel(stream)
+            gate = self._by_doc.get(doc) or self._gate(doc, ready=True)
+            names = columns or list(channel.window)
+            sink = Sink(stream, cds, names, channel.end, gate)
             sink.held = held
-            # Same lock as the subscriber's ingest: no rows can fall between snapshot and sink.
-            cds.data = sink.project(to_wire(snap.columns))
-            self._sinks[stream][sink] = None
+            # Under the subscriber's lock: no rows can fall between the window and the sink.
+            cds.data = project(channel.window, names)
+            self._sinks[sink] = None
             self.registered += 1
         doc.on_session_destroyed(lambda _context: self.unregister(sink))
         return sink
 
+    def _gate(self, doc: Document, ready: bool) -> Gate:
+        gate = self._by_doc[doc] = Gate(doc, self, ready)
+        self._gates[gate] = None
+        return gate
+
+    def _channel(self, stream: str) -> Channel:
+        channel = self._channels.get(stream)
+        if channel is None:
+            snap = self.subscriber.snapshot(stream)
+            channel = Channel(stream, to_wire(snap.columns), snap.end, snap.capacity)
+            self._channels[stream] = channel
+        return channel
+
     def unregister(self, sink: Sink) -> None:
         with self.lock:
-            sinks = self._sinks.get(sink.stream)
-            if sinks is not None and sink in sinks:
-                del sinks[sink]
+            if sink in self._sinks:
+                del self._sinks[sink]
                 self.unregistered += 1
-                self.flushed += sink.flushes
-                if not sinks:
-                    del self._sinks[sink.stream]
-            sink.discard()
-            gate = sink.gate
-            gate.sinks.discard(sink)
-            if not gate.sinks:
-                # A destroyed session never runs the flush it had asked for.
-                gate.scheduled = False
+            sink.gate.sinks.discard(sink)
 
     def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
-        # On the loop, under the subscriber's lock: merging and scheduling only.
-        sinks = self._sinks.get(stream)
-        if not sinks:
+        # On the loop, under the subscriber's lock: queue, and have one flush soon.
+        channel = self._channels.get(stream)
+        if channel is not None and channel.add(to_wire(rows), first):
+            self.wake_soon()
+
+    def wake_soon(self, *_args: Any) -> None:
+        """Flush in :data:`COALESCE_MS` (once, however often asked), on the server's loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tests, a thread): flush now
+            self.flush()
             return
-        rows = to_wire(rows)
-        dead = [sink for sink in list(sinks) if not sink.offer(rows, first)]
-        for sink in dead:
-            self.unregister(sink)
+        with self.lock:
+            if self._timer is None:
+                self._timer = loop.call_later(COALESCE_MS / 1000, self.flush)
+
+    def wake(self) -> None:
+        """Flush on the loop's next turn: a session got ready or a held source was released."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Advance every channel and send every session what it is missing."""
+        started = time.perf_counter()
+        with self.lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            for channel in self._channels.values():
+                channel.advance()
+            encoded: dict[tuple, Encoded] = {}
+            for gate in list(self._gates):
+                if not gate.flush(self._channels, encoded):
+                    del self._gates[gate]
+                    for sink in list(gate.sinks):
+                        self.unregister(sink)
+            self.encodes += len(encoded)
+            self.flushes += 1
+        self.flush_seconds += time.perf_counter() - started
 
     def sinks(self, stream: str | None = None) -> int:
         with self.lock:
-            if stream is not None:
-                return len(self._sinks.get(stream, ()))
-            return sum(len(s) for s in self._sinks.values())
+            return sum(1 for s in self._sinks if stream is None or s.stream == stream)
 
     def info(self) -> dict[str, Any]:
-        """Counts for tests and benchmarks: live sinks, pending flushes and rows, totals."""
+        """Counts for tests, benchmarks and metrics."""
         with self.lock:
-            sinks = [s for group in self._sinks.values() for s in group]
+            gates = list(self._gates)
             return {
-                "sinks": len(sinks),
-                "sessions": len(self._gates),
-                "scheduled": sum(g.scheduled for g in self._gates.values()),
-                "pending_rows": sum(s.pending_rows for s in sinks),
-                "dropped_rows": sum(s.dropped for s in sinks),
-                "flushes": self.flushed + sum(s.flushes for s in sinks),
-                "messages": sum(g.flushes for g in self._gates.values()),
+                "sinks": len(self._sinks),
+                "sessions": sum(g.alive for g in gates),
+                "behind": sum(
+                    1
+                    for s in self._sinks
+                    if s.gate.ready and s.next_index < self._channels[s.stream].end
+                ),
+                "skipped_rows": sum(g.skipped for g in gates),
+                "flushes": self.flushes,
+                "encodes": self.encodes,
+                "messages": self.messages,
+                "flush_seconds": self.flush_seconds,
                 "registered": self.registered,
                 "unregistered": self.unregistered,
             }

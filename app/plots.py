@@ -14,12 +14,18 @@ holds still, and the reset tool or a double-click returns to following.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from bokeh.document import Document
+from bokeh.io.doc import patch_curdoc
+from panel.io.state import set_curdoc
 
+from app.clone import Copies
+from app.columns import empty
 from app.settings import follow_seconds
 
 if TYPE_CHECKING:
@@ -94,12 +100,41 @@ def follow_newest(figure: Figure, seconds: float) -> None:
     figure.js_on_event(DoubleTap, CustomJS(args={"plot": figure}, code="plot.reset.emit()"))
 
 
-def live_plot(stream: str, columns: Columns, follow: float | None = None) -> LivePlot:
-    """A plot of ``stream`` whose source has ``columns``' schema (fill it via the fan-out)."""
+def render_live(stream: str, columns: Columns, follow: float | None = None) -> LivePlot:
+    """Render a new plot of ``stream`` whose source has ``columns``' schema."""
     figure, source = render(curve(columns, stream))
     figure.toolbar.logo = None
     follow_newest(figure, follow or follow_seconds())
     return LivePlot(stream, figure, source)
+
+
+_prototypes: dict[tuple, LivePlot] = {}
+_prototypes_lock = threading.Lock()
+
+
+def live_plot(
+    stream: str, columns: Columns, follow: float | None = None, fresh: bool = False
+) -> LivePlot:
+    """A plot of ``stream`` whose source has ``columns``' schema (fill it via the fan-out).
+
+    A copy of the one rendered for this process (same model ids in every session, see
+    :mod:`app.clone`), unless ``fresh``: a document that showed the stream before needs
+    new ids, its browser may still hold the old models.
+    """
+    if fresh:
+        return render_live(stream, columns, follow)
+    key = (stream, tuple((c, a.dtype.str) for c, a in columns.items()), follow)
+    with _prototypes_lock:
+        prototype = _prototypes.get(key)
+        if prototype is None:
+            # Rendered into a document of its own: none of a session's change events.
+            scratch = Document()
+            with patch_curdoc(scratch), set_curdoc(scratch):
+                prototype = render_live(stream, empty(list(columns)), follow)
+            scratch.clear()
+            _prototypes[key] = prototype
+    copies = Copies()
+    return LivePlot(stream, copies(prototype.figure), copies(prototype.source))
 
 
 def history_line(figure: Figure) -> ColumnDataSource:

@@ -22,8 +22,8 @@ import psutil
 from . import common, report
 from .common import log
 
-SECTIONS = ("load", "peer", "parser", "hv", "cluster", "history")
-FULL_NS = [1, 5, 20, 50, 100, 200]
+SECTIONS = ("load", "joins", "peer", "parser", "hv", "cluster", "history")
+FULL_NS = [1, 5, 20, 50, 100, 200, 500, 1000]
 QUICK_NS = [1, 5, 20]
 
 
@@ -47,7 +47,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _load(args: argparse.Namespace, work: Path) -> list[dict]:
+def _load(args: argparse.Namespace, work: Path, results: dict) -> list[dict]:
     from . import data, load
 
     ns = (
@@ -63,7 +63,7 @@ def _load(args: argparse.Namespace, work: Path) -> list[dict]:
         keep=args.keep_work,
     )
     starts = []
-    if "load" in args.only:
+    if {"load", "joins"} & set(args.only):
         starts.append(("headrace", lambda f: load.start_headrace(f, 3, work)))
     if "peer" in args.only:
         starts += [
@@ -89,7 +89,12 @@ def _load(args: argparse.Namespace, work: Path) -> list[dict]:
                 )
                 continue
             try:
-                sweeps.append(load.sweep(stack, feed, ns, work, **timing))
+                if name != "headrace" or "load" in args.only:
+                    sweeps.append(load.sweep(stack, feed, ns, work, **timing))
+                if name == "headrace" and "joins" in args.only:
+                    from . import joins
+
+                    results["joins"] = joins.run(stack, feed, work, args.quick)
             finally:
                 stack.stop()
     return sweeps
@@ -151,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             results["history"] = history.run(
                 days=3 if args.quick else 30, repeats=3 if args.quick else 5
             )
-        if {"load", "peer"} & set(args.only):
-            results["load"] = _load(args, work)
+        if {"load", "joins", "peer"} & set(args.only):
+            results["load"] = _load(args, work, results)
     except BaseException:
         failed = True
         log(f"benchmarks: failed; logs kept in {work}")

@@ -67,12 +67,20 @@ def run_phase(
     duration: float,
     grace: float,
     keep: bool = False,
+    join: int = 0,
+    join_spacing: float = 0.02,
 ) -> dict:
-    """One N: connect, measure, disconnect; returns the figures of the phase."""
+    """One N: connect, measure, disconnect; returns the figures of the phase.
+
+    With ``join``, that many more viewers open the page during the window, one every
+    ``join_spacing`` s (see :func:`benchmarks.loadgen.join`); the latency figures are
+    the N watchers', ``join_first_row_s`` the joiners' times to their first live row.
+    """
     stack.check_alive()
     rows_path = work / f"rows-{stack.name}-{n}.npz"
+    extra = ["--join", str(join), "--join-spacing", str(join_spacing)] if join else []
     lg = subprocess.Popen(
-        loadgen_argv(stack.url, n, settle, duration, grace, rows_path),
+        loadgen_argv(stack.url, n, settle, duration, grace, rows_path, extra),
         stdout=subprocess.PIPE,
         stderr=open(work / "loadgen.log", "ab"),  # noqa: SIM115 - the child keeps it
         text=True,
@@ -102,6 +110,9 @@ def run_phase(
                     {**stack.roles(), "loadgen": [lg.pid]}, solo={"ftp": [os.getpid()]}
                 ).__enter__()
                 ftp0 = (feed.server.transfers, time.monotonic())
+            elif kind == "joined":
+                phase["join_first_row_s"] = event["first_row_s"]
+                phase["join_failed"] = event["failed"]
             elif kind == "window_end" and stats is not None:
                 stats.__exit__()
                 transfers, t = feed.server.transfers - ftp0[0], time.monotonic() - ftp0[1]

@@ -62,6 +62,40 @@ def _say(**event: object) -> None:
     print(json.dumps(event), flush=True)
 
 
+async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
+    """Open ``--join`` more viewers, one every ``--join-spacing`` s, 1 s into the window.
+
+    Returns each one's time from its ``GET`` to its first live row (None: no row in
+    time) and how many failed to open. They are closed once they have a row: what is
+    measured is the cost of joining, to them and to the watchers.
+    """
+    await asyncio.sleep(1.0)
+    first: list[float | None] = [None] * args.join
+    failed = 0
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        started = time.time()
+        try:
+            viewer = await open_viewer(args.url)
+        except Exception:
+            failed += 1
+            return
+        deadline = started + 30
+        while not viewer.rows.streamed and time.time() < deadline:
+            await asyncio.sleep(0.005)
+        arrivals = [a[0] for a in viewer.rows.arrivals.values() if a]
+        first[i] = min(arrivals) - started if arrivals else None
+        viewer.close()
+
+    tasks = []
+    for i in range(args.join):
+        tasks.append(asyncio.create_task(one(i)))
+        await asyncio.sleep(args.join_spacing)
+    await asyncio.gather(*tasks)
+    return first, failed
+
+
 async def run(args: argparse.Namespace) -> None:
     viewers: list[Viewer | None] = [None] * args.viewers
     errors: list[str] = []
@@ -89,10 +123,14 @@ async def run(args: argparse.Namespace) -> None:
     await asyncio.sleep(args.settle)
     t0 = time.time()
     _say(event="window_start", t=t0)
+    joining = asyncio.create_task(join(args)) if args.join else None
     await asyncio.sleep(args.duration)
     t1 = time.time()
     _say(event="window_end", t=t1)
     await asyncio.sleep(args.grace)
+    if joining is not None:
+        first_rows, failed = await joining
+        _say(event="joined", first_row_s=first_rows, failed=failed)
     dropped = sum(1 for v in ok if v.closed.done())
     for v in ok:
         v.close()
@@ -124,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="measurement window, seconds")
     p.add_argument("--grace", type=float, default=3.0, help="seconds to wait for late rows")
     p.add_argument("--concurrency", type=int, default=6, help="viewers connecting at once")
+    p.add_argument("--join", type=int, default=0, help="viewers that join during the window")
+    p.add_argument("--join-spacing", type=float, default=0.02, help="seconds between joins")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     # The viewers stand for browsers on other machines: on a small shared machine they

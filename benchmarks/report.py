@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
+from .fanout_report import fanout_targets, joins_table, per_viewer_ms
+from .tables import f as _f
+from .tables import ms as _ms
+from .tables import role as _role
+from .tables import table as _table
+from .tables import yes as _yes
+
 TICK = 0.2
-
-
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x * 1000:.0f}"
-
-
-def _f(x: float | None, fmt: str = ".2f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _role(phase: dict, role: str) -> str:
-    r = phase.get("roles", {}).get(role)
-    if not r:
-        return "-"
-    if r["n"] > 1:
-        return f"{r['cpu_per_s']:.2f} ({r['n']}p, max {r['cpu_max']:.2f}) / {r['rss_peak_mb']:.0f}"
-    return f"{r['cpu_per_s']:.2f} / {r['rss_peak_mb']:.0f}"
 
 
 def _machine(phase: dict) -> str:
@@ -56,6 +41,7 @@ def load_table(sweeps: list[dict]) -> list[str]:
         "ooo",
         "FTP xfer/s",
         "panel CPU s/s / peak MB",
+        "panel CPU ms per viewer-s",
         "loop",
         "scheduler",
         "workers",
@@ -89,6 +75,7 @@ def load_table(sweeps: list[dict]) -> list[str]:
                     str(p["out_of_order"]),
                     _f(p.get("ftp_transfers_per_s"), ".1f"),
                     _role(p, "panel"),
+                    _f(per_viewer_ms(p), ".2f"),
                     _role(p, "loop"),
                     _role(p, "scheduler"),
                     _role(p, "workers"),
@@ -289,17 +276,16 @@ def targets(results: dict) -> list[str]:
                 _yes(hv["headrace_vs_raw"] <= 2),
             ]
         )
+    rows += fanout_targets(results)
     return ["## Targets", "", *_table(["target", "measured", "met"], rows)]
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def markdown(results: dict) -> str:
     parts: list[list[str]] = []
     if results.get("load"):
         parts += [load_table(results["load"]), capacity_table(results["load"])]
+    if "joins" in results:
+        parts.append(joins_table(results["joins"]))
     if "parser" in results:
         parts.append(parser_table(results["parser"]))
     if "hv" in results:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,13 @@ def _listens(proc: psutil.Process, port: int) -> bool:
 
 
 def loadgen_argv(
-    url: str, viewers: int, settle: float, duration: float, grace: float, out: Path
+    url: str,
+    viewers: int,
+    settle: float,
+    duration: float,
+    grace: float,
+    out: Path,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The command line of the load generator process (:mod:`benchmarks.loadgen`)."""
     return [
@@ -85,6 +92,7 @@ def loadgen_argv(
         str(grace),
         "--out",
         str(out),
+        *extra,
     ]
 
 

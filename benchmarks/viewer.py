@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -219,6 +220,14 @@ class Viewer(asyncio.Protocol):
         buf = self._bufs[raw["id"]] if isinstance(raw, dict) else base64.b64decode(raw)
         return np.frombuffer(buf, dtype=dtype).astype(float, copy=False)
 
+    def stall(self, stalled: bool = True) -> None:
+        """Stop (or resume) reading, as a browser on a stalled connection does."""
+        if self._transport is not None:
+            if stalled:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._write(frame(0x8, struct.pack("!H", 1000)))
@@ -240,14 +249,27 @@ async def get_token(host: str, port: int, path: str, timeout: float) -> str:
     return found.group(1).decode()
 
 
-async def open_viewer(url: str, timeout: float = 60.0) -> Viewer:
+async def open_viewer(url: str, timeout: float = 60.0, rcvbuf: int | None = None) -> Viewer:
+    """A viewer of the app at ``url``, once its websocket is open.
+
+    ``rcvbuf`` sets the socket's receive buffer (bytes): small, with
+    :meth:`Viewer.stall`, for a viewer whose TCP window fills up.
+    """
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
     token = await get_token(host, port, path, timeout)
     loop = asyncio.get_running_loop()
+    sock = None
+    if rcvbuf is not None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
     _, viewer = await asyncio.wait_for(
         loop.create_connection(
-            lambda: Viewer(host, port, path.rstrip("/") + "/ws", token), host, port
+            lambda: Viewer(host, port, path.rstrip("/") + "/ws", token),
+            *((None, None) if sock else (host, port)),
+            sock=sock,
         ),
         timeout,
     )

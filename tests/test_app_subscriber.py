@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster
 from helpers import Publisher, async_wait_for, count_dataset_gets, free_port
 
 from app.columns import frame_columns
-from app.fanout import Fanout, Gate, Sink
+from app.fanout import Fanout
 from app.freshness import Lag, describe
 from app.subscriber import Subscriber
 from app.window import Window
@@ -114,41 +114,6 @@ def test_window_keeps_the_newest_seconds_of_row_time():
     assert snap.end == 160  # indices count every row ever ingested
     assert window.held() <= 41 + 4  # whole old frames are dropped as they age out
     assert snap.capacity >= 1000
-
-
-def test_sink_pending_rows_are_bounded_and_gap_free():
-    from bokeh.document import Document
-    from bokeh.models import ColumnDataSource
-
-    class NeverTicks(Document):  # a session that never runs its callbacks
-        def add_timeout_callback(self, callback, timeout_milliseconds):
-            self.scheduled = getattr(self, "scheduled", 0) + 1
-
-    doc, cds = NeverTicks(), ColumnDataSource({"time": [], "value": []})
-    import threading
-
-    gate = Gate(doc, ready=True, lock=threading.RLock())
-    sink = Sink("s", cds, ["time", "value"], 10, 50, gate)
-
-    def rows(first: int, n: int):
-        index = np.arange(first, first + n)
-        return {
-            "time": index.astype("datetime64[ms]").astype("datetime64[ns]"),
-            "value": index.astype(float),
-        }
-
-    assert sink.offer(rows(0, 10), 0)  # all before the snapshot's end: ignored
-    assert sink.pending_rows == 0
-    assert sink.offer(rows(5, 10), 5)  # overlaps: only 10..14 kept
-    for first in range(15, 215, 20):
-        sink.offer(rows(first, 20), first)
-    assert doc.scheduled == 1  # coalesced: one pending flush however many batches
-    assert sink.pending_rows == 50 and sink.dropped == 155
-    values = np.concatenate([p["value"] for p in sink.pending])
-    np.testing.assert_array_equal(values, np.arange(165, 215))
-    gate.flush()
-    np.testing.assert_array_equal(cds.data["value"], np.arange(165, 215))
-    assert not gate.scheduled and sink.pending_rows == 0
 
 
 def test_fanout_drops_sinks_of_gone_documents():
