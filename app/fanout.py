@@ -144,7 +144,12 @@ class Gate:
             message = encoded[key] = encode(
                 [(s.model, ch.since(s.next_index, s.columns), ch.rollover) for s, ch in due]
             )
-        self.draining = [f for f in (socket.write(message) for socket in targets) if not f.done()]
+        try:
+            written = [socket.write(message) for socket in targets]
+        except (OSError, RuntimeError) as exc:  # closed under us (StreamClosedError is an OSError)
+            log.info("fan-out: a session's websocket closed while writing: %s", exc)
+            return True
+        self.draining = [f for f in written if not f.done()]
         for future in self.draining:
             future.add_done_callback(self.fanout.wake_soon)
         self.messages += 1
