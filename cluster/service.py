@@ -107,14 +107,14 @@ async def _keep_writing(state_dir: Path, specs: dict[str, SinkSpec], stop: async
         return
     failures = 0
     while not stop.is_set():
-        process, stopping = writer.start(state_dir, specs)
+        process = writer.start(state_dir, specs)
         while process.is_alive() and not stop.is_set():
             await sleep_unless_stopped(stop, 0.5)
         if stop.is_set():
-            stopping.set()
+            process.terminate()  # SIGTERM: the writer finishes its batch and exits
             await asyncio.to_thread(process.join, 15)
             if process.is_alive():
-                process.terminate()
+                process.kill()
             return
         failures += 1
         log.error("history: the writer process exited with %s; starting it again", process.exitcode)

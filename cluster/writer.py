@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import signal
 from pathlib import Path
@@ -22,23 +21,22 @@ NICE = 10
 IDLE = 2.0  # seconds between batches: fewer, larger transactions cost less CPU per row
 
 
-def start(
-    state_dir: Path, specs: dict[str, SinkSpec]
-) -> tuple[multiprocessing.Process, multiprocessing.synchronize.Event]:
-    """Start the writer for ``specs`` (stream → resolved sink); returns it and its stop event."""
+def start(state_dir: Path, specs: dict[str, SinkSpec]) -> multiprocessing.Process:
+    """Start the writer for ``specs`` (stream → resolved sink); SIGTERM stops it cleanly.
+
+    A signal rather than a ``multiprocessing.Event``: setting an Event whose waiter died
+    (killed with the process group, say) blocks the setter for ever.
+    """
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    stop = context.Event()
     level = logging.getLogger("headrace").getEffectiveLevel()
     process = context.Process(
-        target=_main, args=(str(state_dir), specs, stop, level), name="headrace-history"
+        target=_main, args=(str(state_dir), specs, level), name="headrace-history"
     )
     process.start()
-    return process, stop
+    return process
 
 
-def _main(
-    state_dir: str, specs: dict[str, SinkSpec], stop: multiprocessing.synchronize.Event, level: int
-) -> None:
+def _main(state_dir: str, specs: dict[str, SinkSpec], level: int) -> None:
     from cluster.cli import setup_logging
     from etl.sink import drain, sinks_for
     from etl.state import StateStore
@@ -50,8 +48,8 @@ def _main(
 
     async def run() -> None:
         done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
+        # SIGTERM: finish the batch in hand, then exit.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
         store = StateStore(state_dir)
         try:
             await drain(store, sinks_for(specs), done, idle=IDLE)
