@@ -15,7 +15,7 @@ from app.columns import Columns, concat, take
 class Channel:
     """One stream as every in-sync session has it: the newest ``rollover`` rows, wire form."""
 
-    __slots__ = ("end", "pending", "pending_end", "rollover", "stream", "window")
+    __slots__ = ("_as", "end", "pending", "pending_end", "rollover", "stream", "window")
 
     def __init__(self, stream: str, window: Columns, end: int, rollover: int) -> None:
         self.stream = stream
@@ -24,6 +24,7 @@ class Channel:
         self.end = end  # subscriber index of the row after the window's last
         self.pending: list[Columns] = []
         self.pending_end = end
+        self._as: dict[tuple[str, ...], Columns] = {}  # the window projected, until it moves
 
     @property
     def start(self) -> int:
@@ -47,6 +48,15 @@ class Channel:
         window = concat([self.window, *self.pending])
         self.window = take(window, max(0, len(window["time"]) - self.rollover))
         self.end, self.pending = self.pending_end, []
+        self._as = {}
+
+    def window_as(self, columns: list[str]) -> Columns:
+        """The window with exactly ``columns``, made once per window for all sessions."""
+        key = tuple(columns)
+        projected = self._as.get(key)
+        if projected is None:
+            projected = self._as[key] = project(self.window, columns)
+        return projected
 
     def since(self, index: int, columns: list[str]) -> Columns:
         """The window's rows from ``index`` on (all of it if ``index`` rolled out)."""

@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from app.channel import Channel, project
+from app.channel import Channel
 from app.columns import Columns, to_wire
 from app.subscriber import Subscriber
 from app.wire import Encoded, encode, sockets
@@ -89,7 +89,6 @@ class Gate:
         "_doc",
         "draining",
         "fanout",
-        "messages",
         "on_skip",
         "ready",
         "sinks",
@@ -109,7 +108,6 @@ class Gate:
         self.on_skip = on_skip
         self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
         self.draining: list[Future[None]] = []  # writes the kernel has not taken yet
-        self.messages = 0
         self.skipped = 0  # rows that rolled out of the window before this session got them
 
     @property
@@ -152,7 +150,6 @@ class Gate:
         self.draining = [f for f in written if not f.done()]
         for future in self.draining:
             future.add_done_callback(self.fanout.wake_soon)
-        self.messages += 1
         self.fanout.messages += 1
         self._sent(due)
         return True
@@ -166,7 +163,7 @@ class Gate:
             if cds is not None:
                 # What the browser has now; dict.__setitem__ since it already has it.
                 data = cds.data
-                for name, array in project(channel.window, sink.columns).items():
+                for name, array in channel.window_as(sink.columns).items():
                     dict.__setitem__(data, name, array)
         if skipped:
             self.skipped += skipped
@@ -182,7 +179,6 @@ class Gate:
                 if cds is not None:
                     cds.stream(channel.since(sink.next_index, sink.columns), channel.rollover)
                 sink.next_index = channel.end
-        self.messages += 1
         self.fanout.messages += 1
 
 
@@ -212,7 +208,6 @@ class Fanout:
         self._by_doc: weakref.WeakKeyDictionary[Document, Gate] = weakref.WeakKeyDictionary()
         self._sinks: dict[Sink, None] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.registered = self.unregistered = 0
         self.flushes = self.encodes = self.messages = 0
         self.flush_seconds = 0.0
@@ -228,12 +223,10 @@ class Fanout:
         from bokeh.events import DocumentReady
 
         with self.lock:
-            gate = self._by_doc.get(doc)
-            if gate is None:
-                gate = self._gate(doc, ready=False)
-                gate.on_skip = on_skip
-            else:
-                gate.on_skip = on_skip
+            known = self._by_doc.get(doc)
+            gate = known or self._gate(doc, ready=False)
+            gate.on_skip = on_skip
+            if known is not None:
                 return
 
         def ready(_event: Any) -> None:
@@ -266,7 +259,7 @@ class Fanout:
             sink = Sink(stream, cds, names, channel.end, gate)
             sink.held = held
             # Under the subscriber's lock: no rows can fall between the window and the sink.
-            cds.data = project(channel.window, names)
+            cds.data = channel.window_as(names)
             self._sinks[sink] = None
             self.registered += 1
         doc.on_session_destroyed(lambda _context: self.unregister(sink))
