@@ -21,7 +21,7 @@ def joins_table(r: dict) -> list[str]:
         ("idle", "1 watcher; joiners 1 s apart"),
         (
             "storm",
-            f"{r['watchers']} watchers; {r['joiners']} joiners within {r['joiners'] * 0.02:.0f} s",
+            f"{r['watchers']} watchers; {r['joiners']} joiners within {r['joiners'] * 0.02:.1f} s",
         ),
     ):
         p = r[name]
@@ -92,7 +92,7 @@ def fanout_targets(results: dict) -> list[list[str]]:
         p95, first, n = storm.get("latency_p95"), storm["first_row_p95"], joins["joiners"]
         rows.append(
             [
-                f"{n} joining in {n * 0.02:.0f} s: watchers' p95 < 1 s",
+                f"{n} joining in {n * 0.02:.1f} s: watchers' p95 < 1 s",
                 f"{_ms(p95)} ms",
                 _yes(p95 is not None and p95 < 1),
             ]

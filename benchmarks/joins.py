@@ -50,7 +50,7 @@ def run(stack: Stack, feed: Feed, work: Path, quick: bool = False) -> dict:
     )
     storm.update(_first_rows(storm))
     log(
-        f"joins: {joiners} joining within {joiners * 0.02:.0f} s while {watchers} watch: "
+        f"joins: {joiners} joining within {joiners * 0.02:.1f} s while {watchers} watch: "
         f"watchers p95 {storm['latency_p95']}, joiners' first row p95 {storm['first_row_p95']}"
     )
     return dict(idle=idle, storm=storm, watchers=watchers, joiners=joiners)

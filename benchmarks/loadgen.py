@@ -81,11 +81,7 @@ async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
         except Exception:
             failed += 1
             return
-        deadline = started + 30
-        while not viewer.rows.streamed and time.time() < deadline:
-            await asyncio.sleep(0.005)
-        arrivals = [a[0] for a in viewer.rows.arrivals.values() if a]
-        first[i] = min(arrivals) - started if arrivals else None
+        first[i] = await viewer.first_row(started)
         viewer.close()
 
     tasks = []

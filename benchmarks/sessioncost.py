@@ -32,9 +32,10 @@ async def _opens(url: str, pid: int, n: int) -> dict:
     for _ in range(n):
         c0, t0 = _cpu(proc), time.time()
         viewer: Viewer = await open_viewer(url)
-        while not viewer.rows.streamed:
-            await asyncio.sleep(0.002)
-        firsts.append(min(a[0] for a in viewer.rows.arrivals.values() if a) - t0)
+        first = await viewer.first_row(t0)
+        if first is None:
+            raise RuntimeError("a viewer got no live row within 30 s")
+        firsts.append(first)
         await asyncio.sleep(0.3)
         cpus.append(_cpu(proc) - c0)
         viewers.append(viewer)

@@ -220,6 +220,14 @@ class Viewer(asyncio.Protocol):
         buf = self._bufs[raw["id"]] if isinstance(raw, dict) else base64.b64decode(raw)
         return np.frombuffer(buf, dtype=dtype).astype(float, copy=False)
 
+    async def first_row(self, started: float, timeout: float = 30.0) -> float | None:
+        """Seconds from ``started`` (wall clock) to the first live row; None if none came."""
+        deadline = started + timeout
+        while not self.rows.streamed and time.time() < deadline:
+            await asyncio.sleep(0.002)
+        arrivals = [a[0] for a in self.rows.arrivals.values() if a]
+        return min(arrivals) - started if arrivals else None
+
     def stall(self, stalled: bool = True) -> None:
         """Stop (or resume) reading, as a browser on a stalled connection does."""
         if self._transport is not None:
