@@ -41,14 +41,20 @@ class Channel:
         self.pending_end = first + n
         return True
 
-    def advance(self) -> None:
-        """The pending rows join the window (and the oldest roll out)."""
+    def advance(self) -> bool:
+        """The pending rows join the window (and the oldest roll out); False if none."""
         if not self.pending:
-            return
+            return False
         window = concat([self.window, *self.pending])
         self.window = take(window, max(0, len(window["time"]) - self.rollover))
         self.end, self.pending = self.pending_end, []
         self._as = {}
+        return True
+
+    def newest(self) -> float:
+        """The newest row's time (ms since the epoch, as Bokeh has it), 0 when empty."""
+        times = self.window["time"]
+        return float(times[-1]) if len(times) else 0.0
 
     def window_as(self, columns: list[str]) -> Columns:
         """The window with exactly ``columns``, made once per window for all sessions."""

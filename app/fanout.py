@@ -151,6 +151,7 @@ class Gate:
         for future in self.draining:
             future.add_done_callback(self.fanout.wake_soon)
         self.fanout.messages += 1
+        self.fanout.sent_bytes += message.size * len(targets)
         self._sent(due)
         return True
 
@@ -209,8 +210,10 @@ class Fanout:
         self._sinks: dict[Sink, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.registered = self.unregistered = 0
-        self.flushes = self.encodes = self.messages = 0
+        self.flushes = self.encodes = self.messages = self.sent_bytes = 0
         self.flush_seconds = 0.0
+        # Told each flush's duration and the age of each stream's newest row it carried.
+        self.observer: Callable[[float, list[float]], None] | None = None
         subscriber.add_listener(self._on_rows)
 
     def open_session(self, doc: Document, on_skip: Callable[[int], None] | None = None) -> None:
@@ -318,8 +321,7 @@ class Fanout:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            for channel in self._channels.values():
-                channel.advance()
+            moved = [c for c in self._channels.values() if c.advance()]
             encoded: dict[tuple, Encoded] = {}
             for gate in list(self._gates):
                 if not gate.flush(self._channels, encoded):
@@ -328,7 +330,11 @@ class Fanout:
                         self.unregister(sink)
             self.encodes += len(encoded)
             self.flushes += 1
-        self.flush_seconds += time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.flush_seconds += took
+        if self.observer is not None:
+            now_ms = time.time() * 1000
+            self.observer(took, [(now_ms - c.newest()) / 1000 for c in moved if c.newest()])
 
     def sinks(self, stream: str | None = None) -> int:
         with self.lock:
@@ -350,6 +356,7 @@ class Fanout:
                 "flushes": self.flushes,
                 "encodes": self.encodes,
                 "messages": self.messages,
+                "sent_bytes": self.sent_bytes,
                 "flush_seconds": self.flush_seconds,
                 "registered": self.registered,
                 "unregistered": self.unregistered,

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from app.board import Board
 from app.fanout import Fanout
 from app.history import HistoryCache
+from app.opsboard import OpsBoard
 from app.settings import history_url
 from app.subscriber import Subscriber
+from app.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,20 @@ class Registry:
     fanout: Fanout
     board: Board
     history: HistoryCache
+    telemetry: Telemetry
+    ops: OpsBoard
 
     @classmethod
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
         history = history or HistoryCache(history_url())
-        return cls(subscriber, Fanout(subscriber), Board(subscriber), history)
+        fanout = Fanout(subscriber)
+        telemetry = Telemetry(subscriber, fanout)
+        return cls(subscriber, fanout, Board(subscriber), history, telemetry, OpsBoard(subscriber))
+
+    def start(self) -> None:
+        """Start the subscriber and the figures' timer on the running loop."""
+        self.subscriber.start()
+        self.telemetry.start()
 
 
 _current: tuple[int, Registry] | None = None
@@ -49,16 +60,15 @@ def get() -> Registry:
         if _current is None or _current[0] != os.getpid():
             _current = (os.getpid(), Registry.around(Subscriber()))
         registry = _current[1]
-    subscriber = registry.subscriber
-    if not subscriber.started:
+    if not registry.subscriber.started:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             from tornado.ioloop import IOLoop
 
-            IOLoop.current().add_callback(subscriber.start)
+            IOLoop.current().add_callback(registry.start)
         else:
-            subscriber.start()
+            registry.start()
     return registry
 
 

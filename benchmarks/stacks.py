@@ -21,6 +21,8 @@ from . import common
 from .common import HOST
 from .data import STREAMS, Feed
 
+NO_METRICS = ("--metrics-port", "0")  # benchmark stacks run side by side
+
 
 @dataclass
 class Stack:
@@ -203,7 +205,7 @@ def start_headrace(feed: Feed, num_procs: int, work: Path, ring: int = 64) -> St
         ]
         stack.procs["loop"] = [
             common.start(
-                [bin_ / "headrace", "etl", "--config", config, "--scheduler", address],
+                [bin_ / "headrace", "etl", "--config", config, "--scheduler", address, *NO_METRICS],
                 work / "loop.log",
             )
         ]

@@ -45,7 +45,21 @@ def main(log_level: str) -> None:
     "else an embedded LocalCluster on :8786 (dashboard :8787).",
 )
 @click.option("--state-dir", default=None, help="Overrides the config's state_dir.")
-def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    default=8790,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).",
+)
+@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+def etl(
+    config_path: str,
+    scheduler: str | None,
+    state_dir: str | None,
+    metrics_port: int,
+    metrics_address: str,
+) -> None:
     """Run the tick loop: extract, transform and publish every stream every interval."""
     from etl.config import load
     from etl.streams import ConfigError
@@ -64,6 +78,7 @@ def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
             ring=config.ring,
             cluster=config.cluster,
             sink=config.sink,
+            metrics=(metrics_address, metrics_port) if metrics_port else None,
         )
     )
 
@@ -83,6 +98,7 @@ def etl(config_path: str, scheduler: str | None, state_dir: str | None) -> None:
     help="Dask dashboard address.",
 )
 @click.option("--workdir", default=None, help="Where log files and state go (default: a temp dir).")
+@click.option("--metrics-port", default=8790, show_default=True, help="The loop's /metrics port.")
 def demo(**options: Any) -> None:
     """Run everything on this machine: FTP server with live logs, Dask, tick loop, Panel."""
     from .demo import main as run_demo
@@ -137,6 +153,68 @@ def serve(
 
     click.echo(f"headrace serve: http://{address}:{port}/dashboard", err=True)
     code = serve_command(num_procs, scheduler, port, address, list(extra), window, history=history)
+    raise SystemExit(code)
+
+
+@main.command()
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler. Default: DASK_SCHEDULER_ADDRESS, else tcp://127.0.0.1:8786.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@click.option(
+    "--stale-after",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds without a publication after which a stream counts as stale.",
+)
+@click.option(
+    "--malformed",
+    "stream",
+    default=None,
+    metavar="STREAM",
+    help="Instead: the newest malformed lines kept for STREAM (needs --state-dir or --config).",
+)
+@click.option(
+    "--stream", "only", multiple=True, metavar="NAME", help="Only this stream (repeatable)."
+)
+@click.option("--limit", default=20, show_default=True, help="Malformed lines shown.")
+@click.option("--state-dir", default=None, help="The loop's state directory.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False))
+def status(
+    scheduler: str | None,
+    as_json: bool,
+    stale_after: float,
+    stream: str | None,
+    only: tuple[str, ...],
+    limit: int,
+    state_dir: str | None,
+    config_path: str | None,
+) -> None:
+    """One line per stream: seq, lag, rate, malformed lines, last error.
+
+    Exits 0 when every stream is healthy, 1 if one is stale, 2 if one is failing,
+    3 if the scheduler cannot be reached or no stream has reported.
+    """
+    from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+
+    from . import status as st
+
+    if stream is not None:
+        if state_dir is None and config_path is not None:
+            from etl.config import load
+
+            state_dir = str(load(config_path).state_dir)
+        if state_dir is None:
+            raise click.UsageError("--malformed needs --state-dir or --config")
+        text, code = st.malformed(state_dir, stream, limit, as_json)
+    else:
+        address = configured_scheduler(scheduler) or DEFAULT_SCHEDULER
+        text, code = st.report(address, stale_after, as_json, only=only)
+    click.echo(text)
     raise SystemExit(code)
 
 

@@ -47,6 +47,7 @@ async def demo(
     scheduler_port: int = 8786,
     dashboard_address: str = "127.0.0.1:8787",
     workdir: str | None = None,
+    metrics_port: int = 8790,
 ) -> None:
     work = Path(workdir or tempfile.mkdtemp(prefix="headrace-demo-"))
     root = work / "ftp"
@@ -69,6 +70,10 @@ async def demo(
         print(
             f"\nheadrace demo is up ({len(names)} streams at {rate:g} lines/s, files in {root})\n"
             f"  dashboard:       http://localhost:{port}/dashboard\n"
+            f"  operator page:   http://localhost:{port}/ops\n"
+            f"  metrics:         http://localhost:{port}/metrics (Panel processes), "
+            f"http://127.0.0.1:{metrics_port}/metrics (loop)\n"
+            f"  status:          headrace status --scheduler {client.scheduler.address}\n"
             f"  Dask dashboard:  {client.dashboard_link}\n"
             f"  Dask scheduler:  {client.scheduler.address}  (add workers: dask worker "
             f"{client.scheduler.address})\n"
@@ -86,6 +91,7 @@ async def demo(
             state_dir=work / "state",
             cluster=asdict(local),
             on_ready=start_panel,
+            metrics=("127.0.0.1", metrics_port),
         )
     finally:
         for proc in panel:

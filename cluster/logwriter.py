@@ -47,8 +47,12 @@ class LogWriter:
         seed: int | None = None,
         flush_each_line: bool = True,
         keep: bool = False,
+        malformed_every: int = 0,
     ) -> None:
         self.paths = [Path(p) for p in paths]
+        # Every n-th line of a file does not parse (0: none), for the malformed-line paths.
+        self.malformed_every = malformed_every
+        self.malformed: dict[Path, list[int]] = {p: [] for p in self.paths}  # their numbers
         self.rate = rate
         self.flush_each_line = flush_each_line
         self.written: dict[Path, int] = {p: 0 for p in self.paths}
@@ -110,7 +114,7 @@ class LogWriter:
 
     def _write_batch(self, files: dict, count: int) -> None:
         for path, f in files.items():
-            lines = [format_line(self._now(path), sample_value(self._rng)) for _ in range(count)]
+            lines = [self._line(path, self.written[path] + i + 1) for i in range(count)]
             if self.flush_each_line:
                 for line in lines:
                     f.write(line)
@@ -119,6 +123,12 @@ class LogWriter:
             if self.written_lines is not None:
                 self.written_lines[path].extend(lines)
             self.written[path] += count
+
+    def _line(self, path: Path, number: int) -> bytes:
+        if self.malformed_every and number % self.malformed_every == 0:
+            self.malformed[path].append(number)
+            return b"not a log line %d\n" % number
+        return format_line(self._now(path), sample_value(self._rng))
 
     def _now(self, path: Path) -> float:
         # Lines written within the same microsecond would share a timestamp: keep

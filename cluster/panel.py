@@ -8,7 +8,9 @@ it does)::
         --address 127.0.0.1 --allow-websocket-origin 127.0.0.1:5006 \\
         --allow-websocket-origin localhost:5006 --setup app/warmup.py
 
-and the dashboard is at http://localhost:5006/dashboard. ``--setup app/warmup.py`` is
+and the dashboard is at http://localhost:5006/dashboard (add ``app/ops.py`` for the
+operator page at ``/ops``, ``--plugins app.metrics`` for ``/metrics``, and
+``PROMETHEUS_MULTIPROC_DIR`` for every process's figures). ``--setup app/warmup.py`` is
 optional: it starts each process's subscriber when the process starts (with
 ``--num-procs`` > 1; Panel runs it after the fork) instead of with its first session,
 so the first viewer finds the window filled. Each process connects to the scheduler
@@ -18,12 +20,15 @@ once, whatever the number of sessions.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import app
+from app.metrics import MULTIPROC_ENV
 from app.settings import HISTORY_ENV, WINDOW_ENV
 from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
@@ -31,6 +36,7 @@ from . import processes
 
 APP_DIR = Path(app.__file__).resolve().parent
 DASHBOARD = APP_DIR / "dashboard.py"
+OPS = APP_DIR / "ops.py"
 WARMUP = APP_DIR / "warmup.py"
 
 
@@ -42,8 +48,9 @@ def panel_command(
 ) -> list[str]:
     """The ``python -m panel serve ...`` argument list ``headrace serve`` runs."""
     origins = dict.fromkeys([f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"])
-    cmd = [sys.executable, "-m", "panel", "serve", str(DASHBOARD)]
+    cmd = [sys.executable, "-m", "panel", "serve", str(DASHBOARD), str(OPS)]
     cmd += ["--num-procs", str(num_procs), "--port", str(port), "--address", address]
+    cmd += ["--plugins", "app.metrics"]
     for origin in origins:
         cmd += ["--allow-websocket-origin", origin]
     if num_procs > 1:
@@ -53,11 +60,28 @@ def panel_command(
     return [*cmd, *extra]
 
 
+def metrics_dir(port: int) -> Path:
+    """An empty directory for the processes' Prometheus files, one per port (reused)."""
+    path = Path(tempfile.gettempdir()) / f"headrace-metrics-{os.getuid()}-{port}"
+    shutil.rmtree(path, ignore_errors=True)  # figures of an earlier run's processes
+    path.mkdir(mode=0o700)
+    return path
+
+
 def serve_env(
-    scheduler: str | None = None, window: float | None = None, history: str | None = None
+    scheduler: str | None = None,
+    window: float | None = None,
+    history: str | None = None,
+    port: int | None = None,
 ) -> dict[str, str]:
-    """The environment for the panel processes: scheduler, window, and ``app`` importable."""
+    """The environment for the panel processes: scheduler, window, and ``app`` importable.
+
+    With ``port``, a fresh ``PROMETHEUS_MULTIPROC_DIR`` too (unless one is set): set
+    before the processes fork, so that ``/metrics`` reports every one of them.
+    """
     env = dict(os.environ)
+    if port is not None and not env.get(MULTIPROC_ENV):
+        env[MULTIPROC_ENV] = str(metrics_dir(port))
     env["DASK_SCHEDULER_ADDRESS"] = configured_scheduler(scheduler) or DEFAULT_SCHEDULER
     if window is not None:
         env[WINDOW_ENV] = str(window)
@@ -90,7 +114,7 @@ def serve_command(
     ``subprocess.Popen`` (``stdout=``, ``stderr=``...).
     """
     cmd = panel_command(num_procs, port, address, extra)
-    env = serve_env(scheduler, window, history)
+    env = serve_env(scheduler, window, history, port)
     if not wait:
         return processes.start(cmd, env, **popen)
     proc = subprocess.Popen(cmd, env=env, **popen)

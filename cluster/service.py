@@ -17,7 +17,9 @@ from typing import Any
 from distributed import Client
 
 from etl import contract
+from etl.deadletter import DeadLetterStore
 from etl.loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
+from etl.metrics import LoopMetrics
 from etl.sink import SinkSpec
 from etl.state import StateStore
 from etl.streams import Stream
@@ -39,9 +41,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Client], Awaitable[None]] | None = None,
     sink: SinkSpec | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Tick ``streams`` on the cluster until ``stop`` is set (or SIGINT/SIGTERM).
 
+    ``metrics`` (address, port) serves Prometheus figures at ``/metrics`` there.
     ``on_ready(client)`` is awaited once connected, before the first tick (the demo
     starts its Panel servers there). ``sink`` holds the defaults of the streams' history
     (default: a SQLite file in ``state_dir``); it is written whether or not the
@@ -55,9 +59,21 @@ async def serve(
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     store = StateStore(state_dir)
+    dead = DeadLetterStore(state_dir)
     ready = on_ready
     failures = 0
     specs = resolve_sinks(streams, sink, state_dir)
+    figures = LoopMetrics()
+    if specs:
+        figures.backlog = store.backlog
+    server = None
+    if metrics is not None:
+        try:
+            server = figures.serve(metrics[1], metrics[0])
+        except OSError as exc:  # the port is taken: the streams matter more than their figures
+            log.error("etl: cannot serve metrics on %s:%d, running without: %s", *metrics, exc)
+        else:
+            log.info("etl: Prometheus metrics at http://%s:%d/metrics", *server.server_address[:2])
     history = asyncio.create_task(_keep_writing(Path(state_dir), specs, stop))
     try:
         while not stop.is_set():
@@ -73,7 +89,7 @@ async def serve(
                     if ready is not None:
                         await ready(client)
                         ready = None
-                    await _run_connected(client, streams, store, ring, stop)
+                    await _run_connected(client, streams, store, ring, stop, figures, dead)
             except (OSError, TimeoutError) as exc:
                 # Only an external scheduler can be away; the streams' state is in the store.
                 failures += 1
@@ -83,7 +99,11 @@ async def serve(
     finally:
         stop.set()
         await history
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         store.close()
+        dead.close()
         log.info("etl: stopped")
 
 
@@ -122,7 +142,13 @@ async def _keep_writing(state_dir: Path, specs: dict[str, SinkSpec], stop: async
 
 
 async def _run_connected(
-    client: Client, streams: list[Stream], store: StateStore, ring: int, stop: asyncio.Event
+    client: Client,
+    streams: list[Stream],
+    store: StateStore,
+    ring: int,
+    stop: asyncio.Event,
+    metrics: LoopMetrics | None = None,
+    dead: DeadLetterStore | None = None,
 ) -> None:
     """Tick until ``stop``, or until the client gives up on a scheduler that went away.
 
@@ -131,7 +157,9 @@ async def _run_connected(
     """
     session = asyncio.Event()
     runners: list[StreamRunner] = []
-    ticking = asyncio.create_task(run_streams(client, streams, store, ring, session, runners))
+    ticking = asyncio.create_task(
+        run_streams(client, streams, store, ring, session, runners, metrics, dead)
+    )
     reporter = asyncio.create_task(_report_health(runners, session))
     status = client.status
     while not session.is_set():
@@ -156,7 +184,7 @@ async def _report_health(runners: list[StreamRunner], stop: asyncio.Event) -> No
         stopping = stop.is_set()
         for r in runners:
             try:
-                await r.frames.report_health(r.health.as_dict())
+                await r.frames.report_health(r.record())
             except Exception:  # the scheduler is away; the ticks report that already
                 break
         if stopping:

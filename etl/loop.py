@@ -16,7 +16,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from distributed import Client
@@ -27,6 +28,10 @@ from .sources import SourceError
 from .state import Checkpoint, StateStore
 from .streams import Stream
 
+if TYPE_CHECKING:
+    from .deadletter import DeadLetterStore
+    from .metrics import LoopMetrics
+
 log = logging.getLogger("headrace.etl")
 
 BACKOFF_START = 0.5
@@ -34,7 +39,8 @@ BACKOFF_CAP = 15.0
 NB_HYPHEN = "\u2011"
 
 
-COUNTERS = ("ticks", "overruns", "lines", "rows", "malformed", "late", "transfers")
+COUNTERS = ("ticks", "overruns", "lines", "rows", "malformed", "late", "transfers", "bytes")
+RATE_SPAN = 60.0  # seconds over which health reports lines and rows per second
 
 
 @dataclass
@@ -54,11 +60,15 @@ class Health:
     malformed: int = 0
     late: int = 0
     transfers: int = 0
+    bytes: int = 0  # read from the source
     failures: int = 0  # consecutive failed ticks
     error: str | None = None
+    error_since: float | None = None  # when the current run of failures began
     last_published: float = 0.0
+    last_tick: float = 0.0  # when the last tick ended, whether or not it published
     samples: deque = field(default_factory=lambda: deque(maxlen=10))
     started: dict[str, int] = field(default_factory=dict)
+    _seen: deque = field(default_factory=deque, repr=False)  # (time, lines, rows) for rates
 
     @classmethod
     def resumed(cls, checkpoint: Checkpoint) -> Health:
@@ -71,10 +81,24 @@ class Health:
     def since_start(self) -> dict[str, int]:
         return {k: getattr(self, k) - self.started.get(k, 0) for k in COUNTERS}
 
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("samples", "started")}
-        d["samples"] = [str(s) for s in self.samples]
+    def rates(self, now: float | None = None) -> tuple[float, float]:
+        """Lines and rows per second over the last :data:`RATE_SPAN` seconds (0 at first)."""
+        now = time.time() if now is None else now
+        seen = self._seen
+        seen.append((now, self.lines, self.rows))
+        while len(seen) > 2 and now - seen[1][0] >= RATE_SPAN:
+            seen.popleft()
+        t0, lines0, rows0 = seen[0]
+        span = now - t0
+        return ((self.lines - lines0) / span, (self.rows - rows0) / span) if span > 0 else (0, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record kept on the scheduler (see :mod:`etl.contract`): JSON- and msgpack-able."""
+        skip = ("samples", "started", "_seen")
+        d = {k: v for k, v in self.__dict__.items() if k not in skip}
+        d["samples"] = [asdict(s) for s in self.samples]
         d["since_start"] = self.since_start()
+        d["lines_per_second"], d["rows_per_second"] = self.rates()
         return d
 
     def summary(self) -> str:
@@ -109,11 +133,29 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
 class StreamRunner:
     """Runs the ticks of one stream and keeps its state and health."""
 
-    def __init__(self, client: Client, stream: Stream, store: StateStore, ring: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        stream: Stream,
+        store: StateStore,
+        ring: int,
+        metrics: LoopMetrics | None = None,
+        dead: DeadLetterStore | None = None,
+    ) -> None:
         self.client, self.stream, self.store = client, stream, store
+        self.metrics, self.dead = metrics, dead
         self.frames = contract.FrameStream(stream.name, client, ring=ring, interval=stream.interval)
         self.state: Checkpoint = store.load(stream.name)
         self.health = Health.resumed(self.state)
+        period = getattr(stream.transform, "period", None)
+        # A row's period closes this long after its time: the earliest it can be published.
+        self.period = pd.Timedelta(period).total_seconds() if period is not None else 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The stream's health record, as reported to the scheduler."""
+        record = self.health.as_dict()
+        record.update(stream=self.stream.name, interval=self.stream.interval, reported=time.time())
+        return record
 
     def _key(self, step: str, seq: int, token: str) -> str:
         return task_key(step, self.stream.name, seq, token)
@@ -164,6 +206,7 @@ class StreamRunner:
         done = Checkpoint(summary.cursor, seq, summary.carry, totals=self.health.totals())
         if summary.span.rows == 0:
             self._commit(done)
+            await self._keep_dead_letters(seq, summary)
             return None
         # Write-ahead: if we die after publishing and before committing, the restart re-reads
         # exactly the same bytes and re-publishes the same frame under the same seq.
@@ -178,11 +221,32 @@ class StreamRunner:
         queue = frame if self.stream.sink is not None else None
         await asyncio.to_thread(self._commit_queued, done, queue)
         self.health.published, self.health.last_published = seq, event.published
+        if self.metrics is not None:
+            close = summary.span.last / 1e9 + self.period
+            self.metrics.published(stream.name, event.published - close)
+        await self._keep_dead_letters(seq, summary)
         return seq
+
+    async def _keep_dead_letters(self, seq: int, summary: pipeline.Summary) -> None:
+        # After the commit: a tick replayed after a crash stores the same (seq, line) keys,
+        # which the store ignores. A failing store loses dead letters, never the tick.
+        if self.dead is None or not summary.samples:
+            return
+        try:
+            await asyncio.to_thread(self.dead.add, self.stream.name, seq, summary.samples)
+        except Exception as exc:
+            log.error(
+                "stream %s: could not keep %d malformed lines in %s: %s",
+                self.stream.name,
+                len(summary.samples),
+                self.dead.path,
+                exc,
+            )
 
     def _account(self, s: pipeline.Summary) -> None:
         h = self.health
         h.lines += s.lines
+        h.bytes += s.nbytes
         h.rows += s.span.rows
         h.late += s.late
         if s.malformed:
@@ -229,6 +293,8 @@ class StreamRunner:
                 raise
             except Exception as exc:
                 h.failures += 1
+                if h.failures == 1:
+                    h.error_since = time.time()
                 error = f"{type(exc).__name__}: {exc}"
                 if error != h.error:
                     log.error(
@@ -239,12 +305,15 @@ class StreamRunner:
             else:
                 if h.failures:
                     log.info("stream %s: recovered after %d failed ticks", stream.name, h.failures)
-                h.failures, h.error = 0, None
+                h.failures, h.error, h.error_since = 0, None, None
                 next_at = _next_slot(stream.interval, after=started)
                 if next_at < time.time():
                     # Overran: start the next tick now; it takes everything written meanwhile.
                     h.overruns += 1
                     next_at = time.time()
+            h.last_tick = time.time()
+            if self.metrics is not None:
+                self.metrics.ticked(stream.name, h.last_tick - started)
             await sleep_unless_stopped(stop, next_at - time.time())
         log.info("stream %s: stopped at seq %d; %s", stream.name, h.published, h.summary())
 
@@ -267,11 +336,19 @@ async def run_streams(
     ring: int = contract.DEFAULT_RING,
     stop: asyncio.Event | None = None,
     runners: list[StreamRunner] | None = None,
+    metrics: LoopMetrics | None = None,
+    dead: DeadLetterStore | None = None,
 ) -> list[StreamRunner]:
-    """Tick every stream until ``stop`` is set; ``runners`` (if given) is filled as they start."""
+    """Tick every stream until ``stop`` is set; ``runners`` (if given) is filled as they start.
+
+    ``metrics`` (if given) observes every tick and serves the runners' health;
+    ``dead`` keeps the malformed lines.
+    """
     stop = stop or asyncio.Event()
     runners = runners if runners is not None else []
-    runners.extend(StreamRunner(client, s, store, ring) for s in streams)
+    runners.extend(StreamRunner(client, s, store, ring, metrics, dead) for s in streams)
+    if metrics is not None:
+        metrics.runners = runners
     names = [r.stream.name for r in runners]
     if len(set(names)) != len(names):
         raise ValueError(f"stream names must be unique, got {names}")

@@ -100,7 +100,7 @@ class RegexParser:
     MIN_CSV = 64 << 10  # a range the CSV reader rejects is cut down to this size
 
     def __init__(
-        self, pattern: str = DEFAULT_PATTERN, time_format: str = "ISO8601", keep: int = 5
+        self, pattern: str = DEFAULT_PATTERN, time_format: str = "ISO8601", keep: int = 100
     ) -> None:
         try:
             groups = re.compile(pattern).groupindex

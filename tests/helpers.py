@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from distributed import Client
 from ports import free_port
 
@@ -182,10 +183,13 @@ def spawn(args: list[str], log, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def headrace_etl(config: Path, address: str, log, env: dict | None = None) -> subprocess.Popen:
-    """``headrace etl --config CONFIG --scheduler ADDRESS``."""
+def headrace_etl(
+    config: Path, address: str, log, env: dict | None = None, metrics_port: int = 0
+) -> subprocess.Popen:
+    """``headrace etl --config CONFIG --scheduler ADDRESS`` (metrics off unless a port is given)."""
     cmd = [sys.executable, "-m", "cluster.cli", "etl", "--config", str(config)]
-    return spawn([*cmd, "--scheduler", address], log, env)
+    cmd += ["--scheduler", address, "--metrics-port", str(metrics_port)]
+    return spawn(cmd, log, env)
 
 
 def dask_scheduler(port: int, log) -> subprocess.Popen:
@@ -309,3 +313,23 @@ def check_rows(rows: np.ndarray, published: np.ndarray, what: str) -> None:
     assert np.all(np.diff(rows) > 0), f"{what}: rows out of order or repeated"
     start = int(np.searchsorted(published, rows[0]))
     np.testing.assert_array_equal(rows, published[start : start + len(rows)], err_msg=what)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (./run test installs it as root)"
+)
+# Text of the document's markup models (the page renders them inside shadow roots).
+TEXTS = """
+() => !(window.Bokeh && Bokeh.documents && Bokeh.documents[0]) ? "" :
+  [...Bokeh.documents[0].all_models]
+  .filter((m) => typeof m.text === "string").map((m) => m.text).join("\\n")
+"""
+
+
+def chromium(playwright):
+    """Debian's headless Chromium through Playwright (its own download cannot be reached)."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )

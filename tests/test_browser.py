@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from distributed import LocalCluster
-from helpers import Publisher, headrace_serve, publishing, wait_for, wait_http
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (./run test installs it as root)"
+from helpers import (
+    TEXTS,
+    Publisher,
+    chromium,
+    headrace_serve,
+    needs_chromium,
+    publishing,
+    wait_for,
+    wait_http,
 )
+
+pytestmark = needs_chromium
 
 # The stream's source in BokehJS: its row count, and the x-range it is shown in.
 PLOT_STATE = """
@@ -37,13 +41,6 @@ PLOT_STATE = """
 """
 
 
-# Text of the document's markup models (the page renders them inside shadow roots).
-TEXTS = """
-() => [...Bokeh.documents[0].all_models]
-  .filter((m) => typeof m.text === "string").map((m) => m.text).join("\\n")
-"""
-
-
 @pytest.mark.timeout(120)
 def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
     from playwright.sync_api import sync_playwright
@@ -56,10 +53,7 @@ def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
             sync_playwright() as playwright,
         ):
             wait_http(port, "/static/js/bokeh.min.js", 60, proc)
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = chromium(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1200, "height": 700})
                 errors: list[str] = []
@@ -158,10 +152,7 @@ def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_opt
             sync_playwright() as pw,
         ):
             wait_http(port, proc=proc)
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = chromium(pw)
             try:
                 page = browser.new_page(viewport={"width": 1200, "height": 700})
                 page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")

@@ -177,11 +177,12 @@ def test_unknown_time_format() -> None:
 
 
 def test_keep_limits_samples_to_the_last_ones() -> None:
-    data = b"".join(f"bad{i}\n".encode() for i in range(20))
-    assert [s.line for s in RegexParser().parse(data).samples] == [16, 17, 18, 19, 20]
-    assert [s.line for s in RegexParser(keep=2).parse(data).samples] == [19, 20]
+    data = b"".join(f"bad{i}\n".encode() for i in range(120))
+    # By default the newest 100 of a tick (for the dead-letter store).
+    assert [s.line for s in RegexParser().parse(data).samples] == list(range(21, 121))
+    assert [s.line for s in RegexParser(keep=2).parse(data).samples] == [119, 120]
     assert RegexParser(keep=0).parse(data).samples == []
-    assert RegexParser(keep=0).parse(data).malformed == 20
+    assert RegexParser(keep=0).parse(data).malformed == 120
 
 
 def test_long_lines_are_cut_in_samples() -> None:

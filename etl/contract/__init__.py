@@ -302,6 +302,16 @@ def heads(client: Client | None = None) -> SyncOrAsync[dict[str, Head]]:
     return client.sync(read)
 
 
+def health_records(client: Client | None = None) -> SyncOrAsync[dict[str, dict[str, Any]]]:
+    """``{stream: health record}`` for every stream the loop reports on (see :mod:`etl.loop`)."""
+    client = _client(client)
+
+    async def read() -> dict[str, dict[str, Any]]:
+        return await client.get_metadata(_key("health"), default=None) or {}
+
+    return client.sync(read)
+
+
 def subscribe_all(client: Client, handler: EventHandler) -> None:
     """Call ``handler(Event)`` for every frame of every stream announced from now on.
 

@@ -1,0 +1,121 @@
+"""Prometheus figures of the Panel processes, served at ``/metrics`` on the dashboard port.
+
+``headrace serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before ``panel serve --num-procs``
+forks: every process writes its figures to files there (``prometheus_client``'s
+multiprocess mode), and a scrape of ``/metrics``, whichever process answers it, returns
+every process's, labelled ``process="<pid>"``. Without the variable (``panel serve`` run
+by hand) ``/metrics`` returns the answering process's own.
+
+No label names a session: a figure per session would grow without bound.
+``panel serve --plugins app.metrics`` adds the route (:data:`ROUTES`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from tornado.web import RequestHandler
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LABELS = ["process"]
+REGISTRY = CollectorRegistry()  # this process's own, when not in multiprocess mode
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def _counter(name: str, doc: str) -> Counter:
+    return Counter(name, doc, LABELS, registry=REGISTRY)
+
+
+SESSIONS = Gauge(
+    "headrace_viewer_sessions",
+    "Sessions open in this Panel process.",
+    LABELS,
+    registry=REGISTRY,
+    multiprocess_mode="sum",  # one process per label set: its own value
+)
+BEHIND = Gauge(
+    "headrace_viewer_sessions_behind",
+    "Sessions whose browser has not yet taken the newest rows (slow or stalled readers).",
+    LABELS,
+    registry=REGISTRY,
+    multiprocess_mode="sum",
+)
+COUNTERS = {  # fan-out / subscriber counter -> metric
+    "messages": _counter("headrace_viewer_messages", "Row messages sent to sessions."),
+    "sent_bytes": _counter("headrace_viewer_sent_bytes", "Bytes of row messages sent."),
+    "skipped_rows": _counter(
+        "headrace_viewer_skipped_rows", "Rows slow sessions skipped to catch up."
+    ),
+    "frames": _counter("headrace_frames_fetched", "Frames fetched from the cluster."),
+    "gaps": _counter("headrace_gaps_filled", "Times a missed frame announcement was filled in."),
+    "rows": _counter("headrace_rows_ingested", "Rows taken into this process's windows."),
+}
+FANOUT_SECONDS = Histogram(
+    "headrace_fanout_duration_seconds",
+    "Time one fan-out flush takes (every session of the process).",
+    LABELS,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+VIEWER_LAG = Histogram(
+    "headrace_viewer_lag_seconds",
+    "From a stream's newest row time to the fan-out sending it.",
+    LABELS,
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+
+
+class ProcessFigures:
+    """Advances this process's counters to the totals it is given (which only grow)."""
+
+    def __init__(self) -> None:
+        self.pid = str(os.getpid())
+        self.seen: dict[str, float] = {}
+
+    def update(self, totals: dict[str, Any]) -> None:
+        for key, counter in COUNTERS.items():
+            value = float(totals.get(key, 0))
+            delta = value - self.seen.get(key, 0.0)
+            if delta > 0:
+                counter.labels(self.pid).inc(delta)
+                self.seen[key] = value
+        SESSIONS.labels(self.pid).set(totals.get("sessions", 0))
+        BEHIND.labels(self.pid).set(totals.get("behind", 0))
+
+    def flushed(self, seconds: float, lags: list[float]) -> None:
+        """From the fan-out: a flush took ``seconds``, carrying rows ``lags`` seconds old."""
+        FANOUT_SECONDS.labels(self.pid).observe(seconds)
+        for lag in lags:
+            VIEWER_LAG.labels(self.pid).observe(max(0.0, lag))
+
+
+def exposition() -> bytes:
+    """Every process's figures (multiprocess mode) or this process's, in the text format."""
+    if _multiprocess():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+class MetricsHandler(RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(exposition())
+
+
+ROUTES = [(r"/metrics", MetricsHandler, {})]

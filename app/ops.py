@@ -1,0 +1,97 @@
+"""The operator page: ``/ops`` beside the dashboard (``panel serve app/dashboard.py app/ops.py``).
+
+Per stream its state, freshness, throughput, malformed lines and last error; the
+malformed lines with file and line; viewers per Panel process; what the cluster runs,
+with links into the Dask dashboard. It refreshes itself every 2 s from the process's
+:class:`app.opsboard.OpsBoard`, which gathers once for every open operator page.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from functools import partial
+from pathlib import Path
+
+try:
+    import app  # noqa: F401
+except ImportError:  # a checkout that was not pip-installed: serve it from the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import panel as pn
+
+from app import registry
+from app.opsboard import OpsView, badge
+from app.page import page
+from app.settings import configure_logging
+
+TITLE = "headrace · operations"
+
+
+class OpsPage:
+    """One operator session: panes the board's view is copied into when it changes."""
+
+    def __init__(self, parts: registry.Registry | None = None) -> None:
+        parts = parts or registry.get()
+        self.board = parts.ops
+        self._doc = weakref.ref(pn.state.curdoc) if pn.state.curdoc is not None else None
+        self.shown: OpsView | None = None
+
+        def pane() -> pn.pane.HTML:
+            return pn.pane.HTML("", sizing_mode="stretch_width")
+
+        self.state = pn.pane.HTML(badge("unknown", "CONNECTING"), margin=(12, 10))
+        self.headline = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.streams, self.malformed, self.viewers, self.cluster = (pane() for _ in range(4))
+        self.links = pn.pane.HTML("", sizing_mode="stretch_width")
+        sidebar = [
+            pn.pane.Markdown(
+                "### Links\n[Live dashboard](./dashboard) · [Prometheus metrics](./metrics)"
+            ),
+            self.links,
+            pn.pane.Markdown(
+                f"Refreshes every {self.board.period_ms / 1000:g} s. Served by Panel process "
+                f"{os.getpid()}. `headrace status` prints the same per stream."
+            ),
+        ]
+        main = [
+            self.headline,
+            pn.Card(self.streams, title="Streams", sizing_mode="stretch_width"),
+            pn.Card(self.malformed, title="Newest malformed lines", sizing_mode="stretch_width"),
+            pn.Card(self.viewers, title="Viewers per Panel process", sizing_mode="stretch_width"),
+            pn.Card(self.cluster, title="Cluster", sizing_mode="stretch_width"),
+        ]
+        self.template = page(TITLE, main, sidebar, self.state)
+        self._apply(self.board.latest)
+        pn.state.onload(lambda: self.board.add(self))
+        pn.state.on_session_destroyed(lambda _ctx: self.board.remove(self))
+
+    def offer(self, view: OpsView) -> bool:
+        """From the board: show ``view`` if it changed. False once the session is gone."""
+        doc = self._doc() if self._doc is not None else None
+        if doc is None:
+            return False
+        if view == self.shown:
+            return True
+        try:
+            doc.add_next_tick_callback(partial(self._apply, view))
+        except Exception:  # the document is being torn down
+            return False
+        return True
+
+    def _apply(self, view: OpsView) -> None:
+        self.shown = view
+        self.state.object = badge(view.state, view.state.upper())
+        self.headline.object = f"<h3>{badge(view.state, view.headline)}</h3>"
+        self.streams.object = view.streams
+        self.malformed.object = view.malformed
+        self.viewers.object = view.viewers
+        self.cluster.object = view.cluster
+        if view.dashboard:
+            self.links.object = f'<a href="{view.dashboard}" target="_blank">Dask dashboard</a>'
+
+
+if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session
+    configure_logging()
+    OpsPage().template.servable(title=TITLE)
