@@ -34,6 +34,7 @@ from app.columns import empty
 from app.fanout import Fanout, Sink
 from app.history import HistoryCache
 from app.lookback import LookBack
+from app.page import badge, page
 from app.plots import live_plot
 from app.settings import configure_logging
 
@@ -137,27 +138,23 @@ class Dashboard:
         self.range: pn.widgets.DatetimeRangePicker | None = None  # made when first picked
         self.span.param.watch(self._windowed, "value")
         self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
-        self.controls = pn.Row(self.picker, self.span, sizing_mode="stretch_width")
+        self.controls = pn.Column(self.picker, self.span, sizing_mode="stretch_width")
+        self.state = pn.pane.HTML(self._badge(status), margin=(12, 10))
         self._sync()  # streams known now go into the document the browser first receives
         # Changes made after the browser connected but before it reported the document
         # ready are dropped by Panel: status updates start once it has loaded.
         pn.state.onload(self._loaded)
         pn.state.on_session_destroyed(self._destroyed)
-        header = pn.pane.Markdown(
-            f"# {TITLE}\nLive streams, computed once on the Dask cluster and streamed to every "
-            "viewer. Drag or wheel to look back, double-click (or reset) to follow the newest "
-            "data.",
+        about = pn.pane.Markdown(
+            "Live streams, computed once on the Dask cluster and streamed to every viewer. "
+            "Drag or wheel a plot to look back, double-click it (or reset) to follow the "
+            "newest data. [Operator page](./ops)",
             sizing_mode="stretch_width",
         )
-        self.layout = pn.Column(
-            header,
-            self.line,
-            self.notice,
-            self.controls,
-            self.plots,
-            sizing_mode="stretch_width",
-            tags=[f"pid:{os.getpid()}"],
+        self.main = pn.Column(
+            self.notice, self.plots, sizing_mode="stretch_width", tags=[f"pid:{os.getpid()}"]
         )
+        self.layout = page(TITLE, [self.main], [self.controls, self.line, about], self.state)
 
     def _loaded(self) -> None:
         self.live = True
@@ -198,9 +195,22 @@ class Dashboard:
                 self._updating = False
         if status.line != self.line.object:
             self.line.object = status.line
+        state = self._badge(status)
+        if state != self.state.object:
+            self.state.object = state
         texts = dict(status.freshness)
         for stream, view in self.views.items():
             view.show(texts.get(stream, "waiting for data"))
+
+    @staticmethod
+    def _badge(status: Status) -> str:
+        """LIVE when every stream is, STALE when one is not, else how far it got."""
+        if not status.streams:
+            return badge("unknown", "CONNECTING" if "connecting" in status.line else "NO STREAMS")
+        stale = [s for s, text in status.freshness if not freshness.is_live(text)]
+        if stale:
+            return badge("stale", f"STALE: {', '.join(stale)}")
+        return badge("ok", "LIVE")
 
     def _skipped(self, rows: int) -> None:
         """From the fan-out: this page read too slowly and ``rows`` rows never reached it."""
@@ -272,8 +282,8 @@ class Dashboard:
         self.views.clear()
 
 
-def build(parts: registry.Registry | None = None) -> pn.viewable.Viewable:
-    """One session's dashboard (default: on this process's registry).
+def build(parts: registry.Registry | None = None) -> pn.template.BaseTemplate:
+    """One session's dashboard page (default: on this process's registry).
 
     Call while the session's document is current.
     """

@@ -347,10 +347,12 @@ class Fanout:
             return {
                 "sinks": len(self._sinks),
                 "sessions": sum(g.alive for g in gates),
-                "behind": sum(
-                    1
-                    for s in self._sinks
-                    if s.gate.ready and s.next_index < self._channels[s.stream].end
+                "behind": len(  # sessions, not sinks: a session has a sink per stream
+                    {
+                        s.gate
+                        for s in self._sinks
+                        if s.gate.ready and s.next_index < self._channels[s.stream].end
+                    }
                 ),
                 "skipped_rows": sum(g.skipped for g in gates),
                 "flushes": self.flushes,

@@ -22,8 +22,8 @@ except ImportError:  # a checkout that was not pip-installed: serve it from the 
 import panel as pn
 
 from app import registry
-from app.opsboard import OpsView, badge
-from app.page import page
+from app.opsboard import OpsView
+from app.page import badge, page
 from app.settings import configure_logging
 
 TITLE = "headrace · operations"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.board import Board
+from app.page import badge
 from app.subscriber import Subscriber
 from app.telemetry import viewer_records
 from etl import contract
@@ -26,7 +27,6 @@ log = logging.getLogger("headrace.app")
 
 PERIOD_MS = 2000
 STALE_AFTER = 30.0  # seconds without a publication: stale (as `headrace status`)
-COLOURS = {"ok": "#2e7d32", "stale": "#b26a00", "failing": "#c62828", "unknown": "#607d8b"}
 MALFORMED_SHOWN = 12
 
 
@@ -41,15 +41,6 @@ class OpsView:
     viewers: str
     cluster: str
     dashboard: str  # the Dask dashboard's URL, or ""
-
-
-def badge(state: str, text: str) -> str:
-    """A state shown by colour and in words."""
-    colour = COLOURS.get(state, COLOURS["unknown"])
-    return (
-        f'<span class="hr-badge" style="background:{colour};color:#fff;padding:2px 10px;'
-        f'border-radius:10px;font-weight:600">{html.escape(text)}</span>'
-    )
 
 
 def _table(head: list[str], rows: list[list[str]], empty: str) -> str:

@@ -1,29 +1,60 @@
 """The frame of every page headrace serves: a Panel template with the system's state.
 
-One place for the look: the header carries a state badge (colour and words), controls
-go in the sidebar, and the template's toggle switches light and dark themes (or
-``?theme=dark``).
+One place for the look: the header carries a state badge (colour and words) and a link
+to the other theme (light or dark, ``?theme=dark``), controls go in the sidebar.
+Panel's Bootstrap template, not Fast or Material: those designs load their fonts from
+Google, which a site without internet access cannot reach; every file of this one comes
+from the Panel server.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import panel as pn
 
 ACCENT = "#1565c0"
+# Colours that read on the blue header and on light and dark backgrounds alike.
+COLOURS = {
+    "ok": "#2e7d32",
+    "stale": "#b26a00",
+    "failing": "#c62828",
+    "unknown": "#607d8b",
+}
+
+
+def badge(state: str, text: str) -> str:
+    """A state shown by colour and in words (``state``: a key of :data:`COLOURS`)."""
+    colour = COLOURS.get(state, COLOURS["unknown"])
+    return (
+        f'<span class="hr-badge" style="background:{colour};color:#fff;padding:2px 10px;'
+        f'border-radius:10px;font-weight:600">{html.escape(text)}</span>'
+    )
+
+
+def dark() -> bool:
+    """Whether this session asked for the dark theme (``?theme=dark``)."""
+    args = pn.state.session_args or {}
+    return [v.decode() for v in args.get("theme", [])][-1:] == ["dark"]
+
+
+def theme_link() -> pn.pane.HTML:
+    """A link to this page in the other theme."""
+    other, label = ("default", "☀ light theme") if dark() else ("dark", "☾ dark theme")
+    return pn.pane.HTML(f'<a href="?theme={other}" style="color:#fff">{label}</a>', margin=(14, 10))
 
 
 def page(
     title: str, main: Sequence[object], sidebar: Sequence[object], state: pn.pane.HTML
 ) -> pn.template.BaseTemplate:
     """A served page: ``state`` in the header, ``sidebar`` and ``main`` as they are."""
-    return pn.template.FastListTemplate(
+    return pn.template.BootstrapTemplate(
         title=title,
-        header=[state],
+        header=[pn.Row(state, pn.layout.HSpacer(), theme_link(), sizing_mode="stretch_width")],
         sidebar=list(sidebar),
         main=list(main),
-        accent=ACCENT,
-        theme_toggle=True,
+        header_background=ACCENT,
         sidebar_width=300,
+        theme="dark" if dark() else "default",
     )

@@ -168,6 +168,7 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
     assert code == 0, good
     [g] = good["streams"]
     assert (g["state"], g["seq"], g["malformed"]) == ("ok", published, len(bad))
+    assert (g["lines"], g["rows"]) == (written, rows)
     assert broken_code == 2 and "FAILING" in broken and "missing.log" in broken, broken
     # The dead letters: every malformed line once, with its line number.
     assert letters_code == 0
@@ -187,3 +188,12 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
     lag = by_label(panel_figures, "headrace_viewer_lag_seconds_count", "process")
     assert sum(lag.values()) > 0
     assert all(len(s.rows()) > 0 for s in sessions)
+
+
+@pytest.mark.timeout(60)
+def test_status_says_when_the_scheduler_cannot_be_reached():
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    code, text = status("--scheduler", address)
+    assert code == 3 and "cannot reach the Dask scheduler at " + address in text, text
+    code, doc = status("--scheduler", address, "--json")
+    assert code == 3 and doc["streams"] == [] and doc["error"], doc

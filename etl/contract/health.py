@@ -31,6 +31,9 @@ class StreamStatus:
     lag_seconds: float | None  # since the last publication
     lines_per_second: float
     rows_per_second: float
+    lines: int  # all-time totals, across restarts of the loop
+    rows: int
+    late: int
     malformed: int
     malformed_since_start: int
     error: str | None
@@ -44,8 +47,8 @@ class StreamStatus:
         lag = "never published" if self.lag_seconds is None else f"lag {self.lag_seconds:.1f} s"
         text = (
             f"{self.stream:<16} {self.state.upper():<8} seq {self.seq:<8} {lag:<16} "
-            f"{self.lines_per_second:8.1f} lines/s  malformed {self.malformed} "
-            f"({self.malformed_since_start} since start)"
+            f"{self.lines_per_second:8.1f} lines/s  {self.lines} lines  malformed "
+            f"{self.malformed} ({self.malformed_since_start} since start)"
         )
         return f"{text}  {self.reason}" if self.reason else text
 
@@ -74,6 +77,9 @@ def judge(record: dict[str, Any], now: float, stale_after: float) -> StreamStatu
         lag_seconds=lag,
         lines_per_second=float(record.get("lines_per_second", 0.0)),
         rows_per_second=float(record.get("rows_per_second", 0.0)),
+        lines=int(record.get("lines", 0)),
+        rows=int(record.get("rows", 0)),
+        late=int(record.get("late", 0)),
         malformed=int(record.get("malformed", 0)),
         malformed_since_start=int(since_start.get("malformed", 0)),
         error=record.get("error"),
