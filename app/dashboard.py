@@ -34,7 +34,7 @@ from app.columns import empty
 from app.fanout import Fanout, Sink
 from app.history import HistoryCache
 from app.lookback import LookBack
-from app.page import badge, page
+from app.page import badge, page, serve
 from app.plots import live_plot
 from app.settings import configure_logging
 
@@ -292,4 +292,4 @@ def build(parts: registry.Registry | None = None) -> pn.template.BaseTemplate:
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session
     configure_logging()
-    build().servable(title=TITLE)
+    serve(build(), TITLE)

@@ -23,7 +23,7 @@ import panel as pn
 
 from app import registry
 from app.opsboard import OpsView
-from app.page import badge, page
+from app.page import badge, page, serve
 from app.settings import configure_logging
 
 TITLE = "headrace · operations"
@@ -94,4 +94,4 @@ class OpsPage:
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session
     configure_logging()
-    OpsPage().template.servable(title=TITLE)
+    serve(OpsPage().template, TITLE)
