@@ -1,7 +1,8 @@
 """An FTP server in a thread, serving a folder read-only: for the demo, tests and benchmarks.
 
 It counts logins and completed data transfers, which is how the tests and benchmarks
-show that one transfer per tick reaches the server however many people watch.
+show that one transfer per tick reaches the server however many people watch. With
+``tls`` it serves explicit FTPS only (AUTH TLS, PROT P required).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class FTPServer:
     tests). ``transfers`` counts completed RETR data transfers, ``logins``
     successful logins, both over the server's whole life. ``idle_timeout`` is how
     long the server keeps an idle control connection (pyftpdlib's default, 300 s).
+    ``tls`` (certificate file, key file) makes it an FTPS server that refuses both
+    clear-text logins and clear-text data connections (pyftpdlib's ``TLS_FTPHandler``,
+    which needs pyOpenSSL).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class FTPServer:
         *,
         idle_timeout: float = 300.0,
         log_level: int = logging.WARNING,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = Path(root)
         self.host = host
@@ -59,6 +64,7 @@ class FTPServer:
         self.user = user
         self.password = password
         self.idle_timeout = idle_timeout
+        self.tls = tls
         self._counts = {"transfers": 0, "logins": 0}
         self._counts_lock = threading.Lock()
         self._server: _PyFTPServer | None = None
@@ -78,7 +84,8 @@ class FTPServer:
 
     def url(self, path: str) -> str:
         who = f"{self.user}:{self.password}@" if self.user is not None else ""
-        return f"ftp://{who}{self.host}:{self.port}/{path.lstrip('/')}"
+        scheme = "ftps" if self.tls is not None else "ftp"
+        return f"{scheme}://{who}{self.host}:{self.port}/{path.lstrip('/')}"
 
     def start(self) -> FTPServer:
         if self._thread is not None:
@@ -126,8 +133,15 @@ class FTPServer:
         else:
             authorizer.add_user(self.user, self.password or "", str(self.root), perm="elr")
         owner = self
+        control: type[FTPHandler] = FTPHandler
+        data: type[DTPHandler] = DTPHandler
+        if self.tls is not None:
+            # pyftpdlib.handlers only has them with pyOpenSSL installed.
+            from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 
-        class DTP(DTPHandler):
+            control, data = TLS_FTPHandler, TLS_DTPHandler
+
+        class DTP(data):
             def close(self) -> None:
                 # Counted before the 226 reply goes out, so that a client that has its
                 # reply also sees the count.
@@ -135,7 +149,7 @@ class FTPServer:
                     owner._count("transfers")
                 super().close()
 
-        class Handler(FTPHandler):
+        class Handler(control):
             def handle_auth_success(self, home, password, msg_login):
                 owner._count("logins")
                 super().handle_auth_success(home, password, msg_login)
@@ -145,4 +159,11 @@ class FTPServer:
         Handler.timeout = self.idle_timeout
         Handler.auth_failed_timeout = 0.1  # pyftpdlib waits 3 s before a 530: slow for tests
         Handler.banner = "headrace demo FTP server ready."
+        if self.tls is not None:
+            # Set on this server's own subclass: pyftpdlib caches the SSL context on
+            # the class it finds the certificate on.
+            Handler.certfile, Handler.keyfile = (str(p) for p in self.tls)
+            Handler.ssl_context = None
+            Handler.tls_control_required = True
+            Handler.tls_data_required = True
         return Handler

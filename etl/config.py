@@ -17,6 +17,11 @@ streams:
     parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601}
     transform: {resample: 25ms, agg: max}    # or none, or "package.module:function"
     sink: {retention: 7d}                    # overrides the defaults below; none: no history
+  secure:
+    source: ftps://reader@ftp.example/app.log  # explicit FTPS (AUTH TLS), data connections too
+    password_env: APP_FTP_PASSWORD
+    ca_file: certs/ca.pem                    # relative to this file; default: system CAs
+    verify: true                             # false: no certificate check (test servers)
   custom:
     source: /var/log/custom.log
     parser: mypackage.parsers:parse          # a function bytes -> DataFrame
@@ -48,8 +53,10 @@ _STREAM = {
     "timeout",
     "password_env",
     "netrc_file",
+    "ca_file",
+    "verify",
 }
-_SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file")
+_SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file", "ca_file", "verify")
 
 
 @dataclass
@@ -89,7 +96,9 @@ def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
         raise ConfigError("must be a mapping", setting="cluster", where=where)
     sink = _sink(raw.get("sink", {}), where, None)  # none: no history unless a stream has one
     return Config(
-        streams=[_stream(str(name), spec, where, sink is not None) for name, spec in specs.items()],
+        streams=[
+            _stream(str(name), spec, where, sink is not None, base) for name, spec in specs.items()
+        ],
         scheduler=raw.get("scheduler"),
         state_dir=base / raw.get("state_dir", ".headrace"),
         ring=ring,
@@ -115,7 +124,9 @@ def _sink(raw: Any, where: str, stream: str | None) -> SinkSpec | None:
         raise ConfigError(str(exc), stream=stream, setting="sink", where=where) from None
 
 
-def _stream(name: str, spec: Any, where: str, history: bool = True) -> Stream:
+def _stream(
+    name: str, spec: Any, where: str, history: bool = True, base: Path = Path(".")
+) -> Stream:
     if isinstance(spec, str):
         spec = {"source": spec}
     if not isinstance(spec, dict) or "source" not in spec:
@@ -136,6 +147,7 @@ def _stream(name: str, spec: Any, where: str, history: bool = True) -> Stream:
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         raise ConfigError(str(exc), stream=name, setting="transform", where=where) from None
     options = {k: spec[k] for k in _SOURCE_OPTIONS if k in spec}
+    _tls_options(options, name, where, base)
     kwargs: dict[str, Any] = {"interval": spec["interval"]} if "interval" in spec else {}
     if "sink" in spec or not history:
         kwargs["sink"] = _sink(spec.get("sink"), where, name)
@@ -150,6 +162,29 @@ def _stream(name: str, spec: Any, where: str, history: bool = True) -> Stream:
         )
     except ConfigError as exc:
         raise ConfigError(str(exc), where=where) from None
+
+
+def _tls_options(options: dict, stream: str, where: str, base: Path) -> None:
+    """Check ``verify`` and ``ca_file`` here, so that errors name them, not 'source'."""
+    verify = options.get("verify", True)
+    if not isinstance(verify, bool):  # "maybe", or "false" quoted: never taken as true
+        raise ConfigError(
+            f"must be true or false, got {verify!r}", stream=stream, setting="verify", where=where
+        )
+    if "ca_file" not in options:
+        return
+    ca_file = options["ca_file"]
+    if not isinstance(ca_file, str) or not ca_file:
+        raise ConfigError(
+            f"must be the path of a PEM file of CA certificates, got {ca_file!r}",
+            stream=stream,
+            setting="ca_file",
+            where=where,
+        )
+    path = base / Path(ca_file).expanduser()  # an absolute path stays as it is
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}", stream=stream, setting="ca_file", where=where)
+    options["ca_file"] = str(path)
 
 
 def _import(ref: str) -> Any:

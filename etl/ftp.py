@@ -1,19 +1,22 @@
-"""Tail a log file on an FTP server: :class:`FTPSource` and its connection pool.
+"""Tail a log file on an FTP or FTPS server: :class:`FTPSource` and its connection pool.
 
 The cursor logic is the one every source shares (:func:`etl.sources.advance`);
 what lives here is FTP's own: credentials (URL, environment, netrc), one
 persistent login per process and server, and reconnecting when a reused
 connection turns out dead. Kept apart from :mod:`etl.sources` so that the local
-file source and the source types do not carry ftplib and its pool.
+file source and the source types do not carry ftplib and its pool. What FTPS
+adds to ftplib is in :mod:`etl.ftptls`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import logging
 import netrc
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+from .ftptls import DataSessionRefused, SessionReusingFTP_TLS, TLSSettings
 from .sources import BeyondEnd, Chunk, Cursor, SourceError, advance, redact_url
 
 __all__ = ["FTPSource"]
@@ -60,7 +64,11 @@ T = TypeVar("T")
 class FTPSource:
     """A log file on an FTP server, read over one persistent connection per process.
 
-    ``url`` is ``ftp://[user[:password]@]host[:port]/path``, percent-encoded. As in
+    ``url`` is ``ftp://[user[:password]@]host[:port]/path``, percent-encoded, or
+    ``ftps://...`` for explicit FTPS (AUTH TLS on the FTP port, 21 by default; the
+    data connections protected too, with PROT P). The server's certificate is
+    verified, host name included, against the system's trust store or the CAs in
+    ``ca_file``; ``verify=False`` turns that off (a test server; logged). As in
     RFC 1738 the path is relative to the login directory; start it with ``%2F``
     for an absolute path. Without a password in the URL, it comes from the
     environment variable ``password_env``, else from the netrc file (``netrc_file``
@@ -79,14 +87,18 @@ class FTPSource:
         password_env: str | None = None,
         netrc_file: str | None = None,
         keepalive: float = 60.0,
+        ca_file: str | None = None,
+        verify: bool = True,
     ) -> None:
         try:
             parts = urlsplit(url)
             port = parts.port or ftplib.FTP_PORT
         except ValueError as e:
             raise ValueError(f"{redact_url(url)}: invalid FTP URL") from e
-        if parts.scheme.lower() != "ftp" or not parts.hostname or not parts.path.strip("/"):
-            raise ValueError(f"{redact_url(url)}: expected ftp://[user@]host[:port]/path")
+        scheme = parts.scheme.lower()
+        if scheme not in ("ftp", "ftps") or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(f"{redact_url(url)}: expected ftp[s]://[user@]host[:port]/path")
+        self.scheme = scheme
         self.host = parts.hostname
         self.port = port
         self.path = unquote(parts.path[1:])
@@ -97,12 +109,22 @@ class FTPSource:
         user = unquote(parts.username) if parts.username is not None else None
         password = unquote(parts.password) if parts.password is not None else None
         host = f"[{self.host}]" if ":" in self.host else self.host
-        where = f"{host}:{port}{parts.path}"
+        place = f"{host}:{port}{parts.path}"
         self.user, self._password = self._credentials(
-            user, password, password_env, netrc_file, f"ftp://{where}"
+            user, password, password_env, netrc_file, f"{scheme}://{place}"
         )
         who = "" if self.user == "anonymous" else f"{self.user}@"
-        self.display = f"ftp://{who}{where}"
+        self.display = f"{scheme}://{who}{place}"
+        self.tls: TLSSettings | None = None
+        if scheme == "ftps":
+            self.tls = TLSSettings.of(verify, ca_file, self.display)
+            if not verify:
+                log.warning(
+                    "%s: TLS certificate verification is off: the server is not authenticated",
+                    self.display,
+                )
+        elif ca_file is not None or verify is not True:
+            raise ValueError(f"{self.display}: ca_file and verify apply to ftps:// sources only")
 
     def _credentials(
         self,
@@ -133,8 +155,11 @@ class FTPSource:
     def _key(self) -> tuple:
         # The password's digest is part of the key so that a source with other
         # credentials never borrows a connection someone else logged in.
+        # The TLS settings too: an ftp:// source must never get an ftps:// one's
+        # connection, nor an unverified one a verified one's, or the other way round.
         digest = hashlib.sha256(self._password.encode()).hexdigest()[:16]
-        return (self.host, self.port, self.user, self.path, digest)
+        tls = self.tls.key() if self.tls is not None else None
+        return (self.scheme, tls, self.host, self.port, self.user, self.path, digest)
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
         return self._with_connection(
@@ -179,7 +204,20 @@ class FTPSource:
         with data_conn:
             while block := data_conn.recv(_BLOCK):
                 parts.append(block)
-        ftp.voidresp()
+            if isinstance(data_conn, ssl.SSLSocket):
+                # Our close_notify, as ftplib's retrbinary sends it. If the server has
+                # closed first, its reply below (226 or not) is what counts.
+                with contextlib.suppress(OSError):
+                    data_conn.unwrap()
+        try:
+            ftp.voidresp()
+        except ftplib.error_perm as e:
+            if str(e).startswith("522"):
+                # The data connection's TLS was refused, e.g. the control session had
+                # expired on the server (vsftpd: session reuse required); a new login
+                # starts a new session.
+                raise DataSessionRefused(str(e)) from e
+            raise self._error(f"cannot retrieve {self.path!r}", e) from e
         return b"".join(parts)
 
     # -- the connection
@@ -218,19 +256,30 @@ class FTPSource:
         self._connect(conn)
 
     def _connect(self, conn: _Conn) -> None:
-        ftp = ftplib.FTP(timeout=self.timeout)
+        if self.tls is None:
+            ftp = ftplib.FTP(timeout=self.timeout)
+        else:
+            ftp = SessionReusingFTP_TLS(context=self.tls.context(), timeout=self.timeout)
+        step = "cannot connect"
         try:
             ftp.connect(self.host, self.port)
-        except (OSError, EOFError, ftplib.Error) as e:
-            ftp.close()
-            raise self._error("cannot connect", e) from e
-        try:
+            if isinstance(ftp, ftplib.FTP_TLS):
+                step = "AUTH TLS failed"
+                ftp.auth()  # before the password goes out; checks the URL's host name
+            step = f"login as {self.user!r} failed"
             ftp.login(self.user, self._password)
+            if isinstance(ftp, ftplib.FTP_TLS):
+                step = "PROT P (protected data connections) refused"
+                ftp.prot_p()
             # Binary mode, or SIZE is refused (pyftpdlib) or counts converted bytes.
             ftp.sendcmd("TYPE I")
+        except ssl.SSLCertVerificationError as e:
+            ftp.close()
+            hint = "set ca_file to the CA that signed it, or verify: false for a test server"
+            raise self._error(f"server certificate not verified ({hint})", e) from e
         except (OSError, EOFError, ftplib.Error) as e:
             ftp.close()
-            raise self._error(f"login as {self.user!r} failed", e) from e
+            raise self._error(step, e) from e
         conn.ftp = ftp
         conn.last_used = time.monotonic()
 

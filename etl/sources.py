@@ -78,9 +78,9 @@ class Source(Protocol):
 
 
 def make_source(spec: str, **options) -> Source:
-    """Build a source from ``ftp://...``, ``file://...`` or a plain path."""
+    """Build a source from ``ftp://...``, ``ftps://...``, ``file://...`` or a plain path."""
     scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
-    if scheme == "ftp":
+    if scheme in ("ftp", "ftps"):
         from .ftp import FTPSource  # here, not at the top: etl.ftp imports this module
 
         return FTPSource(spec, **options)
@@ -88,7 +88,9 @@ def make_source(spec: str, **options) -> Source:
         return FileSource(unquote(urlsplit(spec).path), **options)
     if not scheme:
         return FileSource(spec, **options)
-    raise ValueError(f"unsupported source {redact_url(spec)!r}: use ftp://, file:// or a path")
+    raise ValueError(
+        f"unsupported source {redact_url(spec)!r}: use ftp://, ftps://, file:// or a path"
+    )
 
 
 def redact_url(url: str) -> str:
