@@ -8,13 +8,25 @@ by hand) ``/metrics`` returns the answering process's own.
 
 No label names a session: a figure per session would grow without bound.
 ``panel serve --plugins app.metrics`` adds the route (:data:`ROUTES`).
+
+When the server authenticates viewers (``--basic-auth``, ``--oauth-provider``), so does
+``/metrics``: a logged-in browser's cookie, the basic-auth credentials as HTTP Basic
+(what Prometheus' ``basic_auth`` sends), or ``Authorization: Bearer <token>`` with the
+token in the file ``HEADRACE_METRICS_TOKEN_FILE`` names (Prometheus' ``authorization``
+with ``credentials_file``). Anyone else gets 401 and no figures.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import json
 import os
+from pathlib import Path
 from typing import Any
 
+from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,9 +36,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from tornado.web import RequestHandler
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+TOKEN_ENV = "HEADRACE_METRICS_TOKEN_FILE"
 LABELS = ["process"]
 REGISTRY = CollectorRegistry()  # this process's own, when not in multiprocess mode
 
@@ -112,10 +124,49 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
-class MetricsHandler(RequestHandler):
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def basic_ok(user: str, password: str, configured: str | None) -> bool:
+    """``user:password`` against Panel's ``--basic-auth`` (one password, or a JSON users file)."""
+    if not configured:
+        return False
+    if os.path.isfile(configured):
+        users = json.loads(Path(configured).read_text())
+        return user in users and _same(password, str(users[user]))
+    return _same(password, configured)
+
+
+class MetricsHandler(AuthRequestHandler):
     def get(self) -> None:
+        if not self._allowed():
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", 'Basic realm="headrace metrics"')
+            self.finish("401: log in, or send the basic-auth credentials or the metrics token\n")
+            return
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(exposition())
+
+    def _allowed(self) -> bool:
+        provider = self.application.auth_provider
+        if provider.get_user is None and provider.get_user_async is None:
+            return True  # the server authenticates nobody: neither does /metrics
+        if self.current_user:  # a logged-in browser (cookie)
+            return True
+        kind, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        if kind.lower() == "bearer" and os.environ.get(TOKEN_ENV):
+            token = Path(os.environ[TOKEN_ENV]).read_text().strip()
+            return bool(token) and _same(value.strip(), token)
+        if kind.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            from panel.config import config
+
+            return basic_ok(user, password, config.basic_auth)
+        return False
 
 
 ROUTES = [(r"/metrics", MetricsHandler, {})]

@@ -83,7 +83,7 @@ class OpsPage:
     def _apply(self, view: OpsView) -> None:
         self.shown = view
         self.state.object = badge(view.state, view.state.upper())
-        self.headline.object = f"<h3>{badge(view.state, view.headline)}</h3>"
+        self.headline.object = f"<h4>{badge(view.state, view.headline)}</h4>"
         self.streams.object = view.streams
         self.malformed.object = view.malformed
         self.viewers.object = view.viewers

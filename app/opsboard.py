@@ -157,7 +157,7 @@ def render(
     elif stale:
         state, headline = "stale", f"{len(stale)} stale: {', '.join(stale)}"
     elif found:
-        state, headline = "ok", f"all {len(found)} streams healthy"
+        state, headline = "ok", f"{len(found)} of {len(found)} streams healthy"
     else:
         state, headline = "unknown", "no stream has reported"
     return OpsView(

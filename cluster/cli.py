@@ -22,6 +22,33 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def tls_options(command: Any) -> Any:
+    """``--tls-ca-file/--tls-cert/--tls-key``, as ``dask scheduler`` and ``dask worker`` have."""
+    for name, what in reversed(
+        [
+            ("--tls-ca-file", "CA certificate the cluster's certificates are signed by."),
+            ("--tls-cert", "This process's certificate (PEM)."),
+            ("--tls-key", "Its private key (PEM)."),
+        ]
+    ):
+        command = click.option(name, default=None, type=click.Path(dir_okay=False), help=what)(
+            command
+        )
+    return command
+
+
+def tls_files(options: dict[str, Any]) -> Any:
+    """The TLS files of a command's options, or None; a bad combination is a usage error."""
+    from .tls import TLSFiles
+
+    try:
+        return TLSFiles.given(
+            options.pop("tls_ca_file"), options.pop("tls_cert"), options.pop("tls_key")
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @click.group()
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
@@ -53,19 +80,23 @@ def main(log_level: str) -> None:
     help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off).",
 )
 @click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@tls_options
 def etl(
     config_path: str,
     scheduler: str | None,
     state_dir: str | None,
     metrics_port: int,
     metrics_address: str,
+    **tls: Any,
 ) -> None:
     """Run the tick loop: extract, transform and publish every stream every interval."""
     from etl.config import load
     from etl.streams import ConfigError
 
+    from . import tls as dask_tls
     from .service import serve
 
+    dask_tls.configure(tls_files(tls))
     try:
         config = load(config_path)
     except ConfigError as exc:
@@ -99,6 +130,10 @@ def etl(
 )
 @click.option("--workdir", default=None, help="Where log files and state go (default: a temp dir).")
 @click.option("--metrics-port", default=8790, show_default=True, help="The loop's /metrics port.")
+@click.option(
+    "--tls", is_flag=True, help="Dask over tls:// only, with certificates made for the run."
+)
+@click.option("--basic-auth", default=None, metavar="PASSWORD|FILE", help="Require a login.")
 def demo(**options: Any) -> None:
     """Run everything on this machine: FTP server with live logs, Dask, tick loop, Panel."""
     from .demo import main as run_demo
@@ -135,6 +170,33 @@ def demo(**options: Any) -> None:
     help="SQLAlchemy URL of the history database the loop writes (its sink), for looking "
     "back. Default: HEADRACE_HISTORY.",
 )
+@click.option(
+    "--allow-websocket-origin",
+    "origins",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="A host browsers reach the dashboard by (repeatable); required with --address "
+    "other than 127.0.0.1.",
+)
+@click.option(
+    "--basic-auth",
+    default=None,
+    metavar="PASSWORD|FILE",
+    help="Require a login: one password, or a JSON file of {user: password}.",
+)
+@click.option(
+    "--state-dir",
+    default=".headrace",
+    show_default=True,
+    help="Where the login cookie secret and the metrics token are kept (0600).",
+)
+@click.option(
+    "--metrics-token-file",
+    default=None,
+    help="With logins on: the bearer token Prometheus sends for /metrics (default: made "
+    "in --state-dir).",
+)
+@tls_options
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def serve(
     num_procs: int,
@@ -143,16 +205,40 @@ def serve(
     address: str,
     window: float | None,
     history: str | None,
+    origins: tuple[str, ...],
+    basic_auth: str | None,
+    state_dir: str,
+    metrics_token_file: str | None,
     extra: tuple[str, ...],
+    **tls: Any,
 ) -> None:
-    """Serve the live dashboard at http://ADDRESS:PORT/dashboard.
+    """Serve the live dashboard at http://ADDRESS:PORT/dashboard (and /ops, /metrics).
 
-    Arguments after the options go to `panel serve` as they are.
+    Arguments after the options go to `panel serve` as they are (e.g. --oauth-provider).
     """
+    from pathlib import Path
+
+    from .access import Access
     from .panel import serve_command
 
+    files = tls_files(tls)
+    access = Access(address, port, origins, basic_auth, Path(state_dir), metrics_token_file)
+    try:
+        access.check(extra)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(f"headrace serve: http://{address}:{port}/dashboard", err=True)
-    code = serve_command(num_procs, scheduler, port, address, list(extra), window, history=history)
+    code = serve_command(
+        num_procs,
+        scheduler,
+        port,
+        address,
+        list(extra),
+        window,
+        history=history,
+        access=access,
+        tls=files,
+    )
     raise SystemExit(code)
 
 
@@ -184,6 +270,7 @@ def serve(
 @click.option("--limit", default=20, show_default=True, help="Malformed lines shown.")
 @click.option("--state-dir", default=None, help="The loop's state directory.")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False))
+@tls_options
 def status(
     scheduler: str | None,
     as_json: bool,
@@ -193,6 +280,7 @@ def status(
     limit: int,
     state_dir: str | None,
     config_path: str | None,
+    **tls: Any,
 ) -> None:
     """One line per stream: seq, lag, rate, malformed lines, last error.
 
@@ -202,7 +290,9 @@ def status(
     from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
     from . import status as st
+    from . import tls as dask_tls
 
+    dask_tls.configure(tls_files(tls))
     if stream is not None:
         if state_dir is None and config_path is not None:
             from etl.config import load

@@ -16,8 +16,11 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+
+from . import tls
 
 log = logging.getLogger("headrace.cluster")
 
@@ -79,8 +82,12 @@ async def connect(
             yield client
         return
     spec = local or LocalSpec()
+    kwargs = spec.kwargs()
+    if tls.encrypted():  # configured (cluster.tls): the embedded cluster speaks TLS only
+        kwargs.setdefault("security", Security())
+        kwargs.setdefault("protocol", "tls://")
     with _workers_ignore_sigint():
-        cluster = await LocalCluster(asynchronous=True, **spec.kwargs())
+        cluster = await LocalCluster(asynchronous=True, **kwargs)
     async with cluster:
         log.info(
             "started embedded Dask cluster: scheduler %s, dashboard %s, %d workers",

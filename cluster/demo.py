@@ -21,11 +21,14 @@ from etl.sink import SinkSpec
 from etl.streams import Stream
 
 from . import processes
+from .access import Access
+from .certs import make_certs
 from .connection import LocalSpec
 from .ftpserver import FTPServer
 from .logwriter import LogWriter
 from .panel import serve_command
 from .service import serve
+from .tls import TLSFiles, configure
 
 log = logging.getLogger("headrace.demo")
 
@@ -48,6 +51,8 @@ async def demo(
     dashboard_address: str = "127.0.0.1:8787",
     workdir: str | None = None,
     metrics_port: int = 8790,
+    tls: bool = False,
+    basic_auth: str | None = None,
 ) -> None:
     work = Path(workdir or tempfile.mkdtemp(prefix="headrace-demo-"))
     root = work / "ftp"
@@ -63,20 +68,44 @@ async def demo(
     panel: list[subprocess.Popen] = []
 
     history = SinkSpec().defaults(SinkSpec(), work / "state").url  # where the loop writes
+    files = None
+    if tls:  # certificates for this run: the cluster, the loop and Panel speak tls:// only
+        certs = make_certs(work / "tls")
+        files = TLSFiles(str(certs.ca), str(certs.cert), str(certs.key))
+        configure(files)
+    access = Access(port=port, basic_auth=basic_auth, state_dir=work / "state")
 
     async def start_panel(client: Client) -> None:
-        proc = serve_command(num_procs, client.scheduler.address, port, wait=False, history=history)
+        proc = serve_command(
+            num_procs,
+            client.scheduler.address,
+            port,
+            wait=False,
+            history=history,
+            access=access,
+            tls=files,
+        )
         panel.append(proc)
+        tls_args = (
+            f" --tls-ca-file {files.ca} --tls-cert {files.cert} --tls-key {files.key}"
+            if files
+            else ""
+        )
+        login = (
+            "  login:           any user name, the --basic-auth password\n" if basic_auth else ""
+        )
         print(
             f"\nheadrace demo is up ({len(names)} streams at {rate:g} lines/s, files in {root})\n"
             f"  dashboard:       http://localhost:{port}/dashboard\n"
             f"  operator page:   http://localhost:{port}/ops\n"
             f"  metrics:         http://localhost:{port}/metrics (Panel processes), "
             f"http://127.0.0.1:{metrics_port}/metrics (loop)\n"
-            f"  status:          headrace status --scheduler {client.scheduler.address}\n"
+            f"  status:          headrace status --scheduler {client.scheduler.address}"
+            f"{tls_args}\n"
+            f"{login}"
             f"  Dask dashboard:  {client.dashboard_link}\n"
             f"  Dask scheduler:  {client.scheduler.address}  (add workers: dask worker "
-            f"{client.scheduler.address})\n"
+            f"{client.scheduler.address}{tls_args})\n"
             f"  FTP server:      ftp://127.0.0.1:{server.port}/\n"
             f"  history:         {history}  (every frame, with 1 s to 10 min rollups)\n"
             "Ctrl-C stops everything.\n",

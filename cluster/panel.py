@@ -33,6 +33,8 @@ from app.settings import HISTORY_ENV, WINDOW_ENV
 from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
 from . import processes
+from .access import Access
+from .tls import TLSFiles, environ
 
 APP_DIR = Path(app.__file__).resolve().parent
 DASHBOARD = APP_DIR / "dashboard.py"
@@ -45,14 +47,13 @@ def panel_command(
     port: int = 5006,
     address: str = "127.0.0.1",
     extra: Sequence[str] = (),
+    access: Access | None = None,
 ) -> list[str]:
     """The ``python -m panel serve ...`` argument list ``headrace serve`` runs."""
-    origins = dict.fromkeys([f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"])
+    access = access or Access(address, port)
     cmd = [sys.executable, "-m", "panel", "serve", str(DASHBOARD), str(OPS)]
     cmd += ["--num-procs", str(num_procs), "--port", str(port), "--address", address]
-    cmd += ["--plugins", "app.metrics"]
-    for origin in origins:
-        cmd += ["--allow-websocket-origin", origin]
+    cmd += ["--plugins", "app.metrics", *access.args(extra)]
     if num_procs > 1:
         # Panel runs --setup in each child after the fork, on its loop; with one process it
         # would run before the loop exists, so there the first session starts the subscriber.
@@ -103,18 +104,24 @@ def serve_command(
     window: float | None = None,
     wait: bool = True,
     history: str | None = None,
+    access: Access | None = None,
+    tls: TLSFiles | None = None,
     **popen: object,
 ) -> subprocess.Popen | int:
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
 
+    ``access`` says who may connect (default: this machine only, no login; see
+    :mod:`cluster.access`); ``tls`` the Dask TLS files of the processes' clients.
     ``scheduler`` defaults to ``DASK_SCHEDULER_ADDRESS`` / dask config, else
     ``tcp://127.0.0.1:8786``. With ``wait`` (the CLI) it returns panel's exit code;
     otherwise the running ``Popen`` in a process group of its own, which
     :func:`cluster.processes.stop` stops with its forked children. ``popen`` goes to
     ``subprocess.Popen`` (``stdout=``, ``stderr=``...).
     """
-    cmd = panel_command(num_procs, port, address, extra)
-    env = serve_env(scheduler, window, history, port)
+    access = access or Access(address, port)
+    access.check(extra)
+    cmd = panel_command(num_procs, port, address, extra, access)
+    env = {**serve_env(scheduler, window, history, port), **access.env(extra), **environ(tls)}
     if not wait:
         return processes.start(cmd, env, **popen)
     proc = subprocess.Popen(cmd, env=env, **popen)

@@ -150,12 +150,20 @@ def headrace_serve(
     extra=(),
     window: float | None = None,
     history: str | None = None,
+    access=None,
 ) -> Iterator[tuple[subprocess.Popen, int]]:
-    """``headrace serve`` as a subprocess on a free port; kills its process group after."""
+    """``headrace serve`` as a subprocess on a free port; kills its process group after.
+
+    ``access``: a :class:`cluster.access.Access` (logins, origins; its port is this one).
+    """
+    import dataclasses
+
     from cluster import processes
     from cluster.panel import serve_command
 
     port = free_port()
+    if access is not None:
+        access = dataclasses.replace(access, port=port)
     with open(log_path, "wb") as log:
         proc = serve_command(
             num_procs,
@@ -165,6 +173,7 @@ def headrace_serve(
             window=window,
             wait=False,
             history=history,
+            access=access,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -232,6 +241,7 @@ class RecordedSession(threading.Thread):
         self.pulled = threading.Event()
         self.initial: np.ndarray | None = None
         self.batches: list[np.ndarray] = []
+        self.texts: list[tuple[float, str]] = []  # (arrival, new text) of markup models
         self.pid: int | None = None
         self.error: BaseException | None = None
         self.session = None
@@ -239,7 +249,7 @@ class RecordedSession(threading.Thread):
     def run(self) -> None:
         import panel.models  # noqa: F401  (the client must know Panel's model types)
         from bokeh.client import pull_session
-        from bokeh.document.events import ColumnsStreamedEvent
+        from bokeh.document.events import ColumnsStreamedEvent, ModelChangedEvent
         from bokeh.events import DocumentReady
         from tornado.ioloop import IOLoop
 
@@ -256,6 +266,8 @@ class RecordedSession(threading.Thread):
             def on_change(event) -> None:
                 if isinstance(event, ColumnsStreamedEvent) and event.model is source:
                     self.batches.append(np.asarray(event.data["time"], dtype=float))
+                elif isinstance(event, ModelChangedEvent) and event.attr == "text":
+                    self.texts.append((time.time(), str(event.new)))
 
             doc.on_change(on_change)
             doc.callbacks.send_event(DocumentReady())
@@ -333,3 +345,23 @@ def chromium(playwright):
         executable_path=str(CHROMIUM),
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
     )
+
+
+# The stream's source in BokehJS: its row count, and the x-range it is shown in.
+PLOT_STATE = """
+(stream) => {
+  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
+  if (!doc) return null;
+  for (const m of doc.all_models) {
+    if (m.constructor.__name__ === "Plot" || m.constructor.__name__ === "Figure") {
+      if (m.title && m.title.text === stream) {
+        const source = m.renderers[0].data_source;
+        const times = source.data["time"];
+        return {rows: source.get_length(), last: times[times.length - 1],
+                start: m.x_range.start, end: m.x_range.end};
+      }
+    }
+  }
+  return null;
+}
+"""

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 from helpers import (
+    PLOT_STATE,
     TEXTS,
     Publisher,
     chromium,
@@ -20,25 +21,6 @@ from helpers import (
 )
 
 pytestmark = needs_chromium
-
-# The stream's source in BokehJS: its row count, and the x-range it is shown in.
-PLOT_STATE = """
-(stream) => {
-  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
-  if (!doc) return null;
-  for (const m of doc.all_models) {
-    if (m.constructor.__name__ === "Plot" || m.constructor.__name__ === "Figure") {
-      if (m.title && m.title.text === stream) {
-        const source = m.renderers[0].data_source;
-        const times = source.data["time"];
-        return {rows: source.get_length(), last: times[times.length - 1],
-                start: m.x_range.start, end: m.x_range.end};
-      }
-    }
-  }
-  return null;
-}
-"""
 
 
 @pytest.mark.timeout(120)

@@ -24,7 +24,13 @@ def exported() -> dict[str, str]:
     loop = LoopMetrics()
     loop.backlog = lambda: (0, 0)
     text = (generate_latest(loop.registry) + generate_latest(panel_metrics.REGISTRY)).decode()
-    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    # (prometheus_client adds a `_created` gauge per counter and histogram once it has
+    # samples: a timestamp, not a figure anyone charts)
+    types = {
+        name: kind
+        for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
+        if not name.endswith("_created")
+    }
     return {base + sfx: kind for base, kind in types.items() for sfx in SUFFIXES[kind]}
 
 
