@@ -25,6 +25,10 @@ streams:
   custom:
     source: /var/log/custom.log
     parser: mypackage.parsers:parse          # a function bytes -> DataFrame
+    rotated: "{name}.1"      # where the old file is after a rotation (default); none: not read
+    start: beginning         # or end: the first read of a file with no cursor takes nothing
+    max_first_read: 16MiB    # default; that first read takes at most the last 16 MiB; 0: all
+    max_line: 4MiB           # default; a line with no end of line by then is emitted as is
 ```
 """
 
@@ -40,9 +44,11 @@ import yaml
 from .contract import DEFAULT_RING
 from .regexparser import RegexParser
 from .sink import SinkSpec
+from .sources import TailOptions
 from .streams import ConfigError, Stream
 from .transforms import Resample
 
+_TAIL = ("rotated", "start", "max_first_read", "max_line")  # every source's: TailOptions
 _TOP = {"scheduler", "state_dir", "ring", "cluster", "sink", "streams"}
 _STREAM = {
     "source",
@@ -55,8 +61,9 @@ _STREAM = {
     "netrc_file",
     "ca_file",
     "verify",
+    *_TAIL,
 }
-_SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file", "ca_file", "verify")
+_SOURCE_OPTIONS = ("timeout", "password_env", "netrc_file", "ca_file", "verify", *_TAIL)
 
 
 @dataclass
@@ -148,6 +155,13 @@ def _stream(
         raise ConfigError(str(exc), stream=name, setting="transform", where=where) from None
     options = {k: spec[k] for k in _SOURCE_OPTIONS if k in spec}
     _tls_options(options, name, where, base)
+    for setting in _TAIL:
+        if setting in options:
+            try:
+                options[setting] = TailOptions.check(setting, options[setting])
+            except ValueError as exc:
+                message = str(exc).removeprefix(f"{setting}: ")
+                raise ConfigError(message, stream=name, setting=setting, where=where) from None
     kwargs: dict[str, Any] = {"interval": spec["interval"]} if "interval" in spec else {}
     if "sink" in spec or not history:
         kwargs["sink"] = _sink(spec.get("sink"), where, name)

@@ -1,11 +1,12 @@
 """Tail a log file on an FTP or FTPS server: :class:`FTPSource` and its connection pool.
 
-The cursor logic is the one every source shares (:func:`etl.sources.advance`);
+The cursor logic is the one every source shares (:func:`etl.rotation.advance`);
 what lives here is FTP's own: credentials (URL, environment, netrc), one
-persistent login per process and server, and reconnecting when a reused
-connection turns out dead. Kept apart from :mod:`etl.sources` so that the local
-file source and the source types do not carry ftplib and its pool. What FTPS
-adds to ftplib is in :mod:`etl.ftptls`.
+persistent login per process and server, reconnecting when a reused connection
+turns out dead, and the primitives the cursor logic reads with (``SIZE`` and
+``MDTM``, a ``RETR`` from an offset, whole or cut short). Kept apart from
+:mod:`etl.sources` so that the local file source and the source types do not carry
+ftplib and its pool. What FTPS adds to ftplib is in :mod:`etl.ftptls`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import hashlib
 import logging
 import netrc
 import os
+import posixpath
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .ftptls import DataSessionRefused, SessionReusingFTP_TLS, TLSSettings
-from .sources import BeyondEnd, Chunk, Cursor, SourceError, advance, redact_url
+from .rotation import advance
+from .sources import BeyondEnd, Chunk, Cursor, SourceError, Stat, TailOptions, redact_url
 
 __all__ = ["FTPSource"]
 
@@ -44,6 +47,7 @@ class _Conn:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one call at a time
     ftp: ftplib.FTP | None = None
     last_used: float = 0.0
+    mdtm: bool = True  # False once the server said it has no MDTM
 
 
 _pool: dict[tuple, _Conn] = {}
@@ -77,6 +81,9 @@ class FTPSource:
 
     A bad configuration (URL, unset environment variable, unusable netrc file)
     raises ``ValueError`` here; failures to read raise :class:`SourceError`.
+    ``options`` are :class:`etl.sources.TailOptions`' (``rotated``, ``start``,
+    ``max_first_read``, ``max_line``); the rotated file is looked for in the same
+    folder on the server.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class FTPSource:
         keepalive: float = 60.0,
         ca_file: str | None = None,
         verify: bool = True,
+        **options: Any,
     ) -> None:
         try:
             parts = urlsplit(url)
@@ -125,6 +133,11 @@ class FTPSource:
                 )
         elif ca_file is not None or verify is not True:
             raise ValueError(f"{self.display}: ca_file and verify apply to ftps:// sources only")
+        try:
+            self.options = TailOptions.of(**options)
+        except ValueError as e:
+            raise ValueError(f"{self.display}: {e}") from None
+        self.rotated = self.options.rotated_path(self.path, posixpath)
 
     def _credentials(
         self,
@@ -163,11 +176,13 @@ class FTPSource:
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
         return self._with_connection(
-            lambda ftp: advance(
+            lambda conn: advance(
                 cursor,
                 limit,
-                lambda: self._size(ftp),
-                lambda offset: self._read_from(ftp, offset),
+                _Files(self, conn),
+                self.path,
+                self.rotated,
+                self.options,
                 self.display,
             )
         )
@@ -179,50 +194,9 @@ class FTPSource:
             with conn.lock:
                 _drop(conn)
 
-    # -- primitives
-
-    def _size(self, ftp: ftplib.FTP) -> int:
-        try:
-            size = ftp.size(self.path)
-        except ftplib.error_perm as e:
-            raise self._error(f"cannot get the size of {self.path!r}", e) from e
-        if size is None:
-            raise self._error(f"SIZE {self.path!r} is not supported by the server")
-        return size
-
-    def _read_from(self, ftp: ftplib.FTP, offset: int) -> bytes:
-        try:
-            # REST 0 would only cost a round trip.
-            data_conn = ftp.transfercmd(f"RETR {self.path}", rest=offset or None)
-        except ftplib.error_perm as e:
-            # RFC 1123: 554 when REST is past the end. Other 55x are taken the same way
-            # (the file shrank or went away mid-rotation); 50x means no REST support.
-            if offset and str(e).startswith("55"):
-                raise BeyondEnd from e
-            raise self._error(f"cannot retrieve {self.path!r}", e) from e
-        parts = []
-        with data_conn:
-            while block := data_conn.recv(_BLOCK):
-                parts.append(block)
-            if isinstance(data_conn, ssl.SSLSocket):
-                # Our close_notify, as ftplib's retrbinary sends it. If the server has
-                # closed first, its reply below (226 or not) is what counts.
-                with contextlib.suppress(OSError):
-                    data_conn.unwrap()
-        try:
-            ftp.voidresp()
-        except ftplib.error_perm as e:
-            if str(e).startswith("522"):
-                # The data connection's TLS was refused, e.g. the control session had
-                # expired on the server (vsftpd: session reuse required); a new login
-                # starts a new session.
-                raise DataSessionRefused(str(e)) from e
-            raise self._error(f"cannot retrieve {self.path!r}", e) from e
-        return b"".join(parts)
-
     # -- the connection
 
-    def _with_connection(self, work: Callable[[ftplib.FTP], T]) -> T:
+    def _with_connection(self, work: Callable[[_Conn], T]) -> T:
         with _pool_lock:
             conn = _pool.setdefault(self._key(), _Conn())
         with conn.lock:
@@ -236,14 +210,14 @@ class FTPSource:
                     self._reconnect(conn, e)
                     fresh = True
             try:
-                result = work(conn.ftp)
+                result = work(conn)
             except _RETRYABLE as e:
                 if fresh:
                     _drop(conn)
                     raise self._error("connection failed", e) from e
                 self._reconnect(conn, e)
                 try:
-                    result = work(conn.ftp)
+                    result = work(conn)
                 except _RETRYABLE as e2:
                     _drop(conn)
                     raise self._error("connection failed after reconnecting", e2) from e2
@@ -291,6 +265,87 @@ class FTPSource:
         # Messages are built from our own text and server replies; a server that
         # echoes the password must still not get it into a log.
         return text.replace(self._password, "***") if self._password else text
+
+
+class _Files:
+    """The primitives of :class:`etl.sources.Files` over one logged-in connection."""
+
+    def __init__(self, source: FTPSource, conn: _Conn) -> None:
+        assert conn.ftp is not None
+        self.source, self.conn, self.ftp = source, conn, conn.ftp
+
+    def stat(self, path: str, *, required: bool = True) -> Stat | None:
+        try:
+            size = self.ftp.size(path)
+        except ftplib.error_perm as e:
+            if not required and str(e).startswith("550"):  # no such file
+                return None
+            raise self.source._error(f"cannot get the size of {path!r}", e) from e
+        if size is None:
+            raise self.source._error(f"SIZE {path!r} is not supported by the server")
+        # The modification time of the file read only: it tells a same-size replacement.
+        return Stat(size, self._mdtm(path) if path == self.source.path else "")
+
+    def _mdtm(self, path: str) -> str:
+        if not self.conn.mdtm:
+            return ""
+        try:
+            reply = self.ftp.sendcmd(f"MDTM {path}")
+        except ftplib.error_perm as e:
+            if str(e)[:3] in ("500", "501", "502", "504"):  # not implemented here
+                self.conn.mdtm = False
+                log.info(
+                    "%s: the server has no MDTM: a replacement by a file of the same size"
+                    " shows only when the file grows",
+                    self.source.display,
+                )
+            return ""  # 550: gone since the SIZE; the next tick sees it
+        return reply[4:].strip() if reply.startswith("213") else ""
+
+    def read(self, path: str, offset: int, size: int | None = None) -> bytes:
+        if size == 0:
+            return b""
+        ftp = self.ftp
+        try:
+            # REST 0 would only cost a round trip.
+            data_conn = ftp.transfercmd(f"RETR {path}", rest=offset or None)
+        except ftplib.error_perm as e:
+            # RFC 1123: 554 when REST is past the end. Other 55x are taken the same way
+            # (the file shrank or went away mid-rotation); 50x means no REST support.
+            if offset and str(e).startswith("55"):
+                raise BeyondEnd from e
+            raise self.source._error(f"cannot retrieve {path!r}", e) from e
+        parts: list[bytes] = []
+        got, cut = 0, False
+        with data_conn:
+            while size is None or got < size:
+                block = data_conn.recv(_BLOCK if size is None else min(_BLOCK, size - got))
+                if not block:
+                    break
+                parts.append(block)
+                got += len(block)
+            else:
+                cut = True  # enough (a file's first bytes): the rest is not wanted
+            if isinstance(data_conn, ssl.SSLSocket) and not cut:
+                # Our close_notify, as ftplib's retrbinary sends it. If the server has
+                # closed first, its reply below (226 or not) is what counts.
+                with contextlib.suppress(OSError):
+                    data_conn.unwrap()
+        try:
+            ftp.voidresp()
+        except ftplib.error_perm as e:
+            if str(e).startswith("522"):
+                # The data connection's TLS was refused, e.g. the control session had
+                # expired on the server (vsftpd: session reuse required); a new login
+                # starts a new session.
+                raise DataSessionRefused(str(e)) from e
+            if not cut:
+                raise self.source._error(f"cannot retrieve {path!r}", e) from e
+        except ftplib.error_temp:
+            if not cut:
+                raise
+            # 426 or 451: the server saw us close the data connection mid-transfer.
+        return b"".join(parts)
 
 
 def _describe(e: BaseException) -> str:

@@ -6,24 +6,30 @@ the caller stores the one it got back and passes it to the next call, so a
 failed read never loses or repeats data (the caller simply retries with the old
 cursor).
 
-Every source shares one implementation of the cursor logic (:func:`advance`);
-they differ only in how they get the file's size and the bytes from an offset.
-:class:`FileSource` (local disk) is here; the FTP source is in :mod:`etl.ftp`.
+Every source shares one implementation of the cursor logic
+(:func:`etl.rotation.advance`: first reads, appended bytes, a file's identity and
+its rotation); sources differ only in how they stat a file and read bytes from an
+offset (:class:`Files`). :class:`FileSource` (local disk) is here; the FTP source
+is in :mod:`etl.ftp`.
 
-A file that shrank below the cursor ("truncated") or whose bytes just before the
-cursor changed ("rotated": replaced by another file) is read again from byte 0
-and the chunk says so in ``reset``. A file replaced by one of exactly the same
-size cannot be told apart until it grows.
+A file is identified by its first bytes (:attr:`Cursor.head`, as Filebeat, Vector
+and Fluent Bit do); every read also checks the 64 bytes before the cursor, which
+costs nothing extra: they come in the same transfer as the new bytes. When the
+file is no longer the one the cursor was reading (it shrank, those bytes differ,
+or its inode or modification time changed and its first bytes differ), the rest
+of the old file is read from its rotated copy (``app.log.1``) if there is one, then
+the new file from byte 0. See :mod:`etl.rotation`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -31,16 +37,25 @@ __all__ = [
     "Chunk",
     "Cursor",
     "FileSource",
+    "Files",
     "Source",
     "SourceError",
-    "advance",
+    "Stat",
+    "TailOptions",
     "make_source",
     "redact_url",
 ]
 
 log = logging.getLogger("headrace.etl")
 
-FINGERPRINT_SIZE = 64
+MiB = 1 << 20
+
+# Where a cursor is, in Cursor.phase.
+NEW = ""  # no cursor yet: the first read decides where to start (start, max_first_read)
+CURRENT = "current"  # reading the file at the source's path
+ROTATED = "rotated"  # finishing the old file, now at its rotated path
+FINISHED = "finished"  # the old file was read to its end: next, the new file from byte 0
+PHASES = (NEW, CURRENT, ROTATED, FINISHED)
 
 
 class SourceError(Exception):
@@ -50,16 +65,35 @@ class SourceError(Exception):
     """
 
 
+class BeyondEnd(Exception):
+    """The offset asked for is past the end of the file: it shrank."""
+
+
 @dataclass(frozen=True)
 class Cursor:
     offset: int = 0  # bytes of the file read so far (the tail included)
-    line: int = 0  # complete lines consumed so far
+    line: int = 0  # lines consumed so far in this file (1-based numbers follow on from it)
     tail: bytes = b""  # partial last line read but not yet consumed (no b"\n")
-    fingerprint: bytes = b""  # the last up-to-64 bytes of the file before `offset`
+    fingerprint: bytes = b""  # the up-to-64 bytes before `offset`, checked on every read
+    # The file's identity: its first bytes, up to 1,024 (fewer while the file is smaller;
+    # extended as it grows). Compared only when something looks off, and with the rotated
+    # file to make sure it is the one this cursor was reading.
+    head: bytes = b""
+    phase: str = NEW  # one of PHASES
+    mtime: str = ""  # modification time when last seen at this size (MDTM, ns); "": unknown
+    inode: int = 0  # local files: the inode read; 0: unknown (FTP)
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """What one read returns.
+
+    A chunk holds lines of one file only. ``first_line`` is the number of its first
+    line in that file: after a rotation, the chunk that starts the new file has
+    ``first_line == 1`` and ``reset`` set; the rest of the old file, read from its
+    rotated copy first, came in chunks numbered on from the old cursor.
+    """
+
     data: bytes  # complete lines only (previous tail + new bytes up to the last b"\n")
     first_line: int  # 1-based line number of the first line in `data`
     cursor: Cursor  # the cursor after this chunk
@@ -67,6 +101,28 @@ class Chunk:
     reset: str | None  # None, "truncated" or "rotated": reading restarted at byte 0
     source: str  # display name of the source, credentials redacted
     error: str | None = None  # set instead of data when the source could not be read
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    mtime: str = ""  # "" where the source cannot tell
+    inode: int = 0  # 0 where the source cannot tell
+
+
+class Files(Protocol):
+    """What a source gives the shared cursor logic: a stat and a read, by path."""
+
+    def stat(self, path: str, *, required: bool = True) -> Stat | None:
+        """The file's size and stamps; None if it does not exist and not ``required``."""
+        ...
+
+    def read(self, path: str, offset: int, size: int | None = None) -> bytes:
+        """Bytes from ``offset`` (to the end, or ``size`` at most), in one transfer.
+
+        Raises :class:`BeyondEnd` if ``offset`` is past the end of the file.
+        """
+        ...
 
 
 class Source(Protocol):
@@ -77,7 +133,86 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def make_source(spec: str, **options) -> Source:
+# --- options every source takes --------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_UNITS.update({"k": 1 << 10, "kib": 1 << 10, "m": MiB, "mib": MiB, "g": 1 << 30, "gib": 1 << 30})
+
+
+def _bytes(setting: str, value: Any, least: int) -> int:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        unit = _UNITS.get(match.group(2).lower()) if match else None
+        if match and unit is not None:
+            value = int(match.group(1)) * unit
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        what = "a positive" if least else "a"
+        raise ValueError(f"{setting}: must be {what} number of bytes (e.g. 4MiB), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TailOptions:
+    """How a source follows its file; the stream options of the same names.
+
+    - ``rotated``: where the old file is after a rotation, ``{name}`` the file's name,
+      relative to its folder; None (``none`` in YAML) to not look for it.
+    - ``start``: where the first read of a file the stream has no cursor for starts,
+      ``beginning`` or ``end``.
+    - ``max_first_read``: such a first read takes at most the file's last bytes this
+      many, from the first line boundary in them (0: no cap).
+    - ``max_line``: a line still without its end of line at this many bytes is emitted
+      as it is (with a ``\\n``) rather than kept growing.
+    """
+
+    rotated: str | None = "{name}.1"
+    start: str = "beginning"
+    max_first_read: int = 16 * MiB
+    max_line: int = 4 * MiB
+
+    @classmethod
+    def of(cls, **options: Any) -> TailOptions:
+        """Checked options; ``ValueError`` naming the setting if one is not usable."""
+        unknown = set(options) - {"rotated", "start", "max_first_read", "max_line"}
+        if unknown:
+            raise TypeError(f"unknown options {sorted(unknown)}")
+        return cls(**{k: cls.check(k, v) for k, v in options.items()})
+
+    @staticmethod
+    def check(setting: str, value: Any) -> Any:
+        """``value`` of ``setting``, normalised (sizes in bytes); ``ValueError`` if unusable."""
+        if setting == "rotated":
+            if value is None or value is False or value == "none":
+                return None
+            try:
+                name = value.format(name="app.log") if isinstance(value, str) else None
+            except (AttributeError, KeyError, IndexError, ValueError):
+                name = None
+            if not name or name == "app.log" or "\r" in value or "\n" in value:
+                raise ValueError(
+                    f"rotated: must be a file name made of {{name}}, e.g. '{{name}}.1', or none;"
+                    f" got {value!r}"
+                )
+            return value
+        if setting == "start":
+            if value not in ("beginning", "end"):
+                raise ValueError(f"start: must be beginning or end, got {value!r}")
+            return value
+        if setting == "max_first_read":
+            return _bytes(setting, value, 0)
+        if setting == "max_line":
+            return _bytes(setting, value, 1)
+        raise TypeError(f"unknown option {setting!r}")
+
+    def rotated_path(self, path: str, paths: Any = posixpath) -> str | None:
+        """Where ``path``'s rotated copy is (``paths``: ``os.path`` or ``posixpath``)."""
+        if self.rotated is None:
+            return None
+        folder, name = paths.split(path)
+        return paths.join(folder, self.rotated.format(name=name))
+
+
+def make_source(spec: str, **options: Any) -> Source:
     """Build a source from ``ftp://...``, ``ftps://...``, ``file://...`` or a plain path."""
     scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
     if scheme in ("ftp", "ftps"):
@@ -110,103 +245,59 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
-# --- the cursor logic, shared by every source ------------------------------------------
-
-
-class BeyondEnd(Exception):
-    """The offset asked for is past the end of the file: it shrank."""
-
-
-def advance(
-    cursor: Cursor,
-    limit: int | None,
-    size: Callable[[], int],
-    read_from: Callable[[int], bytes],
-    display: str,
-) -> Chunk:
-    """Read what follows ``cursor`` with the source's two primitives.
-
-    ``read_from(offset)`` returns the bytes from ``offset`` to the end of the file,
-    in one transfer, or raises :class:`BeyondEnd`. With ``limit``, nothing at or
-    past that byte offset is consumed: replaying a tick gives the same chunk again.
-    """
-    reset = None
-    transfers = 0
-    n = size()
-    if n < cursor.offset:
-        reset, cursor = "truncated", Cursor()
-    if limit is not None:
-        n = min(n, limit)
-    if n <= cursor.offset:
-        # Nothing new: no data transfer at all, which is what most ticks are.
-        return _reset_logged(Chunk(b"", cursor.line + 1, cursor, 0, reset, display))
-
-    fp = cursor.fingerprint[-cursor.offset :] if cursor.offset else b""
-    try:
-        # Re-read the fingerprint bytes with the new ones: one transfer both checks
-        # that this is still the same file and returns the new data.
-        got = read_from(cursor.offset - len(fp))
-        transfers += 1
-        if got[: len(fp)] != fp:
-            reset = "rotated" if len(got) >= len(fp) else "truncated"
-    except BeyondEnd:
-        reset = "truncated"
-    if reset and cursor.offset:
-        cursor, fp = Cursor(), b""
-        got = read_from(0)
-        transfers += 1
-
-    # Without a limit, keep what was appended between the size and the read too.
-    new = got[len(fp) :] if limit is None else got[len(fp) : len(fp) + limit - cursor.offset]
-    buf = cursor.tail + new
-    cut = buf.rfind(b"\n") + 1
-    data = buf[:cut]
-    after = Cursor(
-        offset=cursor.offset + len(new),
-        line=cursor.line + data.count(b"\n"),
-        tail=buf[cut:],
-        fingerprint=(fp + new)[-FINGERPRINT_SIZE:],
-    )
-    return _reset_logged(Chunk(data, cursor.line + 1, after, transfers, reset, display))
-
-
-def _reset_logged(chunk: Chunk) -> Chunk:
-    if chunk.reset:
-        log.info("%s: file %s, reading again from byte 0", chunk.source, chunk.reset)
-    return chunk
-
-
 # --- local files -----------------------------------------------------------------------
 
 
 class FileSource:
-    """A log file on a local (or mounted) file system."""
+    """A log file on a local (or mounted) file system.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``options`` are :class:`TailOptions`' (``rotated``, ``start``, ``max_first_read``,
+    ``max_line``).
+    """
+
+    def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         self.path = os.fspath(path)
         self.display = str(Path(self.path).absolute())
+        try:
+            self.options = TailOptions.of(**options)
+        except ValueError as e:
+            raise ValueError(f"{self.display}: {e}") from None
+        self.rotated = self.options.rotated_path(self.path, os.path)
 
     def __repr__(self) -> str:
         return f"FileSource({self.display!r})"
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
+        from .rotation import advance  # here: etl.rotation imports this module
+
         try:
-            return advance(cursor, limit, self._size, self._read_from, self.display)
+            return advance(
+                cursor, limit, _LocalFiles(), self.path, self.rotated, self.options, self.display
+            )
         except OSError as e:
             raise SourceError(f"{self.display}: {_os_problem(e)}") from e
 
     def close(self) -> None:
         pass  # a file is opened per read, so that a rotated file is seen at once
 
-    def _size(self) -> int:
-        return os.stat(self.path).st_size
 
-    def _read_from(self, offset: int) -> bytes:
-        with open(self.path, "rb") as f:
+class _LocalFiles:
+    def stat(self, path: str, *, required: bool = True) -> Stat | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if required:
+                raise
+            return None
+        # Nanoseconds: a same-size rewrite within the same second still shows.
+        return Stat(st.st_size, str(st.st_mtime_ns), st.st_ino)
+
+    def read(self, path: str, offset: int, size: int | None = None) -> bytes:
+        with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size < offset:
                 raise BeyondEnd
             f.seek(offset)
-            return f.read()
+            return f.read(-1 if size is None else size)
 
 
 def _os_problem(e: OSError) -> str:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sources import Cursor
+from .sources import CURRENT, Cursor
+
+# Columns added since the first state directories, with their types: added to old ones.
+# A row without them is a cursor of a file being read (phase "current") with no head yet;
+# its first read fills the head in.
+_ADDED = {"totals": "TEXT", "head": "BLOB", "phase": "TEXT", "mtime": "TEXT", "inode": "INTEGER"}
+_CURSOR = ("offset", "line", "tail", "fingerprint", "head", "phase", "mtime", "inode")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -29,7 +35,11 @@ CREATE TABLE IF NOT EXISTS streams (
     carry BLOB,
     pending_until INTEGER,
     updated REAL NOT NULL,
-    totals TEXT
+    totals TEXT,
+    head BLOB,
+    phase TEXT,
+    mtime TEXT,
+    inode INTEGER
 );
 CREATE TABLE IF NOT EXISTS backlog (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,22 +91,31 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
-        if "totals" not in columns:  # a state directory from before totals were kept
-            self._db.execute("ALTER TABLE streams ADD COLUMN totals TEXT")
+        for column, kind in _ADDED.items():
+            if column not in columns:  # a state directory from before it was kept
+                self._db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
 
     def load(self, name: str) -> Checkpoint:
         with self._lock:
             row = self._db.execute(
-                "SELECT offset, line, tail, fingerprint, next_seq, carry, pending_until, totals"
+                f"SELECT {', '.join(_CURSOR)}, next_seq, carry, pending_until, totals"
                 " FROM streams WHERE name=?",
                 (name,),
             ).fetchone()
         if row is None:
             return Checkpoint()
-        offset, line, tail, fingerprint, next_seq, carry, pending_until, totals = row
+        offset, line, tail, fingerprint, head, phase, mtime, inode = row[: len(_CURSOR)]
+        next_seq, carry, pending_until, totals = row[len(_CURSOR) :]
         return Checkpoint(
             cursor=Cursor(
-                offset=offset, line=line, tail=bytes(tail), fingerprint=bytes(fingerprint)
+                offset=offset,
+                line=line,
+                tail=bytes(tail),
+                fingerprint=bytes(fingerprint),
+                head=bytes(head or b""),
+                phase=CURRENT if phase is None else phase,
+                mtime=mtime or "",
+                inode=inode or 0,
             ),
             next_seq=next_seq,
             carry=pickle.loads(carry) if carry is not None else None,
@@ -113,15 +132,16 @@ class StateStore:
         """
         c = state.cursor
         carry = pickle.dumps(state.carry, protocol=5) if state.carry is not None else None
-        row = (name, c.offset, c.line, c.tail, c.fingerprint, state.next_seq, carry)
+        totals = json.dumps(state.totals)
+        row = (name, c.offset, c.line, c.tail, c.fingerprint, c.head, c.phase, c.mtime, c.inode)
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO streams (name, offset, line, tail, fingerprint,"
+                    f"INSERT OR REPLACE INTO streams (name, {', '.join(_CURSOR)},"
                     " next_seq, carry, pending_until, updated, totals)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, state.pending_until, updated, json.dumps(state.totals)),
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, state.next_seq, carry, state.pending_until, updated, totals),
                 )
                 if queue is not None:
                     self._db.execute(

@@ -7,7 +7,7 @@ import pytest
 from etl.config import load, parse
 from etl.ftp import FTPSource
 from etl.regexparser import RegexParser
-from etl.sources import FileSource
+from etl.sources import FileSource, TailOptions
 from etl.streams import ConfigError, Stream
 from etl.transforms import Map, Resample
 
@@ -90,3 +90,55 @@ def test_python_streams_accept_plain_functions():
     assert stream.parser.fn is parse_fn and isinstance(stream.transform, Map)
     with pytest.raises(ConfigError, match=r"'mine'.*'parser'"):
         Stream("mine", "/var/log/mine.log", parser=42)
+
+
+def test_rotation_and_first_read_options_reach_the_sources():
+    config = parse(
+        {
+            "streams": {
+                "a": {
+                    "source": "/var/log/a.log",
+                    "rotated": "{name}.0",
+                    "start": "end",
+                    "max_first_read": "1MiB",
+                    "max_line": 65536,
+                },
+                "b": {"source": "ftp://r@127.0.0.1:2121/logs/b.log", "rotated": "none"},
+                "c": {"source": "ftp://r@127.0.0.1:2121/logs/c.log", "max_first_read": 0},
+                "d": "/var/log/d.log",
+            }
+        }
+    )
+    a, b, c, d = (s.source for s in config.streams)
+    assert a.options == TailOptions("{name}.0", "end", 1 << 20, 65536)
+    assert a.rotated == "/var/log/a.log.0"
+    assert b.options.rotated is None and b.rotated is None
+    assert c.options.max_first_read == 0 and c.rotated == "logs/c.log.1"
+    assert d.options == TailOptions("{name}.1", "beginning", 16 << 20, 4 << 20)  # defaults
+    assert d.rotated == "/var/log/d.log.1"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("rotated", "{nam}.1", "{name}"),
+        ("rotated", "{name}", "{name}"),
+        ("rotated", 1, "{name}"),
+        ("start", "middle", "beginning or end"),
+        ("max_first_read", -1, "number of bytes"),
+        ("max_first_read", "lots", "number of bytes"),
+        ("max_line", 0, "positive number of bytes"),
+        ("max_line", True, "positive number of bytes"),
+    ],
+)
+def test_bad_rotation_options_name_the_stream_and_setting(setting, value, says):
+    with pytest.raises(ConfigError) as err:
+        parse({"streams": {"cpu": {"source": "/x.log", setting: value}}}, where="etl.yaml")
+    message = str(err.value)
+    assert message.startswith(f"etl.yaml: stream 'cpu': setting '{setting}': "), message
+    assert says in message and repr(value) in message
+
+
+def test_rotation_options_checked_for_python_streams_too():
+    with pytest.raises(ConfigError, match=r"'mine'.*'source'.*max_line"):
+        Stream("mine", "/var/log/mine.log", source_options={"max_line": 0})

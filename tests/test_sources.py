@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import re
 import time
@@ -17,7 +18,9 @@ from cluster.ftpserver import FTPServer
 from cluster.logwriter import LogWriter
 from etl.ftp import FTPSource
 from etl.pipeline import extract
+from etl.rotation import HEAD_SIZE
 from etl.sources import (
+    CURRENT,
     Chunk,
     Cursor,
     FileSource,
@@ -98,6 +101,57 @@ def test_fingerprint_is_the_last_64_bytes(open_source, ftp_files):
     assert source.read(cursor).cursor.fingerprint == (LINES + b"x\n")[-64:]
 
 
+def test_head_is_the_files_first_bytes_up_to_1024(open_source, ftp_files):
+    ftp_files.write("a.log", LINES[:100])
+    source = open_source("a.log")
+    cursor = source.read(Cursor()).cursor
+    assert cursor.head == LINES[:100]  # fewer while the file is smaller
+    more = b"".join(b"more %04d\n" % i for i in range(300))
+    ftp_files.append("a.log", LINES[100:] + more)
+    cursor = source.read(cursor).cursor
+    assert cursor.head == (LINES + more)[:HEAD_SIZE]  # extended as it grows
+    ftp_files.append("a.log", b"x\n")
+    assert source.read(cursor).cursor.head == cursor.head
+
+
+def test_a_copy_moved_over_the_file_reads_on(open_source, ftp_files, caplog):
+    # Another inode with the same first and last bytes: the same file, read on.
+    path = ftp_files.write("a.log", LINES)
+    source = open_source("a.log")
+    cursor = source.read(Cursor()).cursor
+    copy = ftp_files.write("a.log.tmp", LINES + b"appended\n")
+    os.replace(copy, path)
+    with caplog.at_level(logging.INFO, logger="headrace.etl"):
+        chunk = source.read(cursor)
+    assert (chunk.data, chunk.reset, chunk.first_line) == (b"appended\n", None, 21)
+    assert "file" not in caplog.text
+
+
+def test_rotation_over_one_connection(ftp_server, ftp_files):
+    # The rotated file's first bytes are read with a RETR cut short: the connection
+    # goes on serving the reads that follow.
+    ftp_files.write("a.log", LINES * 100)
+    source = FTPSource(ftp_server.url("a.log"))
+    try:
+        cursor = source.read(Cursor()).cursor
+        ftp_files.append("a.log", b"unread\n")
+        os.rename(ftp_files.path("a.log"), ftp_files.path("a.log.1"))
+        ftp_files.write("a.log", b"new\n")
+        rest = source.read(cursor)
+        assert rest.data == b"unread\n" and rest.transfers == 2  # its first bytes, its rest
+        new = source.read(rest.cursor)
+        assert new.data == b"new\n" and new.reset == "rotated"
+        cursor = new.cursor
+        for i in range(3):
+            ftp_files.append("a.log", b"%d\n" % i)
+            chunk = source.read(cursor)
+            assert chunk.data == b"%d\n" % i
+            cursor = chunk.cursor
+        assert ftp_server.logins == 1
+    finally:
+        source.close()
+
+
 def test_nothing_lost_or_repeated_while_a_writer_appends(open_source, ftp_files):
     path = ftp_files.write("live.log", b"")
     source = open_source("live.log")
@@ -133,7 +187,9 @@ def test_truncated_file_is_read_again_from_the_start(open_source, ftp_files, cap
     assert chunk.reset == "truncated"
     assert chunk.data == b"fresh 1\nfresh 2\n"
     assert chunk.first_line == 1
-    assert chunk.cursor == Cursor(19, 2, b"par", b"fresh 1\nfresh 2\npar")
+    c = chunk.cursor
+    assert (c.offset, c.line, c.tail, c.fingerprint) == (19, 2, b"par", b"fresh 1\nfresh 2\npar")
+    assert c.head == b"fresh 1\nfresh 2\npar"  # the file's identity now
     assert f"{source.display}: file truncated" in caplog.text
 
     follow = source.read(chunk.cursor)
@@ -147,7 +203,9 @@ def test_file_truncated_to_empty(open_source, ftp_files):
     ftp_files.write("a.log", b"")
     chunk = source.read(cursor)
     assert chunk.reset == "truncated"
-    assert (chunk.data, chunk.cursor, chunk.transfers) == (b"", Cursor(), 0)
+    assert (chunk.data, chunk.cursor.offset, chunk.cursor.head, chunk.transfers) == (b"", 0, b"", 0)
+    # Not Cursor(): that would be a stream's first read, which start: end skips.
+    assert chunk.cursor.phase == CURRENT
 
 
 def test_rotated_file_is_read_from_the_start(open_source, ftp_files):
