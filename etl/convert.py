@@ -9,14 +9,28 @@ parser's two paths (CSV and general) share one definition of a valid time/value.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["NAT", "epoch_ns", "ns", "parse_times", "parse_values"]
+__all__ = [
+    "NAT",
+    "TIME_RANGE",
+    "epoch_ns",
+    "ns",
+    "parse_times",
+    "parse_values",
+    "time_problem",
+    "value_problem",
+]
 
 NAT = np.iinfo(np.int64).min  # int64 ns of NaT: marks a time that did not parse
+TIME_RANGE = "1677-09-21..2262-04-11"  # what datetime64[ns] holds, for reasons
+_TIME_TEXT_MAX = 100  # longer than any time a format reads, ISO 8601 ones included
 # Below this size a failing Arrow cast is not bisected further but left to pandas.
 _MIN_BISECT = 1024
 
@@ -85,5 +99,47 @@ def epoch_ns(numbers: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def parse_values(arr: pa.Array) -> np.ndarray:
-    """float64, NaN where unparseable (a literal "nan" counts as unparseable too)."""
+    """float64, NaN where unparseable (a literal "nan" counts as unparseable too).
+
+    "inf" and numbers beyond float64 come out as +-inf: callers reject them as not finite.
+    """
     return _cast(arr, pa.float64(), _pandas_numbers)
+
+
+# Why a field was rejected, for the reason of a sampled malformed line: called once per
+# sample (at most ``keep`` a tick), so plain Python. "" when there is nothing to add;
+# never raises, as a reason must not cost the tick.
+
+
+def value_problem(text: str) -> str:
+    """What is wrong with a rejected value field beyond not parsing, or ""."""
+    try:
+        number = float(text)
+    except (ValueError, OverflowError):
+        return ""
+    return "" if math.isfinite(number) else "not a finite number"
+
+
+def time_problem(text: str, fmt: str) -> str:
+    """What is wrong with a rejected time field beyond not parsing, or ""."""
+    if len(text) > _TIME_TEXT_MAX:  # pandas takes quadratic time on long strings
+        return ""
+    try:
+        if fmt in ("epoch", "epoch_ms"):
+            number = float(text)
+            if not math.isfinite(number):
+                return "not a finite number"
+            ns = abs(number) * (1e9 if fmt == "epoch" else 1e6)
+            return f"outside {TIME_RANGE}" if ns >= 2.0**63 else ""
+        if fmt == "ISO8601":
+            if not text[:1].isdigit():
+                return ""
+            when = pd.Timestamp(text)  # wider than ns: years 1 to 9999
+        else:
+            when = pd.Timestamp(datetime.strptime(text, fmt))
+        if when.tzinfo is None:
+            when = when.tz_localize("UTC")
+        inside = pd.Timestamp.min.tz_localize("UTC") <= when <= pd.Timestamp.max.tz_localize("UTC")
+        return "" if inside else f"outside {TIME_RANGE}"
+    except Exception:  # not a time at all: "bad time" says it
+        return ""

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Lines", "valid_utf8"]
+__all__ = ["Lines", "drop_nul_padding", "valid_utf8"]
 
 
 def valid_utf8(data: bytes) -> bytes:
@@ -26,6 +26,39 @@ def valid_utf8(data: bytes) -> bytes:
         # so line boundaries and numbers are unchanged.
         return data.decode("utf-8", errors="replace").encode("utf-8")
     return data
+
+
+def drop_nul_padding(data: bytes) -> bytes:
+    """``data`` without the runs of NUL bytes at the start or end of a line.
+
+    Such runs are the padding a crash leaves in a preallocated log; NULs inside a line
+    stay. A run ends a line when LF, CRLF or the end of ``data`` follows it. Vectorised
+    over the span from the first NUL's line to the last one's: a block of NULs costs
+    little, NULs spread over a whole 37 MB chunk ~0.3 s (a regex took 0.7 s for one NUL).
+    """
+    first = data.find(b"\x00")
+    if first < 0:
+        return data
+    lo = data.rfind(b"\n", 0, first) + 1
+    hi = data.find(b"\n", data.rfind(b"\x00")) + 1 or len(data)
+    buf = np.frombuffer(data, np.uint8, hi - lo, lo)
+    n = len(buf)
+    edge = np.diff((buf == 0).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # runs [start, end)
+
+    def at(i: np.ndarray) -> np.ndarray:  # the span starts and ends a line: beyond it, LF
+        return np.where((i >= 0) & (i < n), buf[np.clip(i, 0, n - 1)], 0x0A)
+
+    after = at(ends)
+    drop = (at(starts - 1) == 0x0A) | (after == 0x0A) | ((after == 0x0D) & (at(ends + 1) == 0x0A))
+    if not drop.any():
+        return data
+    inside = np.zeros(n + 1, np.int8)  # +1 where a dropped run starts, -1 after it
+    inside[starts[drop]] = 1
+    inside[ends[drop]] = -1
+    keep = np.cumsum(inside[:-1], dtype=np.int8) == 0  # runs do not overlap: 0 or 1
+    view = memoryview(data)
+    return b"".join([view[:lo], buf[keep].tobytes(), view[hi:]])
 
 
 class Lines:
@@ -66,9 +99,12 @@ class Lines:
         nsep = nfields - 1
         simple = self.nlow == nsep
         top = self.k - self.cr  # index into low of the line end
-        seps = [self.low[top - nsep + j] for j in range(nsep)]
-        for j in range(nsep):
-            simple &= self.lowb[top - nsep + j] == 0x20
+        # A line with fewer low bytes than separators would index before the first one
+        # (IndexError on a chunk of one short line): clipped, as it is not simple anyway.
+        at = [np.maximum(top - nsep + j, 0) for j in range(nsep)]
+        seps = [self.low[a] for a in at]
+        for a in at:
+            simple &= self.lowb[a] == 0x20
         firsts = [self.starts, *(s + 1 for s in seps)]
         lasts = [*seps, self.ends]
         for a, b in zip(firsts, lasts, strict=True):

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from .transforms import empty_frame
+from .transforms import conform, empty_frame
 
 __all__ = ["FunctionParser", "Malformed", "Parsed", "Parser", "take_lines"]
 
@@ -39,12 +39,18 @@ class Malformed:
 
 @dataclass
 class Parsed:
-    """Result of parsing one block of lines; ``len(frame) + malformed == lines``."""
+    """Result of parsing one block of lines; ``len(frame) + malformed == lines``.
+
+    ``blank`` lines (whitespace only) are not in ``lines``: they hold nothing to count
+    as a row or to report, but they are numbered, so the block's lines are
+    ``lines + blank``.
+    """
 
     frame: pd.DataFrame
     lines: int
     malformed: int
     samples: list[Malformed] = field(default_factory=list)
+    blank: int = 0
 
 
 @runtime_checkable
@@ -62,7 +68,10 @@ class FunctionParser:
     """A function ``bytes -> DataFrame`` as a :class:`Parser`.
 
     The function sees the whole chunk, so it cannot report single lines: if it raises,
-    the chunk's lines count as malformed, with the error and the chunk's place as reason.
+    or returns what the contract cannot hold (no ``time`` or ``value`` column, times or
+    values that do not convert), the chunk's lines count as malformed, with the error
+    and the chunk's place as reason. Rows it returns without a time (NaT) are dropped
+    and counted as malformed: no period can hold them.
     """
 
     def __init__(self, fn: Callable[[bytes], pd.DataFrame]) -> None:
@@ -74,13 +83,26 @@ class FunctionParser:
 
     def parse(self, data: bytes, first_line: int = 1, source: str = "") -> Parsed:
         lines = data.count(b"\n")
+        who = f"parser {self.__name__!r}"
+        text = data[:_TEXT_MAX].decode("utf-8", errors="replace")
         try:
             frame = self.fn(data)
         except Exception as exc:  # the user's code: report it with its place, keep the loop alive
-            text = data[:_TEXT_MAX].decode("utf-8", errors="replace")
-            sample = Malformed(first_line, f"parser {self.__name__!r} raised {exc!r}", text, source)
+            sample = Malformed(first_line, f"{who} raised {exc!r}", text, source)
             return Parsed(frame=empty_frame(), lines=lines, malformed=lines, samples=[sample])
-        return Parsed(frame=frame, lines=lines, malformed=0)
+        try:
+            frame = conform(frame, who)
+        except (TypeError, ValueError) as exc:  # else the transform would fail every retry
+            sample = Malformed(first_line, str(exc), text, source)
+            return Parsed(frame=empty_frame(), lines=lines, malformed=lines, samples=[sample])
+        untimed = frame["time"].isna().to_numpy()
+        if not untimed.any():
+            return Parsed(frame=frame, lines=lines, malformed=0)
+        n = int(untimed.sum())
+        rows = f"{n} row" + "s" * (n != 1)
+        sample = Malformed(first_line, f"{who} returned {rows} without a time", text, source)
+        frame = frame[~untimed].reset_index(drop=True)
+        return Parsed(frame=frame, lines=lines, malformed=n, samples=[sample])
 
 
 class _Decoded:

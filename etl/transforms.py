@@ -9,7 +9,9 @@ transform of a stateless ``DataFrame -> DataFrame`` function.
 :class:`Resample` aggregates rows into fixed periods and publishes a period only
 once it is closed, i.e. once a row of a later period has been seen. A closed period
 is never published again: rows that arrive for it afterwards are dropped and counted
-as ``late``. Every input row ends up in exactly one place:
+as ``late``, as are rows no period can hold (a NaT time, or one so close to the
+earliest datetime64[ns] that its period would start before it). Every input row ends
+up in exactly one place:
 ``sum(frame["count"]) + late`` over all steps ``+ carried`` of the last step equals
 the number of rows ever passed in.
 """
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-__all__ = ["AGGS", "Carry", "Map", "Resample", "Step", "Transform", "empty_frame"]
+__all__ = ["AGGS", "Carry", "Map", "Resample", "Step", "Transform", "conform", "empty_frame"]
 
 AGGS = ("mean", "max", "min", "sum", "last", "first", "median")
 TIME_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
@@ -56,7 +58,7 @@ class Step(Generic[C]):
 
     frame: pd.DataFrame  # rows to publish, sorted by time, none published before
     carry: C | None  # what the next tick's call gets as ``carry``
-    late: int = 0  # input rows dropped because their period was already published
+    late: int = 0  # input rows dropped: their period was already published (or cannot be)
     carried: int = 0  # rows held in carry
 
 
@@ -94,8 +96,12 @@ class Resample:
         if carry is not None and len(carry.rows):
             times, values, keys = _join(_columns(carry.rows), (times, values, keys))
         starts = times - np.mod(times, self.period_ns)  # floor, also before 1970
-
         late = starts < until if until is not None else np.zeros(len(times), bool)
+        # A floor below int64's range wraps round to the far future, and NaT is int64's
+        # minimum: placed, either would be a watermark that makes every later row late.
+        # Only times within a period of that minimum can be either (one min() to know).
+        if len(times) and times.min() < np.iinfo(np.int64).min + self.period_ns:
+            late |= (starts > times) | (times == np.iinfo(np.int64).min)
         closed = still_open = placed = ~late
         if placed.any():
             watermark = int(starts[placed].max())
@@ -235,15 +241,25 @@ class Map:
         return f"Map({self.fn!r})"
 
     def step(self, rows: pd.DataFrame, carry: None = None) -> Step[None]:
-        out = self.fn(rows)
-        if not isinstance(out, pd.DataFrame):
-            raise TypeError(f"transform {self.__name__!r} returned {type(out).__name__}")
-        missing = [c for c in ("time", "value") if c not in out.columns]
-        if missing:
-            raise ValueError(
-                f"transform {self.__name__!r} returned a frame without column(s) "
-                f"{', '.join(missing)}"
-            )
-        out = out.assign(time=_utc_ns(out["time"]), value=out["value"].astype(np.float64))
+        out = conform(self.fn(rows), f"transform {self.__name__!r}")
         out = out.sort_values("time", kind="stable", ignore_index=True)
         return Step(out, None, 0, 0)
+
+
+def conform(frame: object, who: str) -> pd.DataFrame:
+    """``frame`` with ``time`` as datetime64[ns, UTC] and ``value`` as float64.
+
+    TypeError or ValueError, naming ``who`` and what is wrong, if it is not a frame,
+    lacks either column, or they do not convert.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{who} returned {type(frame).__name__}")
+    missing = [c for c in ("time", "value") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{who} returned a frame without column(s) {', '.join(missing)}")
+    if frame["time"].dtype == TIME_DTYPE and frame["value"].dtype == np.float64:
+        return frame
+    try:
+        return frame.assign(time=_utc_ns(frame["time"]), value=frame["value"].astype(np.float64))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{who} returned times or values that do not convert: {exc}") from None

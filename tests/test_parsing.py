@@ -63,7 +63,7 @@ def test_malformed_lines_keep_their_neighbours() -> None:
     assert str(parsed.samples[0]) == "ftp://h/demo.log:102: does not match pattern: 'garbage'"
 
 
-@pytest.mark.parametrize("value", ["abc", "nan", "NA", "1.2.3", "-", "1,5", "0x10", "é"])
+@pytest.mark.parametrize("value", ["abc", "NA", "1.2.3", "-", "1,5", "0x10", "é"])
 def test_bad_values(value: str) -> None:
     data = f"2026-11-23T09:00:00Z 1\n2026-11-23T09:00:01Z {value}\n".encode()
     parsed = RegexParser().parse(data)
@@ -72,15 +72,49 @@ def test_bad_values(value: str) -> None:
     assert parsed.samples[0].line == 2
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e400"])
+@pytest.mark.parametrize("path", ["csv", "general"])
+def test_values_must_be_finite(value: str, path: str) -> None:
+    # A NaN or inf would turn its period's mean and sum, and every rollup over them, to NaN/inf.
+    good = b"2026-11-23T09:00:00Z" + (b" " if path == "csv" else b"\t") + b"1\n"  # a tab: no CSV
+    data = good + f"2026-11-23T09:00:01Z {value}\n".encode() + good
+    parsed = RegexParser().parse(data)
+    assert parsed.frame["value"].tolist() == [1.0, 1.0]
+    assert parsed.malformed == 1
+    assert parsed.samples[0].reason == f"bad value {value!r} (not a finite number)"
+
+
 @pytest.mark.parametrize(
     "time",
-    ["xx", "now", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-23T25:00:00Z", "9999"],
+    ["xx", "now", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-23T25:00:00Z"],
 )
 def test_bad_times(time: str) -> None:
     data = f"{time} 1\n2026-11-23T09:00:01Z 2\n".encode()
     parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [2.0]
     assert (parsed.malformed, parsed.samples[0].reason) == (1, f"bad time {time!r}")
+
+
+@pytest.mark.parametrize(
+    ("time", "fmt"),
+    [
+        ("1500-01-01T00:00:00Z", "ISO8601"),
+        ("9999", "ISO8601"),  # the year 9999
+        ("1e30", "epoch"),
+        ("1000000000000000000000000000000", "epoch"),
+        ("-1e30", "epoch_ms"),
+    ],
+)
+def test_times_out_of_range_say_so(time: str, fmt: str) -> None:
+    good = "2026-11-23T09:00:01Z" if fmt == "ISO8601" else "1795424401"
+    data = f"{good} 1\n{time} 2\n{good} 3\n".encode()
+    parsed = RegexParser(time_format=fmt).parse(data)
+    assert parsed.frame["value"].tolist() == [1.0, 3.0]
+    assert parsed.samples == [
+        Malformed(2, f"bad time {time!r} (outside 1677-09-21..2262-04-11)", f"{time} 2")
+    ]
+    nan = RegexParser(time_format="epoch").parse(b"nan 1\n").samples[0].reason
+    assert nan == "bad time 'nan' (not a finite number)"
 
 
 def test_other_iso_forms_and_naive_times_are_utc() -> None:
@@ -106,14 +140,29 @@ def test_invalid_utf8_does_not_crash() -> None:
     assert parsed.frame["value"].tolist() == [1, 3]
     assert [s.line for s in parsed.samples] == [2, 3]
     assert parsed.samples[0].text == "\ufffd\ufffd\ufffd 2"
+    assert parsed.samples[0].reason == "bad time '\ufffd\ufffd\ufffd' (invalid UTF-8)"
 
 
 def test_blank_lines_are_ignored_but_numbered() -> None:
     data = b"\n2026-11-23T09:00:00Z 1\n  \n\t\r\n\nbad\n\n"
     parsed = RegexParser().parse(data)
     assert parsed.frame["value"].tolist() == [1]
-    assert (parsed.lines, parsed.malformed) == (2, 1)
+    assert (parsed.lines, parsed.malformed, parsed.blank) == (2, 1, 5)
     assert parsed.samples[0].line == 6
+
+
+def test_byte_order_mark_at_the_start_of_the_file() -> None:
+    line = b"2026-11-23T09:00:00Z 1\n"
+    assert RegexParser().parse(b"\xef\xbb\xbf" + line).frame["value"].tolist() == [1]
+    parsed = RegexParser().parse(b"\xef\xbb\xbf" + line, first_line=5)  # elsewhere: in the line
+    assert parsed.samples[0].reason == "bad time '\\ufeff2026-11-23T09:00:00Z'"
+
+
+def test_a_short_line_alone_with_a_keyed_pattern() -> None:
+    # Was an IndexError in the fast split, which failed the tick on every retry.
+    for data in (b"x\n", b"\n", b"a b\n", b"x"):
+        parsed = RegexParser(KEYED).parse(data)
+        assert len(parsed.frame) == 0 and parsed.malformed == parsed.lines
 
 
 def test_crlf_and_missing_final_newline() -> None:
@@ -188,6 +237,7 @@ def test_keep_limits_samples_to_the_last_ones() -> None:
 def test_long_lines_are_cut_in_samples() -> None:
     sample = RegexParser().parse(b"x" * 1000 + b"\n").samples[0]
     assert sample.text == "x" * 200
+    assert sample.reason == "does not match pattern (1000 bytes long)"
 
 
 def test_pickles() -> None:
@@ -200,8 +250,13 @@ def test_pickles() -> None:
     assert pickle.loads(pickle.dumps(a.samples)) == a.samples
 
 
+NS_MIN, NS_MAX = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+
+
 # A per-line reference with Python's re and pandas, to check both fast paths
 # (CSV reader, string views) and the regex path against on random input.
+
+
 def reference(data: bytes, pattern: str) -> tuple[list[int], list[float], int, list[tuple]]:
     rx = re.compile(pattern, re.ASCII)
     raw = data.split(b"\n")
@@ -215,18 +270,34 @@ def reference(data: bytes, pattern: str) -> tuple[list[int], list[float], int, l
         lines += 1
         m = rx.search(text)
         if m is None:
-            bad.append((number, "does not match pattern"))
+            bad.append((number, "does not match pattern", [], line))
             continue
         t = pd.to_datetime(m["time"], format="ISO8601", utc=True, errors="coerce")
         v = pd.to_numeric(m["value"], errors="coerce")
-        if t is pd.NaT or not m["time"][:1].isdigit():
-            bad.append((number, f"bad time {m['time'][:60]!r}"))
-        elif np.isnan(v):
-            bad.append((number, f"bad value {m['value'][:60]!r}"))
+        # pandas reads times beyond datetime64[ns] (at a coarser unit): those are out of range
+        fits = t is not pd.NaT and NS_MIN <= t <= NS_MAX
+        if not fits or not m["time"][:1].isdigit():
+            detail = ["outside 1677-09-21..2262-04-11"] if t is not pd.NaT and not fits else []
+            bad.append((number, f"bad time {m['time'][:60]!r}", detail, line))
+        elif not np.isfinite(v):
+            finite = m["value"].lower().lstrip("+-") not in ("nan", "inf")
+            detail = [] if finite and np.isnan(v) else ["not a finite number"]
+            bad.append((number, f"bad value {m['value'][:60]!r}", detail, line))
         else:
             times.append(t.as_unit("ns").value)
             values.append(float(v))
-    return times, values, lines, bad
+    return times, values, lines, [(n, reason + odd(d, line)) for n, reason, d, line in bad]
+
+
+def odd(details: list[str], line: bytes) -> str:
+    """What the parser adds to a reason for a line's odd bytes."""
+    line = line.removesuffix(b"\r")
+    details = details + ["a CR inside: only LF ends a line"] * (b"\r" in line)
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        details.append("invalid UTF-8")
+    return f" ({'; '.join(details)})" if details else ""
 
 
 TIMES = [
@@ -234,12 +305,28 @@ TIMES = [
     "2026-11-23T09:17:03.5Z",
     "2026-11-23T09:17:04Z",
     "2026-11-23T10:17:05+01:00",
+    "2026-11-23T03:47:05-0530",
     "2026-11-23T09:17:06",
+    "1500-01-01T00:00:00Z",
     "2026-02-30T00:00:00Z",
     "xx",
     "now",
 ]
-VALUES = ["0.103412", "-3.25", "1e3", "42", "inf", "+1", "abc", "nan", "NA", "1.2.3", "é"]
+VALUES = [
+    "0.103412",
+    "-3.25",
+    "1e3",
+    "42",
+    "inf",
+    "-inf",
+    "1e400",
+    "+1",
+    "abc",
+    "nan",
+    "NA",
+    "1.2.3",
+    "é",
+]
 SHAPES = [
     "{t} {v}",
     "{t} {v}",
@@ -299,3 +386,15 @@ def test_clean_input_gives_the_same_frame_on_every_path(seed: int) -> None:
         assert parsed.frame["value"].tolist() == values.tolist()
         assert parsed.frame["key"].tolist() == keys.tolist()
     assert slow.samples[0].line == 1
+
+
+def test_dense_bad_lines_take_one_general_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CSV reader's cuts left hundreds of ranges of a few kB, at a fixed cost each.
+    calls = []
+    general = RegexParser._parse_lines
+    monkeypatch.setattr(
+        RegexParser, "_parse_lines", lambda self, *args: calls.append(1) or general(self, *args)
+    )
+    lines = [b"2026-11-23T09:00:00Z 1\n" if i % 100 else b"bad\n" for i in range(100_000)]
+    parsed = RegexParser().parse(b"".join(lines))
+    assert (parsed.lines, parsed.malformed, len(calls)) == (100_000, 1000, 1)

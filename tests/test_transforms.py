@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from etl.parser import FunctionParser
 from etl.transforms import AGGS, Carry, Map, Resample, Step, Transform, empty_frame
 
 START = pd.Timestamp("2026-11-23T09:00:00Z").value
@@ -236,3 +237,65 @@ def test_map_validates_columns(columns: list[str], missing: str) -> None:
 def test_map_rejects_non_frames() -> None:
     with pytest.raises(TypeError, match="list"):
         Map(lambda rows: []).step(empty_frame(), None)
+
+
+def frame_of(times: list, values: list[float]) -> pd.DataFrame:
+    stamps = pd.to_datetime(pd.Series(times, dtype=object), utc=True, format="ISO8601")
+    return pd.DataFrame({"time": stamps.astype("datetime64[ns, UTC]"), "value": values})
+
+
+@pytest.mark.parametrize("period", ["25ms", "1D"])
+def test_rows_no_period_can_hold_are_late_not_a_watermark(period: str) -> None:
+    # NaT is int64's minimum, and a time just after 1677-09-21T00:12:43.145 floors to a
+    # period start below int64's range: either wrapped round to the year 2262 and, as the
+    # watermark, made every later row late.
+    rows = frame_of(
+        [None, "1677-09-21T00:12:43.150Z", "2026-11-23T09:00:00Z", "2026-11-23T09:00:01Z"],
+        [1.0, 2.0, 3.0, 4.0],
+    )
+    resample = Resample(period, "sum")
+    step = resample.step(rows, None)
+    # At 25 ms the 1677 row's period still starts inside the range; a day's does not.
+    assert step.late == (2 if period == "1D" else 1)
+    assert step.frame["value"].tolist() == ([] if period == "1D" else [2.0, 3.0])
+    assert step.carry.published_until <= pd.Timestamp("2026-11-23T09:00:01Z").value
+    later = resample.step(frame_of(["2026-11-23T09:00:02Z"], [5.0]), step.carry)
+    assert later.late == 0 and later.frame["value"].tolist() == ([] if period == "1D" else [4.0])
+    assert_accounted([step, later], 5)
+
+
+def test_a_nan_value_does_not_poison_its_period() -> None:
+    t = ["2026-11-23T09:00:00.001Z", "2026-11-23T09:00:00.002Z", "2026-11-23T09:00:00.003Z"]
+    rows = frame_of([*t, "2026-11-23T09:00:01Z"], [1.0, np.nan, 3.0, 0.0])
+    for agg, value in {"mean": 2.0, "max": 3.0, "min": 1.0, "sum": 4.0, "median": 2.0}.items():
+        step = Resample("25ms", agg).step(rows, None)
+        assert (step.frame["value"].tolist(), step.frame["count"].tolist()) == ([value], [3])
+
+
+def untimed(data: bytes) -> pd.DataFrame:
+    """A user's parser that gives a NaT for a time it cannot read."""
+    fields = [line.split(b" ") for line in data.splitlines()]
+    times = pd.to_datetime([f[0].decode() for f in fields], utc=True, errors="coerce")
+    return pd.DataFrame({"time": times, "value": [float(f[-1]) for f in fields]})
+
+
+@pytest.mark.timeout(30)
+def test_a_user_parser_cannot_wedge_resample() -> None:
+    data = b"".join(
+        f"2026-11-23T09:00:00.{ms:03d}Z {ms}\n".encode() if ms >= 0 else b"later 3\n"
+        for ms in (0, 1, -1, 30, 60)
+    )
+    # A NaT row is dropped as malformed: in Resample it counts as late (no period holds it),
+    # where it used to become a period in 2262, the watermark, and make every later row late.
+    parsed = FunctionParser(untimed).parse(data)
+    assert (parsed.lines, parsed.malformed, len(parsed.frame)) == (5, 1, 4)
+    assert parsed.samples[0].reason == "parser 'untimed' returned 1 row without a time"
+    step = Resample().step(parsed.frame, None)
+    assert (step.frame["count"].tolist(), step.late, step.carried) == ([2, 1], 0, 1)
+    # A frame the contract cannot hold counts the chunk as malformed, instead of failing the
+    # transform on every retry of the tick.
+    for frame in (pd.DataFrame({"time": [1]}), pd.DataFrame({"time": ["x"], "value": [1]})):
+        parsed = FunctionParser(lambda d, f=frame: f).parse(data, first_line=3, source="s")
+        assert (parsed.lines, parsed.malformed, len(parsed.frame)) == (5, 5, 0)
+        sample = parsed.samples[0]
+        assert sample.line == 3 and sample.reason.startswith("parser '<lambda>' returned")
