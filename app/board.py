@@ -1,4 +1,4 @@
-"""What every session's status lines say, worked out once a second for the whole process.
+"""What every session's status lines say, worked out twice a second for the whole process.
 
 The stream list, the connection line and each stream's freshness are the same for every
 viewer of a process, so one timer computes them and offers the result to each session;
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from app.subscriber import Subscriber
 
 log = logging.getLogger("headrace.app")
 
-PERIOD_MS = 1000
+PERIOD_MS = 500  # with MIN_STALE_AFTER: a stalled stream shows stale within 2 s
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,46 @@ class Status:
 class Viewer(Protocol):
     def offer(self, status: Status) -> bool:
         """Take ``status`` (schedule an update if it changed); False once the session is gone."""
+
+
+class Follower:
+    """A session's page that shows what a board offers: the :class:`Viewer` side.
+
+    ``offer`` schedules ``_apply(status)`` on the session's own document when the status
+    changed, with that document current and every change in one message.
+    """
+
+    def follow(self, doc: Any) -> None:
+        self._doc = weakref.ref(doc)
+        self.shown: Any = None
+
+    def offer(self, status: Any) -> bool:
+        if status == self.shown:
+            return True
+        doc = self._doc()
+        if doc is None:
+            return False
+        self.shown = status
+        try:
+            doc.add_next_tick_callback(partial(self._show, status))
+        except Exception:  # the document is being torn down
+            return False
+        return True
+
+    def _show(self, status: Any) -> None:
+        from panel.io.document import unlocked
+        from panel.io.state import set_curdoc
+
+        doc = self._doc()
+        if doc is None:
+            return
+        # Panel builds new panes' models for its own notion of the current document,
+        # which outside Panel's callbacks may be another session's.
+        with set_curdoc(doc), unlocked():
+            self._apply(status)
+
+    def _apply(self, status: Any) -> None:
+        raise NotImplementedError
 
 
 class Board:

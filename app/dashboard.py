@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import weakref
-from functools import partial
 from pathlib import Path
 
 try:
@@ -25,11 +23,9 @@ except ImportError:  # a checkout that was not pip-installed: serve it from the 
 import pandas as pd
 import panel as pn
 from bokeh.document import Document
-from panel.io.document import unlocked
-from panel.io.state import set_curdoc
 
 from app import freshness, registry
-from app.board import Status
+from app.board import Follower, Status
 from app.columns import empty
 from app.fanout import Fanout, Sink
 from app.history import HistoryCache
@@ -96,7 +92,7 @@ class StreamView:
         self.fanout.unregister(self.sink)
 
 
-class Dashboard:
+class Dashboard(Follower):
     """One session's dashboard: a stream picker, a plot and a freshness line per stream.
 
     Build it while the session's document is current. Rows come from the process's
@@ -107,12 +103,11 @@ class Dashboard:
         parts = parts or registry.get()
         self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
         doc = pn.state.curdoc
-        self._doc = weakref.ref(doc)
+        self.follow(doc)
         self.fanout.open_session(doc, on_skip=self._skipped)
         self.views: dict[str, StreamView] = {}
         self.shown_before: set[str] = set()  # streams whose plot models this document had
         self.skipped = 0
-        self.shown: Status | None = None
         self.live = False  # the browser has loaded the document
         status = self.board.status()
         self.picker = pn.widgets.MultiChoice(
@@ -159,29 +154,6 @@ class Dashboard:
     def _loaded(self) -> None:
         self.live = True
         self.board.add(self)
-
-    def offer(self, status: Status) -> bool:
-        """From the board: schedule showing ``status`` if it differs. False once gone."""
-        if status == self.shown:
-            return True
-        doc = self._doc()
-        if doc is None:
-            return False
-        self.shown = status
-        try:
-            doc.add_next_tick_callback(partial(self._show, status))
-        except Exception:  # the document is being torn down
-            return False
-        return True
-
-    def _show(self, status: Status) -> None:
-        doc = self._doc()
-        if doc is None:
-            return
-        # Panel builds new panes' models for its own notion of the current document,
-        # which outside Panel's callbacks may be another session's.
-        with set_curdoc(doc), unlocked():  # every change of this update in one message
-            self._apply(status)
 
     def _apply(self, status: Status) -> None:
         known = list(status.streams)

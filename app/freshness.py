@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-MIN_STALE_AFTER = 3.0  # seconds without new rows before a stream counts as stale
+MIN_STALE_AFTER = 1.5  # seconds without new rows before a stream counts as stale
 STALE_TICKS = 5  # ... or this many of its tick intervals, whichever is longer
 LAG_WINDOW = 5.0  # seconds over which "behind" is the worst delay seen
 # "Behind" is rounded up to one of these (seconds): fine where delays are small, coarse

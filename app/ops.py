@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import weakref
-from functools import partial
 from pathlib import Path
 
 try:
@@ -22,6 +20,7 @@ except ImportError:  # a checkout that was not pip-installed: serve it from the 
 import panel as pn
 
 from app import registry
+from app.board import Follower
 from app.opsboard import OpsView
 from app.page import badge, page, serve
 from app.settings import configure_logging
@@ -29,14 +28,13 @@ from app.settings import configure_logging
 TITLE = "headrace · operations"
 
 
-class OpsPage:
+class OpsPage(Follower):
     """One operator session: panes the board's view is copied into when it changes."""
 
     def __init__(self, parts: registry.Registry | None = None) -> None:
         parts = parts or registry.get()
         self.board = parts.ops
-        self._doc = weakref.ref(pn.state.curdoc) if pn.state.curdoc is not None else None
-        self.shown: OpsView | None = None
+        self.follow(pn.state.curdoc)
 
         def pane() -> pn.pane.HTML:
             return pn.pane.HTML("", sizing_mode="stretch_width")
@@ -63,25 +61,11 @@ class OpsPage:
             pn.Card(self.cluster, title="Cluster", sizing_mode="stretch_width"),
         ]
         self.template = page(TITLE, main, sidebar, self.state)
-        self._apply(self.board.latest)
+        self._apply(self.board.latest)  # what the board has now, in the first document
         pn.state.onload(lambda: self.board.add(self))
         pn.state.on_session_destroyed(lambda _ctx: self.board.remove(self))
 
-    def offer(self, view: OpsView) -> bool:
-        """From the board: show ``view`` if it changed. False once the session is gone."""
-        doc = self._doc() if self._doc is not None else None
-        if doc is None:
-            return False
-        if view == self.shown:
-            return True
-        try:
-            doc.add_next_tick_callback(partial(self._apply, view))
-        except Exception:  # the document is being torn down
-            return False
-        return True
-
     def _apply(self, view: OpsView) -> None:
-        self.shown = view
         self.state.object = badge(view.state, view.state.upper())
         self.headline.object = f"<h4>{badge(view.state, view.headline)}</h4>"
         self.streams.object = view.streams

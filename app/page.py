@@ -52,8 +52,20 @@ def serve(template: pn.template.BaseTemplate, title: str) -> None:
     root of its own, and Bokeh walks the whole graph again after each root otherwise
     (a seventh of a session's CPU).
     """
-    with pn.state.curdoc.models.freeze():
+    doc = pn.state.curdoc
+    # Panel points its stylesheets at this server only once it renders the HTML page; with
+    # --num-procs the websocket (and so the session's document) may be another process's,
+    # whose document would then point them at cdn.holoviz.org.
+    doc.template_variables.setdefault("dist_url", local_dist())
+    with doc.models.freeze():
         template.servable(title=title)
+
+
+def local_dist() -> str:
+    """Where this server serves Panel's files, relative to the page (as Panel computes it)."""
+    from panel.io.resources import LOCAL_DIST
+
+    return f"{pn.state.rel_path}/{LOCAL_DIST}" if pn.state.rel_path else LOCAL_DIST
 
 
 def page(

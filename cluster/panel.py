@@ -81,6 +81,10 @@ def serve_env(
     before the processes fork, so that ``/metrics`` reports every one of them.
     """
     env = dict(os.environ)
+    # Pages load Panel's and Bokeh's files from this server, never a CDN (sites without
+    # internet access); an inherited BOKEH_RESOURCES=cdn (importing panel.io.pyodide sets
+    # it, for one) would make some stylesheets come from cdn.holoviz.org.
+    env["BOKEH_RESOURCES"] = "server"
     if port is not None and not env.get(MULTIPROC_ENV):
         env[MULTIPROC_ENV] = str(metrics_dir(port))
     env["DASK_SCHEDULER_ADDRESS"] = configured_scheduler(scheduler) or DEFAULT_SCHEDULER

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faultreport
 import pytest
 from postgres import PostgresServer, postgres_server
 
@@ -99,3 +100,14 @@ def postgres() -> Iterator[PostgresServer]:
     """
     with postgres_server() as server:
         yield server
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    faultreport.start()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    table = faultreport.table()
+    if table:
+        terminalreporter.section("reliability (the fault suite's figures)")
+        terminalreporter.write_line(table)

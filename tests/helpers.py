@@ -242,6 +242,7 @@ class RecordedSession(threading.Thread):
         self.initial: np.ndarray | None = None
         self.batches: list[np.ndarray] = []
         self.texts: list[tuple[float, str]] = []  # (arrival, new text) of markup models
+        self.arrivals: list[tuple[float, int]] = []  # (arrival, rows) of each batch
         self.pid: int | None = None
         self.error: BaseException | None = None
         self.session = None
@@ -266,6 +267,7 @@ class RecordedSession(threading.Thread):
             def on_change(event) -> None:
                 if isinstance(event, ColumnsStreamedEvent) and event.model is source:
                     self.batches.append(np.asarray(event.data["time"], dtype=float))
+                    self.arrivals.append((time.time(), len(self.batches[-1])))
                 elif isinstance(event, ModelChangedEvent) and event.attr == "text":
                     self.texts.append((time.time(), str(event.new)))
 

@@ -11,30 +11,19 @@ import contextlib
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from distributed import Client
-from helpers import (
-    RecordedSession,
-    dask_scheduler,
-    dask_worker,
-    free_port,
-    headrace_etl,
-    headrace_serve,
-    wait_for,
-)
+from faultstack import Stack, gaps_ms, periods_ms
+from helpers import RecordedSession, free_port, headrace_serve, wait_for
 
-from cluster import processes
 from cluster.logwriter import LogWriter
 from etl import contract
 
 STREAM = "e2e"
 INTERVAL = 0.2
-PERIOD_MS = 25
 PROCS = 3
 GIVE_UP_FAST = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
 
@@ -43,65 +32,6 @@ def frames_published(address: str) -> bool:
     with Client(address, timeout=5) as client:
         head = contract.FrameStream(STREAM, client).head()
     return head is not None and head.seq > 3
-
-
-def periods_ms(lines: list[str]) -> np.ndarray:
-    """The 25 ms periods the written lines fall in, as integer ms since the epoch."""
-    times = pd.to_datetime(pd.Series([line.split(" ", 1)[0] for line in lines]), utc=True)
-    ms = times.dt.as_unit("ms").astype("int64").to_numpy()
-    return np.unique(ms - ms % PERIOD_MS)
-
-
-def gaps_ms(rows: np.ndarray, periods: np.ndarray, what: str) -> list[tuple[int, int]]:
-    """Check ``rows`` are written periods, in order, none twice; return the runs they skip."""
-    assert len(rows), f"{what}: no rows"
-    assert np.all(np.diff(rows) > 0), f"{what}: rows out of order or repeated"
-    at = np.searchsorted(periods, rows)
-    assert np.all(at < len(periods)) and np.array_equal(periods[at], rows), (
-        f"{what}: rows that were never written"
-    )
-    skipped = np.flatnonzero(np.diff(at) > 1)
-    return [(int(rows[i]), int(rows[i + 1])) for i in skipped]
-
-
-class Stack:
-    """The processes of a deployment, restartable one by one; everything logs to ``logs``."""
-
-    def __init__(self, logs: Path, config: Path, port: int) -> None:
-        self.logs, self.config, self.port = logs, config, port
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.procs: dict[str, object] = {}
-        self.files = []
-
-    def _log(self, name: str):
-        f = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (closed in stop_all)
-        self.files.append(f)
-        return f
-
-    def start(self, name: str) -> None:
-        start = {
-            "scheduler": lambda log: dask_scheduler(self.port, log),
-            "worker": lambda log: dask_worker(self.address, log),
-            # The loop's client gives up on an away scheduler after 2 s (default 30 s), so
-            # that the crash below also covers the loop connecting afresh.
-            "etl": lambda log: headrace_etl(self.config, self.address, log, GIVE_UP_FAST),
-        }[name]
-        self.procs[name] = start(self._log(name))
-
-    def kill(self, name: str) -> None:
-        processes.stop(self.procs.pop(name), grace=0)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            processes.stop(self.procs.pop(name))
-        for f in self.files:
-            f.close()
-
-    def tail(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-            for p in sorted(self.logs.glob("*.log"))
-        )
 
 
 @pytest.mark.timeout(240)
@@ -120,7 +50,9 @@ def test_viewers_add_no_transfers_and_survive_loop_and_scheduler_restarts(
             }
         )
     )
-    stack = Stack(logs, config, free_port())
+    # The loop's client gives up on an away scheduler after 2 s (default 30 s), so that the
+    # crash below also covers the loop connecting afresh.
+    stack = Stack(logs, config, free_port(), GIVE_UP_FAST)
     sessions: list[RecordedSession] = []
     writer = LogWriter([path], rate=100, keep=True).start()
     try:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from faultreport import record
 from test_ftps import certs, ftps_server, vsftpd  # noqa: F401  (fixtures)
 
 from etl.ftp import FTPSource
@@ -468,4 +469,15 @@ def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files,
     assert resets == ["rotated", "rotated"] and errors <= 2
     # Both times the old file's rest came from its rotated copy.
     assert caplog.text.count("reading the rest of the old file from") == 2
+    kind = "an FTP server" if source.display.startswith("ftp") else "a local file"
+    record(
+        "log rotation",
+        f"rename-and-create, then copytruncate, of {kind} while 1,000 lines/s are written",
+        written=len(writer.written),
+        published=read.count(b"\n"),
+        open=0,
+        lost=len(writer.written) - read.count(b"\n"),
+        duplicated=0,
+        rotations_seen=len(resets),
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

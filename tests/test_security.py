@@ -74,7 +74,10 @@ def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
     cmd += ["--ftp-port", str(free_port()), "--scheduler-port", str(scheduler)]
     cmd += ["--dashboard-address", f"127.0.0.1:{free_port()}", "--metrics-port", str(metrics)]
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115  (closed below)
-    demo = processes.start(cmd, dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    # An inherited BOKEH_RESOURCES=cdn (importing panel.io.pyodide sets it) must not make
+    # any page load from a CDN.
+    env = {**os.environ, "BOKEH_RESOURCES": "cdn"}
+    demo = processes.start(cmd, env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     tls = tmp_path / "tls"
     try:

@@ -1,0 +1,56 @@
+"""The reliability table: one row per provoked fault, written as the fault tests run and
+printed at the end of the pytest run (``./run test tests/test_faults.py`` gives it alone).
+
+Kept free of Dask imports: conftest reads it (see the note in conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPORT = Path(
+    os.environ.get(
+        "HEADRACE_FAULT_REPORT", Path(__file__).resolve().parent.parent / ".faults.jsonl"
+    )
+)
+COLUMNS = ("written", "published", "open", "lost", "duplicated")
+
+
+def record(fault: str, provoked: str, **figures: object) -> None:
+    """One row: the fault, how it was provoked, lines written/published/lost... and timings."""
+    with REPORT.open("a") as f:
+        f.write(json.dumps({"fault": fault, "provoked": provoked, **figures}) + "\n")
+
+
+def start() -> None:
+    REPORT.unlink(missing_ok=True)
+
+
+def table() -> str | None:
+    """The rows recorded in this run as a Markdown table, or None."""
+    if not REPORT.exists():
+        return None
+    rows = [json.loads(line) for line in REPORT.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    out = [
+        "| fault | provoked | lines written / published / still open | lost | duplicated | "
+        "measured |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        timings = ", ".join(
+            f"{k.replace('_', ' ')} {v}"
+            for k, v in r.items()
+            if k not in (*COLUMNS, "fault", "provoked")
+        )
+        lines = (
+            f"{r['written']:,} / {r['published']:,} / {r['open']:,}" if "written" in r else "n/a"
+        )
+        out.append(
+            f"| {r['fault']} | {r['provoked']} | {lines} | {r.get('lost', 'n/a')} | "
+            f"{r.get('duplicated', 'n/a')} | {timings} |"
+        )
+    return "\n".join(out)

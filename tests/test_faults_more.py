@@ -1,0 +1,237 @@
+"""More of the fault suite: scheduler restarts under viewers, a Panel process killed, the
+state directory's disk full (see tests/test_faults.py for the others)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from faultreport import record
+from faultstack import Events, gaps_ms, periods_ms
+from helpers import RecordedSession, headrace_serve, wait_for, wait_http
+from test_faults import RATE, config, drained, outcome, stack_for
+
+from cluster.logwriter import LogWriter
+
+
+def open_sessions(url: str, n: int, stream: str, spread_over: int = 1) -> list[RecordedSession]:
+    """``n`` sessions or more, until they are spread over ``spread_over`` processes."""
+    sessions: list[RecordedSession] = []
+    while len(sessions) < n or (
+        len({s.pid for s in sessions}) < spread_over and len(sessions) < 30
+    ):
+        s = RecordedSession(url, stream)
+        s.start()
+        assert s.pulled.wait(60) and s.error is None, s.error
+        sessions.append(s)
+    return sessions
+
+
+def batch_times(session: RecordedSession) -> list[float]:
+    return [t for t, _ in session.arrivals]
+
+
+@pytest.mark.xfail(
+    reason="known bug, open: after the second or third scheduler restart in a row, the "
+    "viewers of a Panel process sometimes get no more rows although the process "
+    "resubscribed and the loop publishes (one restart, as in test_e2e, always resumes)",
+    strict=False,
+)
+@pytest.mark.timeout(300)
+def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, ftp_root, tmp_path):
+    path = ftp_root / "s.log"
+    path.touch()
+    stack = stack_for(tmp_path, config(tmp_path, {"s": ftp_server.url(path.name)}))
+    stack.etl_env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
+    sessions: list[RecordedSession] = []
+    resumed, outages = [], []
+    try:
+        for name in ("scheduler", "worker", "etl"):
+            stack.start(name)
+        writer.start()
+        with headrace_serve(stack.address, 2, tmp_path / "logs" / "panel.log") as (panel, port):
+            wait_http(port, "/metrics", 60, panel)
+            url = f"http://127.0.0.1:{port}/dashboard"
+            wait_for(lambda: _has_rows(url), 60, f"rows on the dashboard\n{stack.tail()}")
+            sessions = open_sessions(url, 2, "s")
+            for _ in range(3):
+                time.sleep(30 - 4)
+                stack.kill("scheduler")
+                stack.kill("worker")
+                crashed = time.time()
+                time.sleep(3)  # the outage; a supervisor brings both back
+                stack.start("scheduler")
+                stack.start("worker")
+                back = time.time()
+                wait_for(
+                    lambda b=back: all(any(t > b for t in batch_times(s)) for s in sessions),
+                    30,
+                    f"every viewer's rows after the restart\n{stack.tail()}",
+                )
+                first = max(min(t for t in batch_times(s) if t > back) for s in sessions)
+                resumed.append(round(first - back, 1))
+                outages.append((crashed, back))
+            writer.stop()
+    finally:
+        writer.stop()
+        for s in sessions:
+            s.stop()
+        stack.stop_all()
+    periods = periods_ms(writer.lines(path))
+    worst_gap = 0.0
+    for s in sessions:
+        rows = np.round(s.rows()).astype("int64")
+        for start, end in gaps_ms(rows, periods, f"session in pid {s.pid}"):
+            worst_gap = max(worst_gap, (end - start) / 1000)
+            # A gap may only cover an outage: frames held by a scheduler that died.
+            assert any(c - 2 <= end / 1000 and start / 1000 <= b + 2 for c, b in outages), (
+                start,
+                end,
+                outages,
+            )
+    record(
+        "the scheduler restarts",
+        "scheduler and worker killed every 30 s (3 times), back after 3 s",
+        viewers_resumed_after_s=resumed,
+        longest_gap_in_viewers_s=round(worst_gap, 1),
+        note="frames a dying scheduler held, not yet fetched, are skipped (kept in history)",
+    )
+    assert max(resumed) <= 10, resumed
+    assert worst_gap <= 3 + 2 * 2 + 1, worst_gap  # outage + reconnects, no more
+
+
+def _has_rows(url: str, stream: str = "s") -> bool:
+    s = RecordedSession(url, stream)
+    s.start()
+    ok = s.pulled.wait(30) and s.initial is not None and len(s.initial) > 0
+    s.stop()
+    return bool(ok)
+
+
+@pytest.mark.timeout(240)
+def test_a_panel_process_killed_others_never_notice(ftp_server, ftp_root, tmp_path):
+    path = ftp_root / "p.log"
+    path.touch()
+    stack = stack_for(tmp_path, config(tmp_path, {"p": ftp_server.url(path.name)}))
+    writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
+    sessions: list[RecordedSession] = []
+    try:
+        for name in ("scheduler", "worker", "etl"):
+            stack.start(name)
+        writer.start()
+        with headrace_serve(stack.address, 3, tmp_path / "logs" / "panel.log") as (panel, port):
+            wait_http(port, "/metrics", 60, panel)
+            url = f"http://127.0.0.1:{port}/dashboard"
+            wait_for(lambda: _has_rows(url, "p"), 60, f"rows\n{stack.tail()}")
+            sessions = open_sessions(url, 3, "p", spread_over=2)
+            victim = sessions[0].pid
+            others = [s for s in sessions if s.pid != victim]
+            time.sleep(3)
+            os.kill(victim, signal.SIGKILL)
+            killed = time.time()
+            time.sleep(10)
+            # The dead process's viewers reload: the server still answers, from the others
+            # (or the one Tornado forks in its place).
+            fresh = open_sessions(url, 1, "p")[0]
+            wait_for(lambda: len(fresh.batches) > 2, 30, "rows in a session opened after the kill")
+            children = psutil.Process(panel.pid).children()
+            writer.stop()
+            sessions.append(fresh)
+    finally:
+        writer.stop()
+        for s in sessions:
+            s.stop()
+        stack.stop_all()
+    periods = periods_ms(writer.lines(path))
+    longest = 0.0
+    for s in others:
+        gaps = gaps_ms(np.round(s.rows()).astype("int64"), periods, f"session in pid {s.pid}")
+        assert gaps == [], gaps  # nothing missing, nothing repeated
+        times = [t for t in batch_times(s) if t > killed - 2]
+        longest = max(longest, float(np.max(np.diff(times))))
+    record(
+        "a Panel process dies",
+        f"SIGKILL of one of 3 Panel processes with {len(sessions) - 1} sessions open",
+        sessions_on_other_processes=len(others),
+        their_longest_wait_for_rows_s=round(longest, 2),
+        processes_after=len(children),
+    )
+    assert longest < 1.5, longest
+    assert len(children) == 3  # Tornado forked a new one in its place
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``where`` (root only; else the test is skipped)."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.timeout(240)
+def test_state_disk_full_says_where_and_resumes(ftp_server, ftp_root, tmp_path):
+    path = ftp_root / "d.log"
+    path.touch()
+    with small_disk(tmp_path / "state", "64m") as state:
+        cfg = config(tmp_path, {"d": ftp_server.url(path.name)}, sink="none")
+        stack = stack_for(tmp_path, cfg)
+        writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
+        events = Events(stack.address, "d")
+        try:
+            for name in ("scheduler", "worker", "etl"):
+                stack.start(name)
+            events.start()
+            writer.start()
+            wait_for(lambda: len(events.seen) >= 10, 60, f"frames\n{stack.tail()}")
+            filler = state / "filler"
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True
+            )
+            full = time.time()
+            log = tmp_path / "logs" / "etl.log"
+            wait_for(
+                lambda: "disk is full" in log.read_text(errors="replace"),
+                30,
+                f"the loop to say the disk is full\n{stack.tail()}",
+            )
+            time.sleep(3)
+            filler.unlink()
+            wait_for(
+                lambda: any(p > time.time() - 1 for _, p, _ in events.seen),
+                30,
+                "publication after space came back",
+            )
+            back = time.time()
+            writer.stop()
+            drained(stack, tmp_path, "d", path)
+            text = log.read_text(errors="replace")
+            figures = outcome(stack, tmp_path, "d", writer, path)
+        finally:
+            writer.stop()
+            events.stop()
+            stack.stop_all()
+    record(
+        "the state directory's disk",
+        "filled (100 MB written to its 64 MB tmpfs) for 3 s, then space freed",
+        publication_back_after_space_s=round(back - full, 1),
+        **figures,
+    )
+    assert f"cannot save the stream's state in {state / 'state.sqlite'}" in text, text[-3000:]
+    assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
