@@ -39,9 +39,10 @@ def batch_times(session: RecordedSession) -> list[float]:
 
 
 @pytest.mark.xfail(
-    reason="known bug, open: after the second or third scheduler restart in a row, the "
-    "viewers of a Panel process sometimes get no more rows although the process "
-    "resubscribed and the loop publishes (one restart, as in test_e2e, always resumes)",
+    reason="open: after the 2nd or 3rd scheduler restart in a row the recorded Bokeh client "
+    "sessions see no more rows for the source they pulled, while their Panel process keeps "
+    "fetching frames and sending messages (its /metrics: frames +15, messages +30 in 3 s, "
+    "no session behind); one restart, as in test_e2e, always resumes",
     strict=False,
 )
 @pytest.mark.timeout(300)
