@@ -22,6 +22,13 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def scheduler_option(
+    help: str = "Dask scheduler. Default: DASK_SCHEDULER_ADDRESS, else tcp://127.0.0.1:8786.",
+) -> Any:
+    """``--scheduler ADDRESS``, as every command that talks to the cluster takes it."""
+    return click.option("--scheduler", default=None, metavar="ADDRESS", help=help)
+
+
 def tls_options(command: Any) -> Any:
     """``--tls-ca-file/--tls-cert/--tls-key``, as ``dask scheduler`` and ``dask worker`` have."""
     for name, what in reversed(
@@ -64,12 +71,9 @@ def main(log_level: str) -> None:
     type=click.Path(dir_okay=False),
     help="YAML file defining the streams.",
 )
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Dask scheduler, e.g. tcp://127.0.0.1:8786. Default: DASK_SCHEDULER_ADDRESS, "
-    "else an embedded LocalCluster on :8786 (dashboard :8787).",
+@scheduler_option(
+    "Dask scheduler, e.g. tcp://127.0.0.1:8786. Default: DASK_SCHEDULER_ADDRESS, "
+    "else an embedded LocalCluster on :8786 (dashboard :8787)."
 )
 @click.option("--state-dir", default=None, help="Overrides the config's state_dir.")
 @click.option(
@@ -149,12 +153,7 @@ def demo(**options: Any) -> None:
     type=click.IntRange(min=1),
     help="Panel processes (each fetches every frame once for all its sessions).",
 )
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Dask scheduler. Default: DASK_SCHEDULER_ADDRESS, else tcp://127.0.0.1:8786.",
-)
+@scheduler_option()
 @click.option("--port", default=5006, show_default=True, type=int)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
@@ -243,12 +242,7 @@ def serve(
 
 
 @main.command()
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Dask scheduler. Default: DASK_SCHEDULER_ADDRESS, else tcp://127.0.0.1:8786.",
-)
+@scheduler_option()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
 @click.option(
     "--stale-after",
