@@ -25,13 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STEP = pd.Timedelta(milliseconds=25)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05):
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str | Callable[[], str],
+    step: float = 0.05,
+):
+    """Wait until ``predicate()`` is true; ``what`` (or what it returns) names it on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
+            what = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(step)
 
@@ -227,6 +234,39 @@ def wait_http(port: int, path: str = "/dashboard", timeout: float = 60, proc=Non
     wait_for(up, timeout, f"panel serve on :{port}", step=0.25)
 
 
+def bokeh_client_without_recursion() -> None:
+    """Make ``bokeh.client`` handle each message in a loop instead of one call deeper.
+
+    Bokeh's client (3.9) handles a message and then awaits ``_next()`` from inside that
+    handler, so every message adds three frames to the coroutine chain. After ~330
+    messages (a minute of a live dashboard) a ``RecursionError`` ends its message loop:
+    the session stays connected and silently applies nothing more. Browsers are not
+    affected; this is only the Python client tests use as a viewer. Nested calls here
+    only ask the outermost one to go round again.
+    """
+    from bokeh.client.connection import ClientConnection
+
+    original = ClientConnection._next
+    if getattr(original, "trampolined", False):
+        return
+
+    async def _next(self) -> None:
+        if getattr(self, "_in_next", False):
+            self._next_again = True
+            return
+        self._in_next = True
+        try:
+            self._next_again = True
+            while self._next_again:
+                self._next_again = False
+                await original(self)
+        finally:
+            self._in_next = False
+
+    _next.trampolined = True
+    ClientConnection._next = _next
+
+
 class RecordedSession(threading.Thread):
     """A Bokeh client session of the dashboard in its own thread, recording the rows it gets.
 
@@ -254,6 +294,7 @@ class RecordedSession(threading.Thread):
         from bokeh.events import DocumentReady
         from tornado.ioloop import IOLoop
 
+        bokeh_client_without_recursion()
         try:
             self.loop = IOLoop()
             self.session = pull_session(url=self.url, io_loop=self.loop)
@@ -287,6 +328,15 @@ class RecordedSession(threading.Thread):
 
     def rows(self) -> np.ndarray:
         return np.concatenate([self.initial, *self.batches])
+
+
+def has_rows(url: str, stream: str) -> bool:
+    """Whether a new session of the dashboard at ``url`` opens with rows of ``stream``."""
+    session = RecordedSession(url, stream)
+    session.start()
+    ok = session.pulled.wait(30) and session.initial is not None and len(session.initial) > 0
+    session.stop()
+    return bool(ok)
 
 
 def stream_source(doc, stream: str):

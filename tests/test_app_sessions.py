@@ -16,6 +16,7 @@ from helpers import (
     check_rows,
     count_dataset_gets,
     free_port,
+    has_rows,
     headrace_serve,
     publishing,
     raw_session,
@@ -230,3 +231,30 @@ def test_two_serve_instances_on_one_scheduler_fetch_each_frame_once_each(tmp_pat
             check_rows(session.rows(), published, f"session in pid {session.pid}")
         counts = [gets[contract.dataset_name("pair", s)] for s in range(first_seq, last_seq)]
         assert counts == [2] * len(counts), counts
+
+
+@pytest.mark.timeout(150)
+def test_a_viewer_keeps_applying_rows_after_hundreds_of_messages(tmp_path, cluster_options):
+    # Bokeh's Python client used to die silently after ~330 messages (see helpers).
+    with LocalCluster(**cluster_options) as cluster:
+        publisher = Publisher("busy", interval=0.03)
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
+        ):
+            wait_http(port, "/metrics", 60, proc)
+            url = f"http://127.0.0.1:{port}/dashboard"
+            wait_for(lambda: has_rows(url, "busy"), 60, "rows on the dashboard")
+            session = RecordedSession(url, "busy")
+            session.start()
+            try:
+                assert session.pulled.wait(60) and session.error is None, session.error
+                wait_for(
+                    lambda: len(session.batches) >= 500,
+                    90,
+                    lambda: f"500 messages, not {len(session.batches)} (seq {publisher.seq})",
+                )
+            finally:
+                session.stop()
+            published = publisher.time_ms()
+    check_rows(session.rows(), published, "the busy session")
