@@ -40,7 +40,19 @@ BACKOFF_CAP = 15.0
 NB_HYPHEN = "\u2011"
 
 
-COUNTERS = ("ticks", "overruns", "lines", "rows", "malformed", "late", "transfers", "bytes")
+COUNTERS = (
+    "ticks",
+    "overruns",
+    "lines",
+    "blank",
+    "rows",
+    "malformed",
+    "late",
+    "transfers",
+    "bytes",
+)
+# What a tick read and made: a tick that fails after counting them is read again.
+CONTENT = ("lines", "blank", "rows", "malformed", "late", "bytes")
 RATE_SPAN = 60.0  # seconds over which health reports lines and rows per second
 
 
@@ -56,7 +68,8 @@ class Health:
     published: int = 0  # last published sequence number
     ticks: int = 0
     overruns: int = 0
-    lines: int = 0
+    lines: int = 0  # non-blank lines read
+    blank: int = 0  # whitespace-only lines read (and skipped)
     rows: int = 0
     malformed: int = 0
     late: int = 0
@@ -78,6 +91,11 @@ class Health:
 
     def totals(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in COUNTERS}
+
+    def rewind(self, totals: dict[str, int]) -> None:
+        """Take back what a failed tick counted: the stored ``totals`` are before it."""
+        for k in CONTENT:
+            setattr(self, k, int(totals.get(k, 0)))
 
     def since_start(self) -> dict[str, int]:
         return {k: getattr(self, k) - self.started.get(k, 0) for k in COUNTERS}
@@ -251,6 +269,7 @@ class StreamRunner:
     def _account(self, s: pipeline.Summary) -> None:
         h = self.health
         h.lines += s.lines
+        h.blank += s.blank
         h.bytes += s.nbytes
         h.rows += s.span.rows
         h.late += s.late
@@ -302,6 +321,8 @@ class StreamRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # The tick will read the same bytes again; the last commit has its totals.
+                h.rewind(self.state.totals)
                 h.failures += 1
                 if h.failures == 1:
                     h.error_since = time.time()

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 COUNTERS = {
     "ticks": ("headrace_ticks", "Ticks run, all time."),
     "overruns": ("headrace_tick_overruns", "Ticks that took longer than the stream's interval."),
-    "lines": ("headrace_lines", "Complete lines read from the source."),
+    "lines": ("headrace_lines", "Complete non-blank lines read from the source."),
+    "blank": ("headrace_blank_lines", "Whitespace-only lines read from the source and skipped."),
     "rows": ("headrace_rows", "Rows published."),
     "malformed": ("headrace_malformed_lines", "Lines that did not parse."),
     "late": ("headrace_late_rows", "Rows dropped because their period was already published."),

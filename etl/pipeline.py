@@ -39,7 +39,8 @@ class Summary:
     reset: str | None
     error: str | None = None  # the source could not be read
     span: Span = field(default_factory=lambda: Span(0, 0, 0))  # the frame's rows
-    lines: int = 0
+    lines: int = 0  # non-blank lines
+    blank: int = 0  # whitespace-only lines, skipped
     malformed: int = 0
     samples: list[Malformed] = field(default_factory=list)
     late: int = 0
@@ -67,7 +68,7 @@ def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) ->
     step = transform.step(parsed.frame, carry)
     frame = step.frame
     summary.span = Span.of(frame)
-    summary.lines, summary.malformed = parsed.lines, parsed.malformed
+    summary.lines, summary.blank, summary.malformed = parsed.lines, parsed.blank, parsed.malformed
     summary.samples = parsed.samples
     summary.late, summary.carried, summary.carry = step.late, step.carried, step.carry
     return Result(frame, summary)

@@ -387,7 +387,7 @@ def test_the_corpus_through_the_tick_loop(cluster, ftp_server, ftp_root, tmp_pat
     malformed = sum(isinstance(f, Bad) for f in fates)
     for name, runner in runners.items():
         h = runner.health
-        assert (h.lines, h.malformed) == (lines, malformed), name
+        assert (h.lines, h.blank, h.malformed) == (lines, fates.count(BLANK), malformed), name
         check_samples(letters[name], everything)  # every malformed line kept, with its reason
     raw = [row for _, frame in frames["corpus-raw"] for row in rows_of(frame)]
     assert sorted(raw, key=repr) == sorted(rows, key=repr)  # every good line published once
