@@ -95,6 +95,7 @@ def etl(
 ) -> None:
     """Run the tick loop: extract, transform and publish every stream every interval."""
     from etl.config import load
+    from etl.state import StateError
     from etl.streams import ConfigError
 
     from . import tls as dask_tls
@@ -105,17 +106,20 @@ def etl(
         config = load(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    asyncio.run(
-        serve(
-            config.streams,
-            scheduler=scheduler or config.scheduler,
-            state_dir=state_dir or config.state_dir,
-            ring=config.ring,
-            cluster=config.cluster,
-            sink=config.sink,
-            metrics=(metrics_address, metrics_port) if metrics_port else None,
+    try:
+        asyncio.run(
+            serve(
+                config.streams,
+                scheduler=scheduler or config.scheduler,
+                state_dir=state_dir or config.state_dir,
+                ring=config.ring,
+                cluster=config.cluster,
+                sink=config.sink,
+                metrics=(metrics_address, metrics_port) if metrics_port else None,
+            )
         )
-    )
+    except StateError as exc:  # cannot open the state: nothing ran, nothing to lose
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

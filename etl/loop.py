@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import sqlite3
 import time
 import uuid
 from collections import deque
@@ -124,10 +123,6 @@ class Health:
         """One line: all-time totals, and since this process started."""
         now = self.since_start()
         return ", ".join(f"{k} {getattr(self, k)} ({now[k]} since start)" for k in COUNTERS)
-
-
-class StateError(Exception):
-    """The state store could not be written; the message names its file."""
 
 
 def task_key(step: str, stream: str, seq: int, token: str) -> str:
@@ -294,12 +289,9 @@ class StreamRunner:
         self._commit(state, encode(frame) if frame is not None else None)
 
     def _commit(self, state: Checkpoint, queue: bytes | None = None) -> None:
-        try:
-            self.store.save(self.stream.name, state, time.time(), queue)
-        except sqlite3.Error as exc:
-            # Disk full, read-only: the transaction is rolled back and the stored state is
-            # the last good one; the tick is retried (and re-reads the same bytes).
-            raise StateError(f"cannot save the stream's state in {self.store.path}: {exc}") from exc
+        # Disk full, read-only: save raises StateError, the transaction is rolled back and
+        # the stored state is the last good one; the tick is retried (same bytes again).
+        self.store.save(self.stream.name, state, time.time(), queue)
         self.state = state
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -8,9 +8,12 @@ after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import sqlite3
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,23 +80,34 @@ class Checkpoint:
     totals: dict[str, int] = field(default_factory=dict)
 
 
+class StateError(Exception):
+    """The state store could not be opened or written; the message names its file and why."""
+
+
 class StateStore:
     """``state.sqlite`` in ``directory``; safe to share between the loop's threads."""
 
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / "state.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error("cannot open the loop's state in", exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         # WAL + NORMAL: a commit survives the process being killed, which is the failure
         # that matters here; only a power cut may lose the last ticks.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(streams)")}
         for column, kind in _ADDED.items():
             if column not in columns:  # a state directory from before it was kept
-                self._db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
+                db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
+        return db
 
     def load(self, name: str) -> Checkpoint:
         with self._lock:
@@ -135,8 +149,8 @@ class StateStore:
         totals = json.dumps(state.totals)
         row = (name, c.offset, c.line, c.tail, c.fingerprint, c.head, c.phase, c.mtime, c.inode)
         with self._lock:
-            self._db.execute("BEGIN")
             try:
+                self._db.execute("BEGIN")
                 self._db.execute(
                     f"INSERT OR REPLACE INTO streams (name, {', '.join(_CURSOR)},"
                     " next_seq, carry, pending_until, updated, totals)"
@@ -148,10 +162,14 @@ class StateStore:
                         "INSERT INTO backlog (stream, seq, frame, added) VALUES (?, ?, ?, ?)",
                         (name, state.next_seq - 1, queue, updated),
                     )
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error("cannot save the stream's state in", exc) from exc
                 raise
-            self._db.execute("COMMIT")
 
     def queued(self, limit: int) -> list[Queued]:
         """The oldest ``limit`` frames of the backlog, in the order they were queued."""
@@ -187,6 +205,26 @@ class StateStore:
                     "DELETE FROM backlog WHERE id IN (SELECT id FROM backlog ORDER BY id LIMIT 100)"
                 ).rowcount
         return dropped
+
+    def _error(self, what: str, exc: Exception) -> StateError:
+        why = self.unwritable()
+        reason = f"{exc} ({why})" if why and why.lower() not in str(exc).lower() else exc
+        return StateError(f"{what} {self.path}: {reason}")
+
+    def unwritable(self) -> str | None:
+        """Why the state's directory cannot take a write now, in the system's words, or None.
+
+        SQLite reports a file system gone read-only as "disk I/O error" or "unable to open
+        database file"; a small write beside the file says which it is.
+        """
+        try:
+            with tempfile.TemporaryFile(dir=self.path.parent) as probe:
+                probe.write(b"\0" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
 
     def close(self) -> None:
         with self._lock:

@@ -47,6 +47,10 @@ class Stack:
     def kill(self, name: str) -> None:
         processes.stop(self.procs.pop(name), grace=0)
 
+    def stop(self, name: str) -> None:
+        """SIGTERM, as a supervisor stops it (SIGKILL after the grace period)."""
+        processes.stop(self.procs.pop(name))
+
     def stop_all(self) -> None:
         for name in list(self.procs):
             processes.stop(self.procs.pop(name))

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -253,3 +256,153 @@ def test_state_disk_full_says_where_and_resumes(ftp_server, ftp_root, tmp_path):
     )
     assert f"cannot save the stream's state in {state / 'state.sqlite'}" in text, text[-3000:]
     assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
+
+
+@contextlib.contextmanager
+def ext4_disk(where: Path, size_mb: int = 32):
+    """An ext4 image mounted at ``where`` that turns read-only on its first error, as a
+    disk does when it fails (root and loop devices only; else the test is skipped).
+
+    Yields a function that makes it fail now, and one that repairs it as an operator
+    would: unmount, ``e2fsck``, mount again.
+    """
+    if not shutil.which("mkfs.ext4") or not shutil.which("e2fsck"):
+        pytest.skip("mkfs.ext4 and e2fsck are needed (Debian's e2fsprogs)")
+    image = where.with_name(where.name + ".img")
+    where.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size_mb * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+
+    def mount() -> str:
+        done = subprocess.run(
+            ["mount", "-o", "loop,errors=remount-ro", str(image), str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount an ext4 image here: {done.stderr.strip()}")
+        return Path(mount_entry(where)[0]).name
+
+    device = mount()
+
+    def fail() -> None:
+        # ext4's own error path: with errors=remount-ro the kernel makes the mounted file
+        # system read-only at once, files open for writing included.
+        Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("headrace fault test\n")
+
+    def repair() -> None:
+        nonlocal device
+        subprocess.run(["umount", str(where)], check=True, capture_output=True)
+        subprocess.run(["e2fsck", "-f", "-y", str(image)], capture_output=True)
+        device = mount()
+
+    try:
+        yield fail, repair
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+        image.unlink(missing_ok=True)
+
+
+def mount_entry(where: Path) -> list[str]:
+    """``where``'s line of /proc/mounts, split: device, mount point, type, options..."""
+    lines = Path("/proc/mounts").read_text().splitlines()
+    return next(line.split() for line in lines if line.split()[1] == str(where))
+
+
+def read_only(where: Path) -> bool:
+    # Linux 6.x marks an ext4 made read-only by an error "emergency_ro", keeping "rw".
+    return bool({"ro", "emergency_ro"} & set(mount_entry(where)[3].split(",")))
+
+
+@pytest.mark.timeout(240)
+def test_state_disk_turned_read_only_says_where_keeps_state_and_resumes(
+    ftp_server, ftp_root, tmp_path
+):
+    path = ftp_root / "r.log"
+    path.touch()
+    state = tmp_path / "state"
+    with ext4_disk(state) as (fail, repair):
+        cfg = config(tmp_path, {"r": ftp_server.url(path.name)}, sink="none")
+        stack = stack_for(tmp_path, cfg)
+        writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
+        events = Events(stack.address, "r")
+        log = tmp_path / "logs" / "etl.log"
+        try:
+            for name in ("scheduler", "worker", "etl"):
+                stack.start(name)
+            events.start()
+            writer.start()
+            wait_for(lambda: len(events.seen) >= 10, 60, f"frames\n{stack.tail()}")
+            fail()
+            failed = time.time()
+            assert read_only(state), mount_entry(state)
+            wait_for(
+                lambda: (
+                    f"cannot save the stream's state in {state / 'state.sqlite'}"
+                    in log.read_text(errors="replace")
+                ),
+                30,
+                f"the loop to name the state file it cannot write\n{stack.tail()}",
+            )
+            said = time.time()
+            time.sleep(3)
+            # The operator's repair: stop the loop, check the file system, start it again.
+            stack.stop("etl")
+            repair()
+            integrity = (
+                sqlite3.connect(state / "state.sqlite")
+                .execute("PRAGMA integrity_check")
+                .fetchone()[0]
+            )
+            stack.start("etl")
+            wait_for(
+                lambda: any(p > time.time() - 1 for _, p, _ in events.seen),
+                60,
+                f"publication after the repair\n{stack.tail()}",
+            )
+            back = time.time()
+            writer.stop()
+            drained(stack, tmp_path, "r", path)
+            figures = outcome(stack, tmp_path, "r", writer, path)
+        finally:
+            writer.stop()
+            events.stop()
+            stack.stop_all()
+    record(
+        "the state directory turns read-only",
+        "ext4 with errors=remount-ro made to fail under the running loop; the loop stopped, "
+        "e2fsck, mounted again, the loop started",
+        error_named_the_file_after_s=round(said - failed, 1),
+        integrity_after_repair=integrity,
+        publication_back_after_restart_s=round(back - failed, 1),
+        **figures,
+    )
+    assert integrity == "ok"
+    assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
+
+
+@pytest.mark.timeout(60)
+def test_a_read_only_state_directory_stops_the_loop_at_start_naming_it(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    bind = ["mount", "--bind", str(state), str(state)]
+    if subprocess.run(bind, capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (root only)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(state)], check=True)
+        cfg = config(tmp_path, {"x": f"file://{tmp_path / 'x.log'}"})
+        done = subprocess.run(
+            [sys.executable, "-m", "cluster.cli", "etl", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=45,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"cannot open the loop's state in {state / 'state.sqlite'}: unable to open database "
+        "file (Read-only file system)" in done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr
