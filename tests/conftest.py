@@ -90,6 +90,15 @@ def ftp_server(ftp_root: Path) -> Iterator[FTPServer]:
         yield server
 
 
+@pytest.fixture
+def vsftpd_server(ftp_root: Path, tmp_path: Path) -> Iterator[Any]:
+    """Debian's vsftpd serving ``ftp_root`` over plain FTP, anonymous and read-only."""
+    from vsftpd import vsftpd  # imports distributed (see above)
+
+    with vsftpd(ftp_root, tmp_path) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (skipped if not installed), see tests/postgres.py.

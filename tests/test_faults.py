@@ -180,9 +180,13 @@ class Blackhole:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("implementation", ["pyftpdlib", "vsftpd"])
 def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
-    ftp_server, ftp_root, tmp_path
+    implementation, request, ftp_root, tmp_path
 ):
+    ftp_server = request.getfixturevalue(
+        "ftp_server" if implementation == "pyftpdlib" else "vsftpd_server"
+    )
     path = ftp_root / "down.log"
     path.touch()
     stack = stack_for(tmp_path, config(tmp_path, {"down": ftp_server.url(path.name)}))
@@ -226,7 +230,7 @@ def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
     recovered = live_again[0] - up if live_again else float("inf")
     record(
         "the FTP server goes away",
-        "FTP server stopped for 30 s, then started on its port",
+        f"FTP server ({implementation}) stopped for 30 s, then started on its port",
         stale_shown_after_s=round(stale_after, 1),
         live_again_after_s=round(recovered, 1),
         **figures,

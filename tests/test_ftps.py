@@ -5,24 +5,19 @@ from __future__ import annotations
 import ftplib
 import logging
 import multiprocessing
-import os
 import pickle
 import re
 import shutil
-import socket
 import ssl
-import subprocess
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
-from ports import free_port
+from vsftpd import Vsftpd
+from vsftpd import vsftpd as run_vsftpd
 
-from cluster import processes
 from cluster.certs import Certs, make_certs
 from cluster.ftpserver import FTPServer
 from etl import config
@@ -291,93 +286,13 @@ def test_config_tls_setting_on_a_plain_ftp_source(tmp_path):
 
 # --- vsftpd: requires TLS session reuse on data connections -----------------------------
 
-VSFTPD = Path("/usr/sbin/vsftpd")
-
-
-@dataclass
-class Vsftpd:
-    port: int
-    root: Path
-    certs: Certs
-    proc: subprocess.Popen
-
-    def url(self, name: str) -> str:
-        return f"ftps://127.0.0.1:{self.port}/{name}"  # anonymous
-
-    def append(self, name: str, data: bytes) -> None:
-        with open(self.root / name, "ab") as f:
-            f.write(data)
-
 
 @pytest.fixture
 def vsftpd(tmp_path: Path, certs: Certs) -> Iterator[Vsftpd]:
-    if not VSFTPD.exists():
-        pytest.skip(f"{VSFTPD} is absent (./run test installs it as root)")
-    if os.geteuid() != 0:
-        pytest.skip("vsftpd needs root (it chroots)")
-    # vsftpd refuses an anonymous root the ftp user could write to: root's, 0755.
     root = tmp_path / "anon"
-    root.mkdir(mode=0o755)
-    root.chmod(0o755)
-    empty = tmp_path / "empty"
-    empty.mkdir(mode=0o755)
-    port, data_port = free_port(), free_port()
-    conf = tmp_path / "vsftpd.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                "listen=YES",
-                "listen_ipv6=NO",
-                "background=NO",
-                "listen_address=127.0.0.1",
-                f"listen_port={port}",
-                "anonymous_enable=YES",
-                "no_anon_password=YES",
-                "local_enable=NO",
-                "write_enable=NO",
-                f"anon_root={root}",
-                "ssl_enable=YES",
-                "allow_anon_ssl=YES",
-                "require_ssl_reuse=YES",
-                "force_anon_logins_ssl=YES",
-                "force_anon_data_ssl=YES",
-                "force_local_logins_ssl=YES",
-                "force_local_data_ssl=YES",
-                f"rsa_cert_file={certs.cert}",
-                f"rsa_private_key_file={certs.key}",
-                "pasv_enable=YES",
-                f"pasv_min_port={data_port}",
-                f"pasv_max_port={data_port}",
-                f"secure_chroot_dir={empty}",
-                # Its default, DES-CBC3-SHA, leaves TLS 1.2 no cipher in common with
-                # Python's defaults (TLS 1.3's suites are configured apart).
-                "ssl_ciphers=HIGH",
-                "seccomp_sandbox=NO",  # its seccomp filter fails in some containers
-                "xferlog_enable=NO",
-                "",
-            ]
-        )
-    )
-    log_path = tmp_path / "vsftpd.out"
-    with open(log_path, "wb") as log:
-        proc = processes.start([str(VSFTPD), str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"vsftpd exited with {proc.returncode}: {log_path.read_text()}"
-                )
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for(listening, 20, f"vsftpd on :{port}")
-        yield Vsftpd(port, root, certs, proc)
-    finally:
-        processes.stop(proc)
+    root.mkdir()
+    with run_vsftpd(root, tmp_path, certs) as server:
+        yield server
 
 
 def tls_client(server: Vsftpd, cls: type[ftplib.FTP_TLS] = ftplib.FTP_TLS, context=None):

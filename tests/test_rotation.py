@@ -27,7 +27,7 @@ def numbered(start: int, stop: int, tag: bytes = b"line") -> bytes:
     return b"".join(b"%s %05d some payload\n" % (tag, i) for i in range(start, stop))
 
 
-@pytest.fixture(params=["ftp", "file"])
+@pytest.fixture(params=["ftp", "vsftpd", "file"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -38,8 +38,8 @@ def open_source(kind: str, request: pytest.FixtureRequest, ftp_root: Path) -> It
     opened: list[Source] = []
 
     def open_(name: str, **options) -> Source:
-        if kind == "ftp":
-            server = request.getfixturevalue("ftp_server")
+        if kind in ("ftp", "vsftpd"):
+            server = request.getfixturevalue("ftp_server" if kind == "ftp" else "vsftpd_server")
             source: Source = FTPSource(server.url(name), **options)
         else:
             source = FileSource(ftp_root / name, **options)
@@ -186,7 +186,7 @@ def test_same_size_replacement_is_seen_without_growth(open_source, ftp_files, ki
     assert source.read(cursor).transfers == 0  # idle: stat (and MDTM) only
     # MDTM counts whole seconds: the change must fall in another one. Local mtimes move
     # with the kernel's clock tick (a few ms).
-    time.sleep(1.05 - time.time() % 1 if kind == "ftp" else 0.05)
+    time.sleep(1.05 - time.time() % 1 if kind != "file" else 0.05)
     same_size = numbered(0, 20, b"LINE")
     if how == "replaced":
         ftp_files.replace("a.log", same_size)
@@ -436,7 +436,7 @@ class RotatingWriter(threading.Thread):
 
 
 @pytest.mark.timeout(60)
-def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files, caplog):
+def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files, caplog, kind):
     path = ftp_files.write("live.log", b"")
     source = open_source("live.log")
     writer = RotatingWriter(path, 1000, 3.0, [(0.8, "rename"), (1.9, "copytruncate")])
@@ -469,10 +469,10 @@ def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files,
     assert resets == ["rotated", "rotated"] and errors <= 2
     # Both times the old file's rest came from its rotated copy.
     assert caplog.text.count("reading the rest of the old file from") == 2
-    kind = "an FTP server" if source.display.startswith("ftp") else "a local file"
+    where = {"ftp": "pyftpdlib", "vsftpd": "vsftpd", "file": "a local file"}[kind]
     record(
         "log rotation",
-        f"rename-and-create, then copytruncate, of {kind} while 1,000 lines/s are written",
+        f"rename-and-create, then copytruncate, of {where} while 1,000 lines/s are written",
         written=len(writer.written),
         published=read.count(b"\n"),
         open=0,
