@@ -13,6 +13,7 @@ import html
 from collections.abc import Sequence
 
 import panel as pn
+from bokeh.models import CustomJS
 
 ACCENT = "#1565c0"
 # Colours that read on the blue header and on light and dark backgrounds alike.
@@ -59,6 +60,31 @@ def serve(template: pn.template.BaseTemplate, title: str) -> None:
     doc.template_variables.setdefault("dist_url", local_dist())
     with doc.models.freeze():
         template.servable(title=title)
+    doc.js_on_event("connection_lost", CustomJS(code=RELOAD_WHEN_BACK))
+
+
+# The page's websocket is gone (its Panel process died, the server restarted, a network
+# cut): say so, wait until the server answers, and load the page again, which opens a new
+# session on whichever process takes it. Not Bokeh's own reconnection (Panel's
+# ``config.reconnect``): in Bokeh 3.9 it pulls the document again without its binary
+# buffers and fails on every plot (bokeh/bokeh#15347). The server is asked for a static
+# file, which costs no session; the jitter spreads a crowd of pages reloading at once.
+RELOAD_WHEN_BACK = """
+if (window.headraceReloading) { return }
+window.headraceReloading = true
+const note = document.createElement("div")
+note.textContent = "DISCONNECTED: the connection to the server was lost; reconnecting…"
+note.setAttribute("role", "status")
+note.style.cssText = "position:fixed;top:0;left:0;right:0;z-index:10000;padding:8px 16px;" +
+  "background:FAILING;color:#fff;font:600 14px sans-serif;text-align:center"
+document.body.appendChild(note)
+const script = document.querySelector("script[src*='static/js/bokeh']")
+const probe = script ? script.src : window.location.href
+const retry = () => fetch(probe, {method: "HEAD", cache: "no-store"})
+  .then((r) => r.ok ? window.location.reload() : setTimeout(retry, 1000))
+  .catch(() => setTimeout(retry, 1000))
+setTimeout(retry, 300 + Math.random() * 700)
+""".replace("FAILING", COLOURS["failing"])
 
 
 def local_dist() -> str:

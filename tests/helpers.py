@@ -158,8 +158,10 @@ def headrace_serve(
     window: float | None = None,
     history: str | None = None,
     access=None,
+    port: int | None = None,
 ) -> Iterator[tuple[subprocess.Popen, int]]:
-    """``headrace serve`` as a subprocess on a free port; kills its process group after.
+    """``headrace serve`` as a subprocess on ``port`` (default: a free one); kills its
+    process group after.
 
     ``access``: a :class:`cluster.access.Access` (logins, origins; its port is this one).
     """
@@ -168,10 +170,10 @@ def headrace_serve(
     from cluster import processes
     from cluster.panel import serve_command
 
-    port = free_port()
+    port = port or free_port()
     if access is not None:
         access = dataclasses.replace(access, port=port)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = serve_command(
             num_procs,
             address,
@@ -400,6 +402,19 @@ def chromium(playwright):
 
 
 # The stream's source in BokehJS: its row count, and the x-range it is shown in.
+# The pid of the Panel process behind the page (the dashboard tags its main column).
+PAGE_PID = """
+() => {
+  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
+  if (!doc) return null;
+  for (const m of doc.all_models) {
+    for (const t of (m.tags || [])) {
+      if (typeof t === "string" && t.startsWith("pid:")) return Number(t.slice(4));
+    }
+  }
+  return null;
+}
+"""
 PLOT_STATE = """
 (stream) => {
   const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];

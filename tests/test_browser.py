@@ -170,3 +170,50 @@ def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_opt
     assert zoomed["first"] >= zoomed["start"] - 60e3, zoomed  # the rows of the zoomed range
     log = (tmp_path / "panel.log").read_text()
     assert "history: stream browser" in log, log
+
+
+DISCONNECTED = "() => document.querySelector('[role=status]')?.textContent ?? ''"
+
+
+@pytest.mark.timeout(120)
+def test_a_page_says_it_lost_the_server_and_comes_back_with_it(tmp_path, cluster_options):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    log = tmp_path / "panel.log"
+    with LocalCluster(**cluster_options) as cluster:
+        publisher = Publisher("browser", interval=0.2)
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            sync_playwright() as playwright,
+        ):
+            browser = chromium(playwright)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 500})
+                with headrace_serve(cluster.scheduler_address, 1, log) as (proc, port):
+                    wait_http(port, proc=proc)
+                    page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+                    wait_for(
+                        lambda: (s := page.evaluate(PLOT_STATE, "browser")) and s["rows"],
+                        60,
+                        "the plot's rows",
+                    )
+                # The server is gone: the page says so, in colour and words.
+                said = wait_for(lambda: page.evaluate(DISCONNECTED), 10, "the notice")
+                page.screenshot(path=str(tmp_path / "disconnected.png"))
+                time.sleep(3)  # the page keeps asking; nothing answers
+                with headrace_serve(cluster.scheduler_address, 1, log, port=port) as (proc, _):
+
+                    def live_again():
+                        try:
+                            state = page.evaluate(PLOT_STATE, "browser")
+                            notice = page.evaluate(DISCONNECTED)
+                        except PlaywrightError:  # loading again
+                            return None
+                        return state and state["rows"] and not notice and state
+
+                    back = wait_for(live_again, 60, "the page to load again with rows")
+            finally:
+                browser.close()
+    assert said.startswith("DISCONNECTED"), said
+    assert back["last"] > 0

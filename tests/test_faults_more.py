@@ -19,6 +19,7 @@ import pytest
 from faultreport import record
 from faultstack import Events, gaps_ms, periods_ms
 from helpers import (
+    PAGE_PID,
     PLOT_STATE,
     RecordedSession,
     chromium,
@@ -137,8 +138,14 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
     assert worst_gap <= 3 + 2 * 2 + 1, worst_gap  # outage + reconnects, no more
 
 
+@needs_chromium
 @pytest.mark.timeout(240)
-def test_a_panel_process_killed_others_never_notice(ftp_server, ftp_root, tmp_path):
+def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
+    ftp_server, ftp_root, tmp_path
+):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
     path = ftp_root / "p.log"
     path.touch()
     stack = stack_for(tmp_path, config(tmp_path, {"p": ftp_server.url(path.name)}))
@@ -148,24 +155,51 @@ def test_a_panel_process_killed_others_never_notice(ftp_server, ftp_root, tmp_pa
         for name in ("scheduler", "worker", "etl"):
             stack.start(name)
         writer.start()
-        with headrace_serve(stack.address, 3, tmp_path / "logs" / "panel.log") as (panel, port):
+        with (
+            headrace_serve(stack.address, 3, tmp_path / "logs" / "panel.log") as (panel, port),
+            sync_playwright() as playwright,
+        ):
             wait_http(port, "/metrics", 60, panel)
             url = f"http://127.0.0.1:{port}/dashboard"
             wait_for(lambda: has_rows(url, "p"), 60, f"rows\n{stack.tail()}")
-            sessions = open_sessions(url, 3, "p", spread_over=2)
-            victim = sessions[0].pid
+            browser = chromium(playwright)
+            page = browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(msg.text))
+            page.goto(url, wait_until="load")
+
+            def shown() -> tuple[int | None, float]:
+                """The page's Panel process and its plot's newest row (none while it loads)."""
+                try:
+                    state = page.evaluate(PLOT_STATE, "p")
+                    pid = page.evaluate(PAGE_PID)
+                except PlaywrightError:  # the page is loading again
+                    return None, 0.0
+                return pid, (state["last"] if state and state["rows"] else 0.0)
+
+            victim = wait_for(lambda: shown()[1] and shown()[0], 60, "the plot in Chromium")
+            # Viewers on the other processes, which must not notice.
+            while len({s.pid for s in sessions} - {victim}) < 1 or len(sessions) < 3:
+                sessions += open_sessions(url, 1, "p")
+                assert len(sessions) < 30, [s.pid for s in sessions]
             others = [s for s in sessions if s.pid != victim]
             time.sleep(3)
+            before = shown()[1]
             os.kill(victim, signal.SIGKILL)
             killed = time.time()
-            time.sleep(10)
-            # The dead process's viewers reload: the server still answers, from the others
-            # (or the one Tornado forks in its place).
-            fresh = open_sessions(url, 1, "p")[0]
-            wait_for(lambda: len(fresh.batches) > 2, 30, "rows in a session opened after the kill")
+            # The page reconnects by itself (Panel's reconnect): to another process, or to
+            # the one Tornado forks in the dead one's place; it pulls the document again.
+            wait_for(
+                lambda: (now := shown())[0] not in (None, victim) and now[1] > before and now,
+                30,
+                lambda: f"the page to reconnect and show new rows: {shown()}; {console[-8:]}",
+            )
+            reconnected = time.time() - killed
+            page.screenshot(path=str(tmp_path / "reconnected.png"))
+            time.sleep(3)
             children = psutil.Process(panel.pid).children()
             writer.stop()
-            sessions.append(fresh)
+            browser.close()
     finally:
         writer.stop()
         for s in sessions:
@@ -180,7 +214,9 @@ def test_a_panel_process_killed_others_never_notice(ftp_server, ftp_root, tmp_pa
         longest = max(longest, float(np.max(np.diff(times))))
     record(
         "a Panel process dies",
-        f"SIGKILL of one of 3 Panel processes with {len(sessions) - 1} sessions open",
+        f"SIGKILL of one of 3 Panel processes, a Chromium page on it, {len(others)} Bokeh "
+        "sessions on the others",
+        chromium_reconnected_with_new_rows_after_s=round(reconnected, 1),
         sessions_on_other_processes=len(others),
         their_longest_wait_for_rows_s=round(longest, 2),
         processes_after=len(children),
