@@ -44,6 +44,11 @@ class Stack:
         }[name]
         self.procs[name] = start(self._log(name))
 
+    def start_all(self) -> None:
+        """The scheduler, its worker and the loop, in that order."""
+        for name in ("scheduler", "worker", "etl"):
+            self.start(name)
+
     def kill(self, name: str) -> None:
         processes.stop(self.procs.pop(name), grace=0)
 

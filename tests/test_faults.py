@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 import yaml
@@ -56,9 +57,21 @@ def drained(stack: Stack, tmp_path: Path, stream: str, path: Path, timeout: floa
         store.close()
 
 
-def outcome(stack: Stack, tmp_path: Path, stream: str, writer: LogWriter, path: Path) -> dict:
-    with Client(stack.address, timeout=10) as client:
-        frames = contract.FrameStream(stream, client).read(after=0)
+def outcome(
+    stack: Stack,
+    tmp_path: Path,
+    stream: str,
+    writer: LogWriter,
+    path: Path,
+    history: bool = False,
+) -> dict:
+    """The table's figures for what was published: on the cluster, or in the history
+    database (``history``: what the loop wrote there, once its backlog is empty)."""
+    if history:
+        frames = history_frames(stack, tmp_path, stream)
+    else:
+        with Client(stack.address, timeout=10) as client:
+            frames = contract.FrameStream(stream, client).read(after=0)
     store = StateStore(tmp_path / "state")
     state = store.load(stream)
     store.close()
@@ -68,6 +81,29 @@ def outcome(stack: Stack, tmp_path: Path, stream: str, writer: LogWriter, path: 
     counted = state.totals.get("lines", 0) + state.totals.get("blank", 0)
     assert counted == len(written), f"the loop counted {counted} lines of {len(written)}"
     return exactly_once(written, frames, state.carry)
+
+
+def history_frames(stack: Stack, tmp_path: Path, stream: str) -> list[tuple[int, pd.DataFrame]]:
+    """``stream``'s frames as the history database (the default SQLite one) holds them."""
+    import sqlalchemy as sa
+
+    from etl.contract import history
+
+    store = StateStore(tmp_path / "state")
+    try:
+        wait_for(lambda: store.backlog()[0] == 0, 60, f"the history backlog\n{stack.tail()}")
+    finally:
+        store.close()
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state' / 'history.sqlite'}")
+    try:
+        table = history.rows
+        query = sa.select(table.c.seq, table.c.time, table.c.count).where(table.c.stream == stream)
+        with engine.connect() as conn:
+            rows = pd.read_sql(query.order_by(table.c.seq, table.c.time), conn)
+    finally:
+        engine.dispose()
+    rows["time"] = pd.to_datetime(rows["time"], utc=True).astype("datetime64[ns, UTC]")
+    return [(int(seq), frame.drop(columns="seq")) for seq, frame in rows.groupby("seq")]
 
 
 def worker_processes(nanny: psutil.Process) -> list[psutil.Process]:
@@ -92,9 +128,7 @@ def test_a_worker_killed_every_10_s_for_2_minutes_loses_nothing(ftp_server, ftp_
     events = Events(stack.address, "w")
     kills = 0
     try:
-        stack.start("scheduler")
-        stack.start("worker")  # two threads in one process, under its nanny
-        stack.start("etl")
+        stack.start_all()  # the worker: two threads in one process, under its nanny
         events.start()
         writer.start()
         wait_for(lambda: len(events.seen) >= 10, 60, f"the first frames\n{stack.tail()}")
@@ -194,8 +228,7 @@ def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
     events = Events(stack.address, "down")
     session = None
     try:
-        for name in ("scheduler", "worker", "etl"):
-            stack.start(name)
+        stack.start_all()
         events.start()
         writer.start()
         with headrace_serve(stack.address, 1, tmp_path / "logs" / "panel.log") as (panel, port):
@@ -253,8 +286,7 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
     writer = LogWriter([hung, other], rate=RATE, keep=True, flush_each_line=False)
     events = {name: Events(stack.address, name) for name in streams}
     try:
-        for name in ("scheduler", "worker", "etl"):
-            stack.start(name)
+        stack.start_all()
         for e in events.values():
             e.start()
         writer.start()

@@ -64,8 +64,7 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
     sessions: list[RecordedSession] = []
     resumed, browser_resumed, outages = [], [], []
     try:
-        for name in ("scheduler", "worker", "etl"):
-            stack.start(name)
+        stack.start_all()
         writer.start()
         with (
             headrace_serve(stack.address, 2, tmp_path / "logs" / "panel.log") as (panel, port),
@@ -109,6 +108,9 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
                 outages.append((crashed, back))
             writer.stop()
             browser.close()
+            drained(stack, tmp_path, "s", path)
+            # What viewers could not get (frames a dying scheduler held) is in history.
+            figures = outcome(stack, tmp_path, "s", writer, path, history=True)
     finally:
         writer.stop()
         for s in sessions:
@@ -131,10 +133,13 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
         "scheduler and worker killed every 30 s (3 times), back after 3 s",
         viewers_resumed_after_s=resumed,
         chromium_resumed_after_s=browser_resumed,
+        **figures,
         longest_gap_in_viewers_s=round(worst_gap, 1),
-        note="frames a dying scheduler held, not yet fetched, are skipped (kept in history)",
+        note="lines counted in the history database: frames a dying scheduler held "
+        "before a viewer fetched them reach viewers no more, but history has them",
     )
     assert max(resumed + browser_resumed) <= 10, (resumed, browser_resumed)
+    assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
     assert worst_gap <= 3 + 2 * 2 + 1, worst_gap  # outage + reconnects, no more
 
 
@@ -152,8 +157,7 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
     writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
     sessions: list[RecordedSession] = []
     try:
-        for name in ("scheduler", "worker", "etl"):
-            stack.start(name)
+        stack.start_all()
         writer.start()
         with (
             headrace_serve(stack.address, 3, tmp_path / "logs" / "panel.log") as (panel, port),
@@ -252,8 +256,7 @@ def test_state_disk_full_says_where_and_resumes(ftp_server, ftp_root, tmp_path):
         writer = LogWriter([path], rate=RATE, keep=True, flush_each_line=False)
         events = Events(stack.address, "d")
         try:
-            for name in ("scheduler", "worker", "etl"):
-                stack.start(name)
+            stack.start_all()
             events.start()
             writer.start()
             wait_for(lambda: len(events.seen) >= 10, 60, f"frames\n{stack.tail()}")
@@ -365,8 +368,7 @@ def test_state_disk_turned_read_only_says_where_keeps_state_and_resumes(
         events = Events(stack.address, "r")
         log = tmp_path / "logs" / "etl.log"
         try:
-            for name in ("scheduler", "worker", "etl"):
-                stack.start(name)
+            stack.start_all()
             events.start()
             writer.start()
             wait_for(lambda: len(events.seen) >= 10, 60, f"frames\n{stack.tail()}")
