@@ -14,7 +14,7 @@ streams:
     source: ftp://reader@127.0.0.1:2121/cpu.log
     password_env: CPU_FTP_PASSWORD # or put it in ~/.netrc; never in this file if you can help it
     interval: 0.2
-    parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601}
+    parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601, max_future: 1h}
     transform: {resample: 25ms, agg: max}    # or none, or "package.module:function"
     sink: {retention: 7d}                    # overrides the defaults below; none: no history
   secure:

@@ -10,6 +10,7 @@ parser's two paths (CSV and general) share one definition of a valid time/value.
 from __future__ import annotations
 
 import math
+import time
 from datetime import datetime
 
 import numpy as np
@@ -143,3 +144,31 @@ def time_problem(text: str, fmt: str) -> str:
         return "" if inside else f"outside {TIME_RANGE}"
     except Exception:  # not a time at all: "bad time" says it
         return ""
+
+
+def future_bound(max_future: str | pd.Timedelta | None) -> int | None:
+    """``max_future`` (``"1h"``, a Timedelta, or None for no bound) in ns."""
+    if max_future is None:
+        return None
+    try:
+        ns = pd.Timedelta(max_future).value
+    except (TypeError, ValueError):
+        raise ValueError(f"max_future must be a duration like '1h', got {max_future!r}") from None
+    if ns < 0:
+        raise ValueError(f"max_future must not be negative, got {max_future!r}")
+    return ns
+
+
+def latest_ns(bound: int | None) -> int:
+    """The newest time a line may have now: the clock plus ``bound`` ns (None: any)."""
+    return np.iinfo(np.int64).max if bound is None else time.time_ns() + bound
+
+
+def span(ns: int | None) -> str:
+    """A duration for people, as one would write it in the config: ``1h``, ``90s``."""
+    if ns is None:
+        return "any time"
+    for unit, size in (("d", 86_400 * 10**9), ("h", 3_600 * 10**9), ("min", 60 * 10**9)):
+        if ns and ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns / 1e9:g}s"

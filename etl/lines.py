@@ -8,6 +8,8 @@ pure buffer arithmetic (the string-view layout) and knows nothing of patterns.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -158,3 +160,15 @@ def _inline_masks() -> np.ndarray:
 
 
 _INLINE_MASK = _inline_masks()
+
+
+def pieces(
+    data: bytes, size: int, pos: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """Consecutive (start, end) of ``data[pos:end]``, about ``size`` bytes, cut after "\\n"."""
+    end = len(data) if end is None else end
+    while pos < end:
+        cut = data.find(b"\n", pos + size - 1, end)
+        stop = end if cut < 0 else cut + 1
+        yield pos, stop
+        pos = stop

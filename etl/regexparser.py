@@ -33,14 +33,16 @@ What counts as a line (``tests/test_corpus.py`` holds the cases):
   mark at the start of the file is dropped too.
 * Values must be finite: "nan", "inf" and numbers beyond float64 are malformed, as
   one would turn a period's mean or sum (and every rollup over it) into NaN or inf.
-* Times outside what datetime64[ns] holds (1677-09-21..2262-04-11) are malformed.
+* Times outside what datetime64[ns] holds (1677-09-21..2262-04-11) are malformed, and
+  so are times more than ``max_future`` (default 1 h) ahead of the worker's clock: one
+  line stamped 2099 would otherwise close every period up to 2099 and make each line
+  after it late.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,8 +52,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from . import convert
-from .lines import Lines, drop_nul_padding, valid_utf8
+from .lines import Lines, drop_nul_padding, pieces, valid_utf8
 from .parser import Malformed, Parsed
+from .patterns import re2_accepts, split_fields
 
 __all__ = ["DEFAULT_PATTERN", "TIME_FORMATS", "RegexParser"]
 
@@ -61,12 +64,7 @@ TIME_FORMATS = ("ISO8601", "epoch", "epoch_ms")
 _TEXT_MAX = 200  # characters of a malformed line kept in a sample
 _FIELD_MAX = 60  # characters of a bad field quoted in a reason
 
-# A pattern made only of whitespace-separated non-space fields can use the fast split.
-_FIELD_RE = r"\(\?P<(\w+)>(?:\\S\+|\[\^ \]\+|\[\^\\s\]\+)\)"
-_SEP_RE = r"(?:\\s\+| \+| )"
-_SPLITTABLE = re.compile(rf"\^{_FIELD_RE}((?:{_SEP_RE}{_FIELD_RE})*)(?:\\s\*)?\$")
-
-_NO_MATCH, _BAD_TIME, _BAD_VALUE = 1, 2, 3
+_NO_MATCH, _BAD_TIME, _BAD_VALUE, _FUTURE = 1, 2, 3, 4
 _BOM = b"\xef\xbb\xbf"
 
 # CSV column types that parse a time field in the given format.
@@ -75,22 +73,6 @@ _CSV_TIME = {"ISO8601": pa.timestamp("ns", "UTC"), "epoch": pa.float64(), "epoch
 _CSV_PARSE = pacsv.ParseOptions(
     delimiter=" ", quote_char=False, escape_char=False, double_quote=False, ignore_empty_lines=False
 )
-
-
-def _split_fields(pattern: str) -> tuple[str, ...] | None:
-    """Field names in order if the fast split reproduces ``pattern``, else None."""
-    m = _SPLITTABLE.fullmatch(pattern)
-    if m is None:
-        return None
-    return (m.group(1), *re.findall(_FIELD_RE, m.group(2)))
-
-
-def _re2_accepts(pattern: str) -> bool:
-    try:
-        pc.extract_regex(pa.array([""], pa.large_string()), pattern)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
-    return True
 
 
 @dataclass
@@ -116,7 +98,11 @@ class RegexParser:
     MIN_CSV = 64 << 10  # a range the CSV reader rejects is cut down to this size
 
     def __init__(
-        self, pattern: str = DEFAULT_PATTERN, time_format: str = "ISO8601", keep: int = 100
+        self,
+        pattern: str = DEFAULT_PATTERN,
+        time_format: str = "ISO8601",
+        keep: int = 100,
+        max_future: str | pd.Timedelta | None = "1h",
     ) -> None:
         try:
             groups = re.compile(pattern).groupindex
@@ -127,6 +113,7 @@ class RegexParser:
             raise ValueError(f"pattern {pattern!r} lacks named group(s) {', '.join(missing)}")
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
+        self.max_future = convert.future_bound(max_future)
         if time_format not in TIME_FORMATS and "%" not in time_format:
             raise ValueError(
                 f"time_format {time_format!r} is neither one of {', '.join(TIME_FORMATS)} "
@@ -136,8 +123,8 @@ class RegexParser:
         self.time_format = time_format
         self.keep = keep
         self.names = ["time", "value", "key"] if "key" in groups else ["time", "value"]
-        self.fields = _split_fields(pattern)
-        self.use_re2 = _re2_accepts(pattern)
+        self.fields = split_fields(pattern)
+        self.use_re2 = re2_accepts(pattern)
         # The CSV reader splits like the regex when the fields are all we need.
         self.use_csv = self.fields is not None and set(self.fields) <= {"time", "value", "key"}
         self.schema = pa.schema(
@@ -154,14 +141,16 @@ class RegexParser:
             data = data[len(_BOM) :]
         data = drop_nul_padding(data)  # one memchr pass when there is no NUL
         plan: list[_Part | tuple[int, int]] = []
-        for pos, end in _pieces(data, self.PIECE):
-            self._plan(data, pos, end, plan)
+        latest = convert.latest_ns(self.max_future)  # one bound for every line of the call
+        for pos, end in pieces(data, self.PIECE):
+            self._plan(data, pos, end, plan, latest)
         parts = []
         for part in plan:
             if isinstance(part, tuple):
                 raw = data[part[0] : part[1]]
                 text = valid_utf8(raw)
-                part = self._parse_lines(Lines(text), first_line, source, text is not raw)
+                where = (first_line, source, text is not raw)
+                part = self._parse_lines(Lines(text), where, latest)
             parts.append(part)
             first_line += part.nlines
         return self._assemble(parts)
@@ -172,6 +161,7 @@ class RegexParser:
         pos: int,
         end: int,
         out: list[_Part | tuple[int, int]],
+        latest: int,
         tried: bool = False,
         dense: bool = False,
     ) -> None:
@@ -188,24 +178,24 @@ class RegexParser:
         millisecond whatever its size, and with one bad line in a hundred the ranges
         left were a few kB each (the parser ran ten times slower).
         """
-        part = self._parse_csv(data, pos, end) if self.use_csv and not tried else None
+        part = self._parse_csv(data, pos, end, latest) if self.use_csv and not tried else None
         if part is not None:
             out.append(part)
             return
         if self.use_csv and not dense and end - pos > self.MIN_CSV:
-            cuts = list(_pieces(data, (end - pos) // 8 + 1, pos, end))
+            cuts = list(pieces(data, (end - pos) // 8 + 1, pos, end))
             if len(cuts) > 1:
                 # The first three cuts all rejected: bad lines are dense here, and the CSV
                 # reader would only fail again on every smaller range.
                 got: list[_Part | None] = []
                 for a, b in cuts:
                     dense = len(got) >= 3 and all(p is None for p in got)
-                    got.append(None if dense else self._parse_csv(data, a, b))
+                    got.append(None if dense else self._parse_csv(data, a, b, latest))
                 for (a, b), part in zip(cuts, got, strict=True):
                     if part is not None:
                         out.append(part)
                     else:
-                        self._plan(data, a, b, out, tried=True, dense=dense)
+                        self._plan(data, a, b, out, latest, tried=True, dense=dense)
                 return
         last = out[-1] if out else None
         if isinstance(last, tuple) and end - last[0] <= self.PIECE:
@@ -225,7 +215,7 @@ class RegexParser:
             blank=sum(p.nlines for p in parts) - lines,
         )
 
-    def _parse_csv(self, data: bytes, pos: int, end: int) -> _Part | None:
+    def _parse_csv(self, data: bytes, pos: int, end: int, latest: int) -> _Part | None:
         """The fast path: None unless the CSV reader parses every line of the range.
 
         With a space delimiter it splits a line as the regex would when the line is
@@ -270,14 +260,20 @@ class RegexParser:
             if (ns == convert.NAT).any():
                 return None
             table = table.set_column(table.schema.get_field_index("time"), "time", convert.ns(ns))
+        if table.num_rows and pc.max(table.column("time").cast(pa.int64())).as_py() > latest:
+            return None  # a time too far ahead: the general path names its line
         if "key" in self.names:
             keys = table.column("key")
             if len(keys) and pc.min(pc.binary_length(keys)).as_py() == 0:
                 return None  # an empty key means two spaces in a row, which the regex rejects
         return _Part(table.select(self.names), table.num_rows, table.num_rows)
 
-    def _parse_lines(self, lines: Lines, first_line: int, source: str, replaced: bool) -> _Part:
-        """The general path: any pattern, any line (``replaced``: invalid UTF-8 was replaced)."""
+    def _parse_lines(self, lines: Lines, where: tuple[int, str, bool], latest: int) -> _Part:
+        """The general path: any pattern, any line.
+
+        ``where``: the first line's number, the source, and whether invalid UTF-8 was
+        replaced; ``latest``: the newest time (ns) a line may have.
+        """
         groups: list[tuple[np.ndarray, dict[str, pa.Array]]] = []
         pending = ~lines.blank
         if self.fields is not None and pending.any():
@@ -300,10 +296,12 @@ class RegexParser:
 
         ns = convert.parse_times(cols["time"], self.time_format)
         values = convert.parse_values(cols["value"])
-        bad_time, bad_value = ns == convert.NAT, ~np.isfinite(values)
-        ok = ~(bad_time | bad_value)
+        bad_time, bad_value, ahead = ns == convert.NAT, ~np.isfinite(values), ns > latest
+        ok = ~(bad_time | ahead | bad_value)
         code = np.where(lines.blank, 0, _NO_MATCH).astype(np.int8)
-        code[idx] = np.where(bad_time, _BAD_TIME, np.where(bad_value, _BAD_VALUE, 0))
+        code[idx] = np.select(
+            [bad_time, ahead, bad_value], [_BAD_TIME, _FUTURE, _BAD_VALUE], 0
+        ).astype(np.int8)
         bad = np.flatnonzero(code)
         columns = {"time": convert.ns(ns[ok]), "value": pa.array(values[ok])}
         if "key" in self.names:
@@ -313,7 +311,7 @@ class RegexParser:
             lines=int(lines.n - lines.blank.sum()),
             nlines=lines.n,
             malformed=len(bad),
-            samples=self._samples(lines, bad, code, idx, cols, (first_line, source, replaced)),
+            samples=self._samples(lines, bad, code, idx, cols, where),
         )
 
     def _regex(self, lines: Lines, todo: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
@@ -351,6 +349,12 @@ class RegexParser:
             details = []
             if code[i] == _NO_MATCH:
                 reason = "does not match pattern"
+            elif code[i] == _FUTURE:
+                got = cols["time"][int(np.searchsorted(idx, i))].as_py()
+                reason = (
+                    f"time {got[:_FIELD_MAX]!r} is more than {convert.span(self.max_future)} "
+                    "ahead of the clock (max_future)"
+                )
             else:
                 j = int(np.searchsorted(idx, i))
                 what = "time" if code[i] == _BAD_TIME else "value"
@@ -372,18 +376,6 @@ class RegexParser:
             reason += f" ({'; '.join(details)})" if details else ""
             out.append(Malformed(first_line + i, reason, text[:_TEXT_MAX], source))
         return out
-
-
-def _pieces(
-    data: bytes, size: int, pos: int = 0, end: int | None = None
-) -> Iterator[tuple[int, int]]:
-    """Consecutive (start, end) of ``data[pos:end]``, about ``size`` bytes, cut after "\\n"."""
-    end = len(data) if end is None else end
-    while pos < end:
-        cut = data.find(b"\n", pos + size - 1, end)
-        stop = end if cut < 0 else cut + 1
-        yield pos, stop
-        pos = stop
 
 
 def _concat(arrays: list[pa.Array]) -> pa.Array:

@@ -50,6 +50,10 @@ streams:
             ["'cpu'", "'parser'", "value"],
         ),
         (
+            {"cpu": {"source": "/x.log", "parser": {"max_future": "soon"}}},
+            ["'cpu'", "'parser'", "max_future", "'soon'"],
+        ),
+        (
             {"cpu": {"source": "/x.log", "transform": {"agg": "median-ish"}}},
             ["'cpu'", "'transform'", "median-ish"],
         ),

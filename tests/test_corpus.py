@@ -33,6 +33,7 @@ T0 = pd.Timestamp("2026-11-23T09:00:00Z").value  # on a 25 ms boundary
 MS = 10**6
 KEYED = r"^(?P<time>\S+)\s+(?P<key>\S+)\s+(?P<value>\S+)\s*$"
 RANGE = "outside 1677-09-21..2262-04-11"
+AHEAD = "more than 1h ahead of the clock (max_future)"
 CR = "a CR inside: only LF ends a line"
 NO_MATCH = "does not match pattern"
 # Unparseable, and beyond datetime64[ns] (years 1500 and 9999, just before and after it).
@@ -152,6 +153,17 @@ def kinds(spread: float = 0) -> dict[str, list[Entry]]:
         ),
         "out of range": lambda b: around(
             [(f"{t} 1\n".encode(), Bad(exact=f"bad time {t!r} ({RANGE})")) for t in FAR_TIMES], b
+        ),
+        "far future": lambda b: around(
+            [
+                (f"{t} 1\n".encode(), Bad(exact=f"time {t!r} is {AHEAD}"))
+                for t in (
+                    "2099-01-01T00:00:00Z",
+                    "2262-04-11T00:00:00Z",
+                    "2200-06-01T12:00:00+02:00",
+                )
+            ],
+            b,
         ),
         "time zones": lambda b: [
             (zoned(b + i, zone) + f" {i}\n".encode(), Row(at(b + i), float(i)))

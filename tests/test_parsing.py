@@ -34,6 +34,33 @@ def test_demo_lines() -> None:
     assert (parsed.lines, parsed.malformed, parsed.samples) == (2, 0, [])
 
 
+@pytest.mark.parametrize("csv", [True, False])
+def test_a_time_far_ahead_of_the_clock_is_malformed_and_alone(csv: bool) -> None:
+    # One line stamped 2099 must not close every period until 2099 (all later lines late).
+    now = pd.Timestamp.now(tz="UTC")
+    soon, far = now + pd.Timedelta("59min"), now + pd.Timedelta("61min")
+    lines = [f"{t.isoformat()} {i}\n".encode() for i, t in enumerate([now, far, soon])]
+    lines.insert(2, b"2099-01-01T00:00:00Z 7\n")
+    parser = RegexParser()
+    parser.use_csv = csv
+    parsed = parser.parse(b"".join(lines), first_line=10, source="a.log")
+    assert parsed.frame["value"].tolist() == [0.0, 2.0]
+    assert [(m.line, m.reason) for m in parsed.samples] == [
+        (11, f"time {far.isoformat()!r} is more than 1h ahead of the clock (max_future)"),
+        (12, "time '2099-01-01T00:00:00Z' is more than 1h ahead of the clock (max_future)"),
+    ]
+    unbounded = RegexParser(max_future=None).parse(b"".join(lines))
+    assert unbounded.malformed == 0 and len(unbounded.frame) == 4
+    wide = RegexParser(max_future="2h").parse(b"".join(lines))
+    assert [m.line for m in wide.samples] == [3]
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5min", 3.5j])
+def test_max_future_must_be_a_duration(bad) -> None:
+    with pytest.raises(ValueError, match="max_future"):
+        RegexParser(max_future=bad)
+
+
 def test_time_dtype_is_ns_even_for_whole_seconds() -> None:
     for data in (b"2026-11-23T09:17:02Z 1\n", b"2026-11-23T09:17:02 1\n", b""):
         frame = RegexParser().parse(data).frame
