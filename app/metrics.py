@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bokeh.server.views.auth_request_handler import AuthRequestHandler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,14 +57,15 @@ SESSIONS = Gauge(
     "Sessions open in this Panel process.",
     LABELS,
     registry=REGISTRY,
-    multiprocess_mode="sum",  # one process per label set: its own value
+    # One process per label set; "live": a dead process's value goes (see exposition).
+    multiprocess_mode="livesum",
 )
 BEHIND = Gauge(
     "headrace_viewer_sessions_behind",
     "Sessions whose browser has not yet taken the newest rows (slow or stalled readers).",
     LABELS,
     registry=REGISTRY,
-    multiprocess_mode="sum",
+    multiprocess_mode="livesum",
 )
 COUNTERS = {  # fan-out / subscriber counter -> metric
     "messages": _counter("headrace_viewer_messages", "Row messages sent to sessions."),
@@ -118,10 +120,21 @@ class ProcessFigures:
 def exposition() -> bytes:
     """Every process's figures (multiprocess mode) or this process's, in the text format."""
     if _multiprocess():
+        forget_dead_processes(os.environ[MULTIPROC_ENV])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def forget_dead_processes(directory: str) -> None:
+    """Drop the gauges of Panel processes that died (SIGKILL, OOM): a process Tornado
+    forked in a dead one's place must not be counted beside its predecessor's sessions.
+    Their counters stay: what they sent was sent."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        if not psutil.pid_exists(pid):
+            multiprocess.mark_process_dead(pid, directory)
 
 
 def _same(a: str, b: str) -> bool:

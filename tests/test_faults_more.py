@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,11 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
             )
             reconnected = time.time() - killed
             page.screenshot(path=str(tmp_path / "reconnected.png"))
+            # /metrics counts the sessions of live processes only.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                scraped = r.read().decode()
+            gauges = [g for g in scraped.splitlines() if g.startswith("headrace_viewer_sessions{")]
+            assert gauges and not [g for g in gauges if f'process="{victim}"' in g], gauges
             time.sleep(3)
             children = psutil.Process(panel.pid).children()
             writer.stop()
