@@ -393,6 +393,19 @@ TEXTS = """
 """
 
 
+def shown(page, stream: str) -> tuple[int | None, float]:
+    """The Panel process behind a Chromium page and the newest row (ms) of ``stream``'s
+    plot, 0 without rows; ``(None, 0.0)`` while the page loads again (a reload)."""
+    from playwright.sync_api import Error
+
+    try:
+        state = page.evaluate(PLOT_STATE, stream)
+        pid = page.evaluate(PAGE_PID)
+    except Error:  # the page navigated away under the call
+        return None, 0.0
+    return pid, (float(state["last"]) if state and state["rows"] else 0.0)
+
+
 def chromium(playwright):
     """Debian's headless Chromium through Playwright (its own download cannot be reached)."""
     return playwright.chromium.launch(

@@ -16,6 +16,7 @@ from helpers import (
     headrace_serve,
     needs_chromium,
     publishing,
+    shown,
     wait_for,
     wait_http,
 )
@@ -177,7 +178,6 @@ DISCONNECTED = "() => document.querySelector('[role=status]')?.textContent ?? ''
 
 @pytest.mark.timeout(120)
 def test_a_page_says_it_lost_the_server_and_comes_back_with_it(tmp_path, cluster_options):
-    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     log = tmp_path / "panel.log"
@@ -193,10 +193,8 @@ def test_a_page_says_it_lost_the_server_and_comes_back_with_it(tmp_path, cluster
                 with headrace_serve(cluster.scheduler_address, 1, log) as (proc, port):
                     wait_http(port, proc=proc)
                     page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
-                    wait_for(
-                        lambda: (s := page.evaluate(PLOT_STATE, "browser")) and s["rows"],
-                        60,
-                        "the plot's rows",
+                    first = wait_for(
+                        lambda: (now := shown(page, "browser"))[1] and now[0], 60, "the plot's rows"
                     )
                 # The server is gone: the page says so, in colour and words.
                 said = wait_for(lambda: page.evaluate(DISCONNECTED), 10, "the notice")
@@ -204,16 +202,14 @@ def test_a_page_says_it_lost_the_server_and_comes_back_with_it(tmp_path, cluster
                 time.sleep(3)  # the page keeps asking; nothing answers
                 with headrace_serve(cluster.scheduler_address, 1, log, port=port) as (proc, _):
 
-                    def live_again():
-                        try:
-                            state = page.evaluate(PLOT_STATE, "browser")
-                            notice = page.evaluate(DISCONNECTED)
-                        except PlaywrightError:  # loading again
-                            return None
-                        return state and state["rows"] and not notice and state
+                    def live_again() -> float:
+                        # The page loaded again: a session of the new server, with rows.
+                        pid, newest = shown(page, "browser")
+                        return pid not in (None, first) and newest
 
                     back = wait_for(live_again, 60, "the page to load again with rows")
+                    notice = page.evaluate(DISCONNECTED)
             finally:
                 browser.close()
     assert said.startswith("DISCONNECTED"), said
-    assert back["last"] > 0
+    assert back > 0 and notice == "", notice

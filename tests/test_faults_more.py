@@ -20,13 +20,12 @@ import pytest
 from faultreport import record
 from faultstack import Events, gaps_ms, periods_ms
 from helpers import (
-    PAGE_PID,
-    PLOT_STATE,
     RecordedSession,
     chromium,
     has_rows,
     headrace_serve,
     needs_chromium,
+    shown,
     wait_for,
     wait_http,
 )
@@ -80,8 +79,7 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
             page.goto(url, wait_until="load")
 
             def newest() -> float:
-                state = page.evaluate(PLOT_STATE, "s")
-                return state["last"] if state and state["rows"] else 0.0
+                return shown(page, "s")[1]
 
             wait_for(newest, 60, "the plot's rows in Chromium")
             for _ in range(3):
@@ -92,9 +90,9 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
                 time.sleep(3)  # the outage; a supervisor brings both back
                 stack.start("scheduler")
                 stack.start("worker")
-                back, shown = time.time(), newest()
+                back, last = time.time(), newest()
                 wait_for(
-                    lambda s=shown: newest() > s,
+                    lambda last=last: newest() > last,
                     30,
                     f"new rows in Chromium after the restart\n{stack.tail()}",
                 )
@@ -149,7 +147,6 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
 def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
     ftp_server, ftp_root, tmp_path
 ):
-    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     path = ftp_root / "p.log"
@@ -173,31 +170,24 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
             page.on("console", lambda msg: console.append(msg.text))
             page.goto(url, wait_until="load")
 
-            def shown() -> tuple[int | None, float]:
-                """The page's Panel process and its plot's newest row (none while it loads)."""
-                try:
-                    state = page.evaluate(PLOT_STATE, "p")
-                    pid = page.evaluate(PAGE_PID)
-                except PlaywrightError:  # the page is loading again
-                    return None, 0.0
-                return pid, (state["last"] if state and state["rows"] else 0.0)
-
-            victim = wait_for(lambda: shown()[1] and shown()[0], 60, "the plot in Chromium")
+            victim = wait_for(
+                lambda: (now := shown(page, "p"))[1] and now[0], 60, "the plot in Chromium"
+            )
             # Viewers on the other processes, which must not notice.
             while len({s.pid for s in sessions} - {victim}) < 1 or len(sessions) < 3:
                 sessions += open_sessions(url, 1, "p")
                 assert len(sessions) < 30, [s.pid for s in sessions]
             others = [s for s in sessions if s.pid != victim]
             time.sleep(3)
-            before = shown()[1]
+            before = shown(page, "p")[1]
             os.kill(victim, signal.SIGKILL)
             killed = time.time()
-            # The page reconnects by itself (Panel's reconnect): to another process, or to
-            # the one Tornado forks in the dead one's place; it pulls the document again.
+            # The page reloads by itself (app/page.py): a new session on another process, or
+            # on the one Tornado forks in the dead one's place.
             wait_for(
-                lambda: (now := shown())[0] not in (None, victim) and now[1] > before and now,
+                lambda: (now := shown(page, "p"))[0] not in (None, victim) and now[1] > before,
                 30,
-                lambda: f"the page to reconnect and show new rows: {shown()}; {console[-8:]}",
+                lambda: f"the page to reload and show new rows: {shown(page, 'p')}; {console[-8:]}",
             )
             reconnected = time.time() - killed
             page.screenshot(path=str(tmp_path / "reconnected.png"))
