@@ -157,8 +157,11 @@ def test_scheduler_restart_resubscribes_and_resumes(caplog, down, cluster_option
             await asyncio.sleep(down)
             cluster = await LocalCluster(**cluster_args)  # same address, new scheduler
             await async_wait_for(lambda: publisher.seq >= before + 10, 30, "publishing again")
+            stop.set()
+            await task
+            # Compared with every frame published, so wait for the last one too.
             await async_wait_for(
-                lambda: subscriber.info()["streams"]["restart"]["seq"] >= publisher.seq - 1,
+                lambda: subscriber.info()["streams"]["restart"]["seq"] == publisher.seq,
                 20,
                 "the subscriber to catch up",
             )
