@@ -48,6 +48,7 @@ class _Conn:
     ftp: ftplib.FTP | None = None
     last_used: float = 0.0
     mdtm: bool = True  # False once the server said it has no MDTM
+    doing: str = ""  # the command under way, for errors to name
 
 
 _pool: dict[tuple, _Conn] = {}
@@ -209,20 +210,29 @@ class FTPSource:
                 except _RETRYABLE as e:
                     self._reconnect(conn, e)
                     fresh = True
+            conn.doing = ""
             try:
                 result = work(conn)
             except _RETRYABLE as e:
                 if fresh:
                     _drop(conn)
-                    raise self._error("connection failed", e) from e
+                    raise self._error(self._failed(conn, e), e) from e
                 self._reconnect(conn, e)
                 try:
                     result = work(conn)
                 except _RETRYABLE as e2:
                     _drop(conn)
-                    raise self._error("connection failed after reconnecting", e2) from e2
+                    raise self._error(self._failed(conn, e2, " after reconnecting"), e2) from e2
             conn.last_used = time.monotonic()
             return result
+
+    def _failed(self, conn: _Conn, e: BaseException, after: str = "") -> str:
+        what = f"{conn.doing} failed" if conn.doing else "connection failed"
+        return f"{what}{after}{self._waited(e)}"
+
+    def _waited(self, e: BaseException) -> str:
+        timed_out = isinstance(e, TimeoutError) or "timed out" in str(e)
+        return f" (no answer within timeout: {self.timeout:g} s)" if timed_out else ""
 
     def _reconnect(self, conn: _Conn, why: BaseException) -> None:
         log.info("%s: reconnecting (%s)", self.display, self._scrub(_describe(why)))
@@ -253,9 +263,10 @@ class FTPSource:
             raise self._error(f"server certificate not verified ({hint})", e) from e
         except (OSError, EOFError, ftplib.Error) as e:
             ftp.close()
-            raise self._error(step, e) from e
+            raise self._error(step + self._waited(e), e) from e
         conn.ftp = ftp
         conn.last_used = time.monotonic()
+        conn.doing = ""
 
     def _error(self, problem: str, cause: BaseException | None = None) -> SourceError:
         detail = f": {_describe(cause)}" if cause is not None else ""
@@ -275,6 +286,7 @@ class _Files:
         self.source, self.conn, self.ftp = source, conn, conn.ftp
 
     def stat(self, path: str, *, required: bool = True) -> Stat | None:
+        self.conn.doing = f"SIZE {path!r}"
         try:
             size = self.ftp.size(path)
         except ftplib.error_perm as e:
@@ -289,6 +301,7 @@ class _Files:
     def _mdtm(self, path: str) -> str:
         if not self.conn.mdtm:
             return ""
+        self.conn.doing = f"MDTM {path!r}"
         try:
             reply = self.ftp.sendcmd(f"MDTM {path}")
         except ftplib.error_perm as e:
@@ -306,6 +319,7 @@ class _Files:
         if size == 0:
             return b""
         ftp = self.ftp
+        self.conn.doing = f"RETR {path!r} from byte {offset:,}"
         try:
             # REST 0 would only cost a round trip.
             data_conn = ftp.transfercmd(f"RETR {path}", rest=offset or None)

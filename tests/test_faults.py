@@ -6,8 +6,6 @@ had). Each test adds a row to the reliability table printed at the end of the ru
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from blackhole import Blackhole
 from distributed import Client
 from faultreport import record
 from faultstack import Events, Stack, exactly_once
@@ -161,58 +160,6 @@ def test_a_worker_killed_every_10_s_for_2_minutes_loses_nothing(ftp_server, ftp_
     assert pause < 10, pause
 
 
-class Blackhole:
-    """A TCP port in front of the FTP server's control port that can stop answering.
-
-    ``hang()``: new and open connections get no more bytes either way (a server that
-    accepts and then never answers); ``heal()``: traffic flows again.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, server, name: str) -> str:
-        return server.url(name).replace(f":{server.port}/", f":{self.port}/")
-
-    def hang(self) -> None:
-        self.flowing.clear()
-
-    def heal(self) -> None:
-        self.flowing.set()
-
-    def close(self) -> None:
-        self._stop = True
-        self.flowing.set()
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self.flowing.wait()  # a hung server: bytes are held, never answered
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                s.close()
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("implementation", ["pyftpdlib", "vsftpd"])
 def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
@@ -273,9 +220,16 @@ def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
     assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
 
 
+HANGS = {
+    "control": "control connection accepted, then no byte answered for 20 s (timeout 2 s)",
+    "data": "commands answered, data connections accepted and silent for 20 s (timeout 2 s)",
+}
+
+
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("what", HANGS)
 def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
-    ftp_server, ftp_root, tmp_path
+    what, ftp_server, ftp_root, tmp_path
 ):
     hung, other = ftp_root / "hung.log", ftp_root / "other.log"
     hung.touch()
@@ -291,7 +245,7 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
             e.start()
         writer.start()
         wait_for(lambda: len(events["hung"].seen) >= 5, 60, f"frames\n{stack.tail()}")
-        hole.hang()
+        hole.hang(what)
         hanging = time.time()
         time.sleep(20)
         hole.heal()
@@ -315,13 +269,16 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
         hole.close()
         stack.stop_all()
     record(
-        "an FTP server hangs",
-        "control connection accepted, then no byte answered for 20 s (timeout 2 s)",
+        f"an FTP server hangs ({what})",
+        HANGS[what],
         other_stream_longest_pause_s=round(other_pause, 2),
         back_after_heal_s=round(back, 1),
         **figures["hung"],
     )
-    assert "stream hung: tick failed" in log and "timed out" in log.lower(), log[-2000:]
+    assert "stream hung: tick failed" in log, log[-2000:]
+    assert "(no answer within timeout: 2 s)" in log, log[-2000:]  # the setting, named
+    if what == "data":  # the command that hung, named
+        assert "RETR 'hung.log' from byte" in log, log[-2000:]
     assert other_pause < 1.0, other_pause  # the other stream kept its 0.2 s ticks
     assert back < 20, back
     for name, f in figures.items():
