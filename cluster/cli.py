@@ -63,6 +63,20 @@ def main(log_level: str) -> None:
     setup_logging(log_level)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("dask_worker_args", nargs=-1, type=click.UNPROCESSED)
+def worker(dask_worker_args: tuple[str, ...]) -> None:
+    """Run `dask worker ARGS...`, and start it again whenever it stops.
+
+    Dask workers close when their scheduler goes away; where no systemd or Kubernetes
+    restarts them, this does. Every argument goes to `dask worker` as it is, e.g.
+    `headrace worker tcp://10.0.0.2:8786 --nworkers 2 --nthreads 1`.
+    """
+    from .supervise import supervise, worker_command
+
+    sys.exit(supervise(worker_command(dask_worker_args)))
+
+
 @main.command()
 @click.option(
     "--config",

@@ -1,9 +1,10 @@
 """A deployment as real processes, restartable one by one, and what the fault tests measure.
 
-``Stack``: `dask scheduler`, `dask worker` (with its nanny), `headrace etl`, each logging
-to a file; ``Events``: every frame announcement as the cluster sends it, to measure how
-long publication stopped; ``exactly_once``: every written line in one published period,
-once (the table's rows are written with :func:`faultreport.record`).
+``Stack``: `dask scheduler`, `headrace worker` (a `dask worker` and its nanny, started
+again when they stop), `headrace etl`, each logging to a file; ``Events``: every frame
+announcement as the cluster sends it, to measure how long publication stopped;
+``exactly_once``: every written line in one published period, once (the table's rows
+are written with :func:`faultreport.record`).
 """
 
 from __future__ import annotations

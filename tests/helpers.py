@@ -216,7 +216,8 @@ def dask_scheduler(port: int, log) -> subprocess.Popen:
 
 
 def dask_worker(address: str, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1"]
+    """A `dask worker` (with its nanny) under ``headrace worker``, as the README runs it."""
+    cmd = [sys.executable, "-m", "cluster.cli", "worker", address, "--host", "127.0.0.1"]
     return spawn([*cmd, "--nthreads", "2", "--no-dashboard"], log)
 
 
