@@ -25,7 +25,9 @@ streams:
   custom:
     source: /var/log/custom.log
     parser: mypackage.parsers:parse          # a function bytes -> DataFrame
-    rotated: "{name}.1"      # where the old file is after a rotation (default); none: not read
+    rotated: "{name}.1"      # where the old file is after a rotation (default); none: not read;
+                             # a pattern ("{name}-*", logrotate's dateext): the match that
+                             # begins as the file did
     start: beginning         # or end: the first read of a file with no cursor takes nothing
     max_first_read: 16MiB    # default; that first read takes at most the last 16 MiB; 0: all
     max_line: 4MiB           # default; a line with no end of line by then is emitted as is

@@ -12,10 +12,10 @@ ftplib and its pool. What FTPS adds to ftplib is in :mod:`etl.ftptls`.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import ftplib
 import hashlib
 import logging
-import netrc
 import os
 import posixpath
 import ssl
@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from .ftpauth import netrc_lookup
 from .ftptls import DataSessionRefused, SessionReusingFTP_TLS, TLSSettings
 from .rotation import advance
 from .sources import BeyondEnd, Chunk, Cursor, SourceError, Stat, TailOptions, redact_url
@@ -153,7 +153,7 @@ class FTPSource:
             if password is None:
                 raise ValueError(f"{where}: environment variable {password_env} is not set")
         if password is None:
-            found = _netrc_lookup(self.host, netrc_file, where)
+            found = netrc_lookup(self.host, netrc_file, where)
             if found and (user is None or found[0] in ("", user)):
                 user = user or found[0] or None
                 password = found[1]
@@ -315,6 +315,22 @@ class _Files:
             return ""  # 550: gone since the SIZE; the next tick sees it
         return reply[4:].strip() if reply.startswith("213") else ""
 
+    def list(self, pattern: str) -> list[str]:
+        folder, name = posixpath.split(pattern)
+        self.conn.doing = f"NLST {folder or '.'!r}"
+        try:
+            found = self.ftp.nlst(*([folder] if folder else []))
+        except ftplib.error_perm as e:
+            found, refused = [], e
+        else:
+            refused = None
+        self.ftp.sendcmd("TYPE I")  # NLST went to ASCII, where SIZE and REST are refused
+        if refused is not None and str(refused)[:3] not in ("450", "550"):
+            raise self.source._error(f"cannot list {folder or '.'!r}", refused) from refused
+        # 450/550: some servers' answer for a folder with nothing in it.
+        names = {posixpath.basename(n.rstrip("/")) for n in found}  # some give paths
+        return [posixpath.join(folder, n) for n in sorted(names) if fnmatch.fnmatchcase(n, name)]
+
     def read(self, path: str, offset: int, size: int | None = None) -> bytes:
         if size == 0:
             return b""
@@ -371,20 +387,3 @@ def _drop(conn: _Conn) -> None:
     if conn.ftp is not None:
         conn.ftp.close()  # no QUIT: the connection may be dead, and QUIT could block
         conn.ftp = None
-
-
-def _netrc_lookup(host: str, netrc_file: str | None, where: str) -> tuple[str, str] | None:
-    if netrc_file is None and not (Path.home() / ".netrc").exists():
-        return None
-    try:
-        entry = netrc.netrc(netrc_file).authenticators(host)
-    except FileNotFoundError as e:
-        raise ValueError(f"{where}: netrc file {netrc_file} not found") from e
-    except netrc.NetrcParseError as e:
-        # The parser's message may quote a token from the file: a password, maybe.
-        problem = f"bad syntax or permissions too open (line {e.lineno})"
-        raise ValueError(f"{where}: cannot use netrc file {e.filename}: {problem}") from None
-    if entry is None:
-        return None
-    login, _account, password = entry
-    return login or "", password or ""

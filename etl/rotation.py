@@ -17,8 +17,10 @@ second as the file's previous change shows only when the file changes again.
 
 **Rotation.** When the file at the path is not the one the cursor was reading
 (renamed and re-created, or copied and truncated), the rotated copy
-(``TailOptions.rotated``, ``{name}.1`` by default) is looked for. If its first bytes
-and its 64 bytes before the cursor are the cursor's, the rest of it is read, on
+(``TailOptions.rotated``, ``{name}.1`` by default; a shell pattern such as
+``{name}-*`` is the newest matching file that begins as the file did) is looked for.
+If its first bytes and its 64 bytes before the cursor are the cursor's, the rest of it
+is read, on
 later ticks too, until the new file has bytes: a writer that has written to the new
 file writes no more to the old one, so what is read of the old one after that is
 all of it. Its last line, complete or not, is then emitted, and the next read
@@ -35,6 +37,7 @@ attempt ended at) reads the same file again, and ``limit`` is an offset in that 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 
 from .sources import (
@@ -57,6 +60,7 @@ log = logging.getLogger("headrace.etl")
 HEAD_SIZE = 1024  # bytes of a file's beginning that identify it
 FINGERPRINT_SIZE = 64  # bytes before the cursor re-read with every transfer
 START_WINDOW = 64 << 10  # start: end looks this far back for the last line boundary
+CANDIDATES = 10  # files matching a rotated pattern whose first bytes are compared
 
 
 def advance(
@@ -106,6 +110,7 @@ class _Read:
         self.files, self.path, self.rotated = files, path, rotated
         self.options, self.display, self.limit = options, display, limit
         self.transfers = 0
+        self._copy: tuple[str | None] | None = None  # the rotated copy, once looked for
 
     def get(self, path: str, offset: int, size: int | None = None) -> bytes:
         self.transfers += 1
@@ -270,19 +275,35 @@ class _Read:
 
     # -- the file at the path is another one
 
+    def rotated_copy(self, c: Cursor) -> str | None:
+        """Where the old file is: ``rotated``, or if that is a shell pattern the newest
+        file matching it (of the first :data:`CANDIDATES`) that begins as the cursor's."""
+        if self._copy is None:
+            found = self.rotated
+            if found is not None and re.search(r"[*?[]", found):
+                stats = [(p, self.files.stat(p, required=False)) for p in self.files.list(found)]
+                # Newest first by time where the source gives one, else by name (dates).
+                fits = [(st.mtime, p) for p, st in stats if st and st.size >= c.offset]
+                tried = [p for _, p in sorted(fits, reverse=True) if p != self.path]
+                matches = (p for p in tried[:CANDIDATES] if self.head_matches(c.head, p))
+                found = next(matches, None) if c.head else None
+            self._copy = (found,)
+        return self._copy[0]
+
     def changed(self, c: Cursor, kind: str, st: Stat | None) -> Chunk:
         if self.rotated is None or not (c.offset or c.tail):
             return self.restart(c, kind, st)
-        rst = self.files.stat(self.rotated, required=False)
+        path = self.rotated_copy(c)
+        rst = self.files.stat(path, required=False) if path is not None else None
         if rst is None:
             return self.lost(c, kind, st, "was not found")
-        if rst.size < c.offset or not self.head_matches(c.head, self.rotated):
+        if rst.size < c.offset or not self.head_matches(c.head, path):
             return self.lost(c, kind, st, "is not the file that was being read")
         log.info(
             "%s: file %s; reading the rest of the old file from %s, from byte %d",
             self.display,
             "truncated" if kind == "truncated" else "replaced",
-            self.rotated,
+            path,
             c.offset,
         )
         return self.finish_rotated(replace(c, phase=ROTATED, mtime="", inode=0), st, rst)
@@ -290,13 +311,14 @@ class _Read:
     def finish_rotated(self, c: Cursor, st: Stat | None, rst: Stat | None = None) -> Chunk:
         """Read on in the rotated copy; finish it once the new file has bytes."""
         assert self.rotated is not None  # see run()
-        rst = rst or self.files.stat(self.rotated, required=False)
-        if rst is None or rst.size < c.offset:
+        path = self.rotated_copy(c)
+        rst = rst or (self.files.stat(path, required=False) if path is not None else None)
+        if path is None or rst is None or rst.size < c.offset:
             why = "was not found" if rst is None else "is not the file that was being read"
             return self.lost(c, "rotated", st, why)
         fp, new, capped = _fingerprint(c), b"", False
         if rst.size > c.offset:
-            got = self.get(self.rotated, c.offset - len(fp))
+            got = self.get(path, c.offset - len(fp))
             if len(got) < len(fp) or got[: len(fp)] != fp:
                 return self.lost(c, "rotated", st, "is not the file that was being read")
             new = self.take(got[len(fp) :], c.offset)
@@ -313,7 +335,7 @@ class _Read:
             log.info(
                 "%s: read %s to its end (byte %d, line %d); reading %s from byte 0",
                 self.display,
-                self.rotated,
+                path,
                 after.offset,
                 line,
                 self.path,

@@ -23,6 +23,7 @@ the new file from byte 0. See :mod:`etl.rotation`.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import posixpath
@@ -124,6 +125,10 @@ class Files(Protocol):
         """
         ...
 
+    def list(self, pattern: str) -> list[str]:
+        """The paths of the files in ``pattern``'s folder whose names match its name."""
+        ...
+
 
 class Source(Protocol):
     display: str
@@ -156,7 +161,9 @@ class TailOptions:
     """How a source follows its file; the stream options of the same names.
 
     - ``rotated``: where the old file is after a rotation, ``{name}`` the file's name,
-      relative to its folder; None (``none`` in YAML) to not look for it.
+      relative to its folder; None (``none`` in YAML) to not look for it. With ``*``,
+      ``?`` or ``[...]`` it is a shell pattern (``{name}-*`` for logrotate's
+      ``dateext``): the old file is the newest match that begins as the file read did.
     - ``start``: where the first read of a file the stream has no cursor for starts,
       ``beginning`` or ``end``.
     - ``max_first_read``: such a first read takes at most the file's last bytes this
@@ -298,6 +305,14 @@ class _LocalFiles:
                 raise BeyondEnd
             f.seek(offset)
             return f.read(-1 if size is None else size)
+
+    def list(self, pattern: str) -> list[str]:
+        folder, name = os.path.split(pattern)
+        try:
+            names = os.listdir(folder or ".")
+        except FileNotFoundError:
+            return []
+        return [os.path.join(folder, n) for n in fnmatch.filter(names, name)]
 
 
 def _os_problem(e: OSError) -> str:

@@ -134,6 +134,51 @@ def test_copytruncate_reads_the_copy_then_the_file_again(open_source, ftp_files)
     assert cursor.offset == len(numbered(40, 45)) and cursor.line == 5
 
 
+@pytest.mark.parametrize("how", ["rename", "copytruncate"])
+def test_a_rotated_pattern_finds_the_old_file_by_its_first_bytes(
+    open_source, ftp_files, caplog, how
+):
+    # logrotate's dateext: the old file's name holds a date, so only a pattern finds it;
+    # of the files matching, the one that begins as the file being read did is it.
+    ftp_files.write("a.log-20261201", numbered(0, 200, b"older"))  # bigger, other bytes
+    ftp_files.write("a.log", numbered(0, 20))
+    ftp_files.write("a.log-20261202", numbered(0, 200, b"old"))
+    source = open_source("a.log", rotated="{name}-*")
+    cursor = source.read(Cursor()).cursor
+    ftp_files.append("a.log", numbered(20, 30))
+    if how == "rename":
+        os.rename(ftp_files.path("a.log"), ftp_files.path("a.log-20261203"))
+    else:
+        shutil.copyfile(ftp_files.path("a.log"), ftp_files.path("a.log-20261203"))
+        os.truncate(ftp_files.path("a.log"), 0)
+    ftp_files.write("a.log", numbered(0, 5, b"new"))
+
+    chunks: list[Chunk] = []
+    with caplog.at_level(logging.INFO, logger="headrace.etl"):
+        drain(source, cursor, chunks)
+    assert data(chunks) == numbered(20, 30) + numbered(0, 5, b"new")
+    assert "reading the rest of the old file from " in caplog.text
+    assert "a.log-20261203, from byte" in caplog.text
+    assert "WARNING" not in caplog.text
+
+
+def test_a_rotated_pattern_that_matches_no_copy_says_so(open_source, ftp_files, caplog):
+    ftp_files.write("a.log", numbered(0, 20))
+    ftp_files.write("a.log-20261202", numbered(0, 200, b"old"))  # another file's copy
+    source = open_source("a.log", rotated="{name}-*")
+    cursor = source.read(Cursor()).cursor
+    ftp_files.append("a.log", numbered(20, 30))
+    os.rename(ftp_files.path("a.log"), ftp_files.path("gone.log"))  # out of the pattern's way
+    ftp_files.write("a.log", numbered(0, 40, b"new"))
+
+    chunks: list[Chunk] = []
+    with caplog.at_level(logging.INFO, logger="headrace.etl"):
+        drain(source, cursor, chunks)
+    assert data(chunks) == numbered(0, 40, b"new")
+    assert "the rotated file " in caplog.text and "a.log-* was not found" in caplog.text
+    assert f"after byte {cursor.offset} were not read" in caplog.text
+
+
 def test_rotated_file_missing_warns_and_goes_on(open_source, ftp_files, caplog):
     ftp_files.write("a.log", numbered(0, 20))
     source = open_source("a.log")
@@ -395,12 +440,15 @@ class RotatingWriter(threading.Thread):
     """Appends numbered lines at ``rate`` per second; rotates the file as told, itself.
 
     ``rotations``: (seconds after start, "rename" or "copytruncate"). The previous
-    rotated file is moved to ``.2`` first, as logrotate does.
+    rotated file is moved to ``.2`` first, as logrotate does; with ``dateext`` each
+    rotated file is named for its day instead (``live.log-20261201``, ...).
     """
 
-    def __init__(self, path: Path, rate: float, duration: float, rotations) -> None:
+    def __init__(
+        self, path: Path, rate: float, duration: float, rotations, dateext: bool = False
+    ) -> None:
         super().__init__(daemon=True)
-        self.path, self.rate, self.duration = path, rate, duration
+        self.path, self.rate, self.duration, self.dateext = path, rate, duration, dateext
         self.rotations = sorted(rotations)
         self.written: list[bytes] = []
         self.error: BaseException | None = None
@@ -422,7 +470,9 @@ class RotatingWriter(threading.Thread):
             self.written += lines
             if self.rotations and now >= self.rotations[0][0]:
                 _, how = self.rotations.pop(0)
-                if one.exists():
+                if self.dateext:
+                    one = Path(f"{path}-2026120{len(self.rotations) + 1}")
+                elif one.exists():
                     os.replace(one, two)
                 if how == "rename":
                     f.close()
@@ -436,10 +486,15 @@ class RotatingWriter(threading.Thread):
 
 
 @pytest.mark.timeout(60)
-def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files, caplog, kind):
+@pytest.mark.parametrize("naming", ["numbered", "dateext"])
+def test_nothing_lost_or_repeated_while_a_writer_rotates(
+    open_source, ftp_files, caplog, kind, naming
+):
     path = ftp_files.write("live.log", b"")
-    source = open_source("live.log")
-    writer = RotatingWriter(path, 1000, 3.0, [(0.8, "rename"), (1.9, "copytruncate")])
+    dateext = naming == "dateext"
+    source = open_source("live.log", **({"rotated": "{name}-*"} if dateext else {}))
+    rotations = [(0.8, "rename"), (1.9, "copytruncate")]
+    writer = RotatingWriter(path, 1000, 3.0, rotations, dateext=dateext)
     got: list[bytes] = []
     cursor, resets, errors = Cursor(), [], 0
     caplog.set_level(logging.INFO, logger="headrace.etl")
@@ -472,7 +527,8 @@ def test_nothing_lost_or_repeated_while_a_writer_rotates(open_source, ftp_files,
     where = {"ftp": "pyftpdlib", "vsftpd": "vsftpd", "file": "a local file"}[kind]
     record(
         "log rotation",
-        f"rename-and-create, then copytruncate, of {where} while 1,000 lines/s are written",
+        f"rename-and-create, then copytruncate, of {where} while 1,000 lines/s are written"
+        + (" (dateext names, found by the pattern {name}-*)" if dateext else ""),
         written=len(writer.written),
         published=read.count(b"\n"),
         open=0,
