@@ -20,10 +20,9 @@ second as the file's previous change shows only when the file changes again.
 (``TailOptions.rotated``, ``{name}.1`` by default; a shell pattern such as
 ``{name}-*`` is the newest matching file that begins as the file did) is looked for.
 If its first bytes and its 64 bytes before the cursor are the cursor's, the rest of it
-is read, on
-later ticks too, until the new file has bytes: a writer that has written to the new
-file writes no more to the old one, so what is read of the old one after that is
-all of it. Its last line, complete or not, is then emitted, and the next read
+is read, on later ticks too, until the new file has bytes: a writer that has written
+to the new file writes no more to the old one, so what is read of the old one after
+that is all of it. Its last line, complete or not, is then emitted, and the next read
 starts the new file at byte 0 (``Chunk.reset == "rotated"``, line numbers from 1).
 Without a matching rotated copy, the new file is read from byte 0 at once, with a
 WARNING when the file was replaced (what the old file had after the cursor was not
