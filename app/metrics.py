@@ -7,7 +7,7 @@ every process's, labelled ``process="<pid>"``. Without the variable (``panel ser
 by hand) ``/metrics`` returns the answering process's own.
 
 No label names a session: a figure per session would grow without bound.
-``panel serve --plugins app.metrics`` adds the route (:data:`ROUTES`).
+``panel serve --plugins headrace.app.metrics`` adds the route (:data:`ROUTES`).
 
 When the server authenticates viewers (``--basic-auth``, ``--oauth-provider``), so does
 ``/metrics``: a logged-in browser's cookie, the basic-auth credentials as HTTP Basic

@@ -14,13 +14,13 @@ import os
 import threading
 from dataclasses import dataclass
 
-from app.board import Board
-from app.fanout import Fanout
-from app.history import HistoryCache
-from app.opsboard import OpsBoard
-from app.settings import history_url
-from app.subscriber import Subscriber
-from app.telemetry import Telemetry
+from headrace.app.live.fanout import Fanout
+from headrace.app.live.subscriber import Subscriber
+from headrace.app.pages.board import Board
+from headrace.app.pages.opsboard import OpsBoard
+from headrace.app.settings import history_url
+from headrace.app.telemetry import Telemetry
+from headrace.app.views.history import HistoryCache
 
 
 @dataclass(frozen=True)

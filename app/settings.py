@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 
-from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+from headrace.etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
-log = logging.getLogger("headrace.app")
+log = logging.getLogger(__name__)
 
 WINDOW_ENV = "HEADRACE_WINDOW"
 DEFAULT_WINDOW = 600.0

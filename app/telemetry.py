@@ -1,7 +1,7 @@
 """A Panel process's figures, read once a second: for Prometheus and for operators.
 
 One timer per process takes the subscriber's and the fan-out's counters and advances
-the Prometheus figures (:mod:`app.metrics`) by what changed; every
+the Prometheus figures (:mod:`headrace.app.metrics`) by what changed; every
 :data:`REPORT_EVERY` seconds it also keeps the process's record on the scheduler
 (metadata ``["headrace", "viewers", "<host>-<pid>"]``), which the operator page and
 ``headrace status`` read for viewers per process, on every host. The sessions
@@ -17,15 +17,15 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from app.metrics import ProcessFigures
+from headrace.app.metrics import ProcessFigures
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from app.fanout import Fanout
-    from app.subscriber import Subscriber
+    from headrace.app.live.fanout import Fanout
+    from headrace.app.live.subscriber import Subscriber
 
-log = logging.getLogger("headrace.app")
+log = logging.getLogger(__name__)
 
 PERIOD_MS = 1000
 REPORT_EVERY = 5.0

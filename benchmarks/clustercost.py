@@ -3,7 +3,7 @@
 In one process, as the embedded setup runs it: a ``LocalCluster`` with two single-thread
 worker processes, the loop's ``StreamRunner`` for one demo stream (40 lines/s on the
 benchmark's FTP server) and a second client acting as a Panel process's subscriber
-(``etl.contract.subscribe_all``, then ``FrameStream.read`` of the announced seq). Per tick:
+(``headrace.etl.contract.subscribe_all``, then ``FrameStream.read`` of the announced seq). Per tick:
 
 - ``submit -> published``: from ``tick()`` being called (extract and transform submitted)
   to the subscriber receiving the frame's event; split into ``extract+transform``
@@ -30,11 +30,11 @@ from .data import feed
 async def _measure(url: str, state_dir: Path, ticks: int, interval: float, warmup: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from etl import contract
-    from etl.loop import StreamRunner
-    from etl.state import StateStore
-    from etl.streams import Stream
-    from etl.transforms import Resample
+    from headrace.etl import contract
+    from headrace.etl.loop.runner import StreamRunner
+    from headrace.etl.store.state import StateStore
+    from headrace.etl.streams import Stream
+    from headrace.etl.transforms import Resample
 
     stream = Stream("bench", url, transform=Resample("25ms", agg="max"), interval=interval)
     heard: dict[int, tuple[float, float]] = {}  # seq -> (event received, event.published)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cluster.ftpserver import FTPServer
-from cluster.logwriter import LogWriter
+from headrace.cluster.demo.ftpserver import FTPServer
+from headrace.cluster.demo.logwriter import LogWriter
 
 STREAMS = ["alpha", "beta", "gamma"]
 RATE = 40.0  # lines per second per stream, as in the demo

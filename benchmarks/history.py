@@ -3,9 +3,9 @@
 A SQLite database (the default sink) is filled with ``days`` of one stream: 1 s and
 1 min rollups for the whole span and raw 25 ms rows for the last hour, written in bulk
 as the sink would have over those days. Then each window (1 h, 24 h, 7 d, 30 d at 2,000
-points) is read ``repeats`` times with :class:`etl.contract.history.HistoryReader`;
+points) is read ``repeats`` times with :class:`headrace.etl.contract.history.HistoryReader`;
 the figure is the median. Writing: frames of 8 rows (one 0.2 s tick of 25 ms rows)
-through :meth:`etl.sink.Sink.write`, in batches as the backlog drains them.
+through :meth:`headrace.etl.store.sink.Sink.write`, in batches as the backlog drains them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ WINDOWS = {"1 h": "1h", "24 h": "1D", "7 d": "7D", "30 d": "30D"}
 
 
 def _fill(engine, days: int, now: pd.Timestamp) -> dict[str, int]:
-    from etl.contract import history
+    from headrace.etl.contract import history
 
     rng = np.random.default_rng(0)
     counts = {}
@@ -67,8 +67,8 @@ def _fill(engine, days: int, now: pd.Timestamp) -> dict[str, int]:
 
 
 def _write_rate(work: Path, frames: int) -> dict:
-    from etl.sink import Sink, SinkSpec, encode
-    from etl.state import Queued
+    from headrace.etl.store.sink import Sink, SinkSpec, encode
+    from headrace.etl.store.state import Queued
 
     sink = Sink(SinkSpec(f"sqlite:///{work}/write.sqlite"))
     start = pd.Timestamp("2026-01-01", tz="UTC")
@@ -78,7 +78,7 @@ def _write_rate(work: Path, frames: int) -> dict:
         frame = pd.DataFrame({"time": times, "value": np.full(8, 0.1), "count": 1})
         queued.append(Queued(i, "bench", i + 1, encode(frame), 0.0))
     t0 = time.perf_counter()
-    for i in range(0, frames, 200):  # etl.sink.BATCH frames per transaction
+    for i in range(0, frames, 200):  # headrace.etl.store.sink.BATCH frames per transaction
         sink.write(queued[i : i + 200])
     seconds = time.perf_counter() - t0
     return dict(frames=frames, seconds=seconds, frames_per_s=frames / seconds)
@@ -87,7 +87,7 @@ def _write_rate(work: Path, frames: int) -> dict:
 def run(days: int = 30, repeats: int = 5) -> dict:
     import sqlalchemy as sa
 
-    from etl.contract import history
+    from headrace.etl.contract import history
 
     work = Path(tempfile.mkdtemp(prefix="headrace-history-"))
     engine = sa.create_engine(f"sqlite:///{work}/history.sqlite")

@@ -1,7 +1,7 @@
 """HoloViews cost: server CPU per update per session, three ways of streaming 5 rows.
 
-(a) headrace's plot (``app.plots.live_plot``: declared in HoloViews, rendered once, then
-``cds.stream`` into the rendered source), (b) a raw Bokeh ``figure().line`` +
+(a) headrace's plot (``headrace.app.views.plots.live_plot``: declared in HoloViews, rendered
+once, then ``cds.stream`` into the rendered source), (b) a raw Bokeh ``figure().line`` +
 ``cds.stream``, (c) HoloViews' own streaming, ``hv.streams.Buffer`` + ``DynamicMap``.
 Each sits in a Bokeh Document whose change listener builds the PATCH-DOC message as a
 server session does, so the serialisation is in the cost. :func:`measure_update_cost`
@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource
 
-    from app.columns import Columns
+    from headrace.app.live.columns import Columns
 
 
 def run(updates: int = 300, rows: int = 5, repeats: int = 5) -> dict:
     try:
-        from app.plots import live_plot  # noqa: F401 - the plot measured
+        from headrace.app.views.plots import live_plot  # noqa: F401 - the plot measured
     except ImportError as exc:
-        return dict(error=f"app.plots.live_plot unavailable: {exc}")
+        return dict(error=f"headrace.app.views.plots.live_plot unavailable: {exc}")
     log(f"hv: {repeats} x {updates} updates of {rows} rows")
     r = measure_update_cost(updates=updates, rows=rows, repeats=repeats, buffer=True)
     out = dict(
@@ -95,7 +95,7 @@ def measure_update_cost(
     from bokeh.document import Document
     from bokeh.plotting import figure
 
-    from app.plots import live_plot
+    from headrace.app.views.plots import live_plot
 
     rng = np.random.default_rng(0)
     step = 25_000_000

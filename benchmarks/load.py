@@ -149,12 +149,12 @@ def run_phase(
 
 
 class FrameEvents:
-    """The loop's frame events (``etl.contract``), to split latency at the publish instant."""
+    """The loop's frame events (the contract's), to split latency at the publish instant."""
 
     def __init__(self, address: str) -> None:
         from distributed import Client
 
-        from etl import contract
+        from headrace.etl import contract
 
         self.events: list[dict] = []
         self.client = Client(address, timeout=30)

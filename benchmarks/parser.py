@@ -1,7 +1,8 @@
 """Parser throughput: headrace's RegexParser + Resample against pandas on the same bytes.
 
-Both sides get the same 1 M demo lines (``cluster.logwriter.format_line``, 40 lines/s as the demo
-writes them, so about one line per 25 ms period) and produce the same thing: 25 ms
+Both sides get the same 1 M demo lines (``headrace.cluster.demo.logwriter.format_line``, 40
+lines/s as the demo writes them, so about one line per 25 ms period) and produce the same
+thing: 25 ms
 periods with the max value. pandas: ``read_csv(sep=" ")`` + ``to_datetime(ISO8601)`` +
 ``resample("25ms").max()``. Arrow is held to one thread, so CPU seconds are one core's;
 lines/s per core = lines / CPU seconds of the process. Median of ``repeats`` runs.
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cluster.logwriter import format_line
+from headrace.cluster.demo.logwriter import format_line
 
 from .common import log
 
@@ -26,14 +27,16 @@ from .common import log
 def demo_bytes(lines: int, rate: float = 40.0, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     values = np.clip(rng.normal(0.1, 0.01, lines), 0, 1)
-    values[rng.random(lines) < 0.002] += 0.5  # the rare spikes of cluster.logwriter.sample_value
+    values[rng.random(lines) < 0.002] += (
+        0.5  # the rare spikes of headrace.cluster.demo.logwriter.sample_value
+    )
     start = time.time() - lines / rate
     return b"".join(format_line(start + i / rate, float(v)) for i, v in enumerate(values))
 
 
 def _headrace(data: bytes) -> int:
-    from etl.regexparser import RegexParser
-    from etl.transforms import Resample
+    from headrace.etl.parse.regex import RegexParser
+    from headrace.etl.transforms import Resample
 
     parsed = RegexParser().parse(data)
     step = Resample("25ms", agg="max").step(parsed.frame, None)
@@ -41,7 +44,7 @@ def _headrace(data: bytes) -> int:
 
 
 def _headrace_parse(data: bytes) -> int:
-    from etl.regexparser import RegexParser
+    from headrace.etl.parse.regex import RegexParser
 
     return len(RegexParser().parse(data).frame)
 

@@ -237,7 +237,7 @@ def _wait_published(address: str, stack: Stack, timeout: float = 60.0) -> None:
     """Until every stream has a few frames published (the loop is ticking)."""
     from distributed import Client
 
-    from etl import contract
+    from headrace.etl import contract
 
     deadline = time.monotonic() + timeout
     with Client(address, timeout=30) as client:

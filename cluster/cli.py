@@ -6,20 +6,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from typing import Any
 
 import click
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    # distributed logs every worker and client event at INFO; keep ours readable
-    for noisy in ("distributed", "bokeh", "tornado", "pyftpdlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from headrace.cluster.logs import setup_logging
 
 
 def scheduler_option(
@@ -46,7 +38,7 @@ def tls_options(command: Any) -> Any:
 
 def tls_files(options: dict[str, Any]) -> Any:
     """The TLS files of a command's options, or None; a bad combination is a usage error."""
-    from .tls import TLSFiles
+    from headrace.cluster.security.tls import TLSFiles
 
     try:
         return TLSFiles.given(
@@ -72,7 +64,7 @@ def worker(dask_worker_args: tuple[str, ...]) -> None:
     restarts them, this does. Every argument goes to `dask worker` as it is, e.g.
     `headrace worker tcp://10.0.0.2:8786 --nworkers 2 --nthreads 1`.
     """
-    from .supervise import supervise, worker_command
+    from headrace.cluster.supervise import supervise, worker_command
 
     sys.exit(supervise(worker_command(dask_worker_args)))
 
@@ -108,12 +100,11 @@ def etl(
     **tls: Any,
 ) -> None:
     """Run the tick loop: extract, transform and publish every stream every interval."""
-    from etl.config import load
-    from etl.state import StateError
-    from etl.streams import ConfigError
-
-    from . import tls as dask_tls
-    from .service import serve
+    from headrace.cluster.security import tls as dask_tls
+    from headrace.cluster.service import serve
+    from headrace.etl.config import load
+    from headrace.etl.store.state import StateError
+    from headrace.etl.streams import ConfigError
 
     dask_tls.configure(tls_files(tls))
     try:
@@ -158,7 +149,7 @@ def etl(
 @click.option("--basic-auth", default=None, metavar="PASSWORD|FILE", help="Require a login.")
 def demo(**options: Any) -> None:
     """Run everything on this machine: FTP server with live logs, Dask, tick loop, Panel."""
-    from .demo import main as run_demo
+    from headrace.cluster.demo.stack import main as run_demo
 
     run_demo(**options)
 
@@ -235,8 +226,8 @@ def serve(
     """
     from pathlib import Path
 
-    from .access import Access
-    from .panel import serve_command
+    from headrace.cluster.panel import serve_command
+    from headrace.cluster.security.access import Access
 
     files = tls_files(tls)
     access = Access(address, port, origins, basic_auth, Path(state_dir), metrics_token_file)
@@ -299,15 +290,14 @@ def status(
     Exits 0 when every stream is healthy, 1 if one is stale, 2 if one is failing,
     3 if the scheduler cannot be reached or no stream has reported.
     """
-    from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
-
-    from . import status as st
-    from . import tls as dask_tls
+    from headrace.cluster import status as st
+    from headrace.cluster.security import tls as dask_tls
+    from headrace.etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
     dask_tls.configure(tls_files(tls))
     if stream is not None:
         if state_dir is None and config_path is not None:
-            from etl.config import load
+            from headrace.etl.config import load
 
             state_dir = str(load(config_path).state_dir)
         if state_dir is None:

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
-from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+from headrace.cluster.security import tls
+from headrace.etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
-from . import tls
-
-log = logging.getLogger("headrace.cluster")
+log = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER_PORT = int(DEFAULT_SCHEDULER.rsplit(":", 1)[1])
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
@@ -83,7 +82,9 @@ async def connect(
         return
     spec = local or LocalSpec()
     kwargs = spec.kwargs()
-    if tls.encrypted():  # configured (cluster.tls): the embedded cluster speaks TLS only
+    if (
+        tls.encrypted()
+    ):  # configured (headrace.cluster.security.tls): the embedded cluster speaks TLS only
         kwargs.setdefault("security", Security())
         kwargs.setdefault("protocol", "tls://")
     with _workers_ignore_sigint():

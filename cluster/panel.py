@@ -1,16 +1,16 @@
-"""The dashboard's processes: ``panel serve app/dashboard.py``, pointed at a Dask scheduler.
+"""The dashboard's processes: ``panel serve`` of headrace's pages, pointed at a Dask scheduler.
 
 ``headrace serve`` runs this. Running ``panel serve`` directly works too (this is all
-it does)::
+it does; ``PAGES`` is the installed ``headrace/app/pages`` folder)::
 
     DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786 HEADRACE_WINDOW=600 \\
-        python -m panel serve app/dashboard.py --num-procs 3 --port 5006 \\
+        python -m panel serve $PAGES/dashboard.py --num-procs 3 --port 5006 \\
         --address 127.0.0.1 --allow-websocket-origin 127.0.0.1:5006 \\
-        --allow-websocket-origin localhost:5006 --setup app/warmup.py
+        --allow-websocket-origin localhost:5006 --setup $PAGES/../warmup.py
 
-and the dashboard is at http://localhost:5006/dashboard (add ``app/ops.py`` for the
-operator page at ``/ops``, ``--plugins app.metrics`` for ``/metrics``, and
-``PROMETHEUS_MULTIPROC_DIR`` for every process's figures). ``--setup app/warmup.py`` is
+and the dashboard is at http://localhost:5006/dashboard (add ``$PAGES/ops.py`` for the
+operator page at ``/ops``, ``--plugins headrace.app.metrics`` for ``/metrics``, and
+``PROMETHEUS_MULTIPROC_DIR`` for every process's figures). ``--setup warmup.py`` is
 optional: it starts each process's subscriber when the process starts (with
 ``--num-procs`` > 1; Panel runs it after the fork) instead of with its first session,
 so the first viewer finds the window filled. Each process connects to the scheduler
@@ -27,19 +27,18 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import app
-from app.metrics import MULTIPROC_ENV
-from app.settings import HISTORY_ENV, WINDOW_ENV
-from etl.contract import DEFAULT_SCHEDULER, configured_scheduler
+from headrace.app import pages
+from headrace.app.metrics import MULTIPROC_ENV
+from headrace.app.settings import HISTORY_ENV, WINDOW_ENV
+from headrace.cluster import processes
+from headrace.cluster.security.access import Access
+from headrace.cluster.security.tls import TLSFiles, environ
+from headrace.etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
-from . import processes
-from .access import Access
-from .tls import TLSFiles, environ
-
-APP_DIR = Path(app.__file__).resolve().parent
-DASHBOARD = APP_DIR / "dashboard.py"
-OPS = APP_DIR / "ops.py"
-WARMUP = APP_DIR / "warmup.py"
+PAGES = Path(pages.__file__).resolve().parent
+DASHBOARD = PAGES / "dashboard.py"
+OPS = PAGES / "ops.py"
+WARMUP = PAGES.parent / "warmup.py"  # a script Panel runs, never imported here
 
 
 def panel_command(
@@ -53,7 +52,7 @@ def panel_command(
     access = access or Access(address, port)
     cmd = [sys.executable, "-m", "panel", "serve", str(DASHBOARD), str(OPS)]
     cmd += ["--num-procs", str(num_procs), "--port", str(port), "--address", address]
-    cmd += ["--plugins", "app.metrics", *access.args(extra)]
+    cmd += ["--plugins", "headrace.app.metrics", *access.args(extra)]
     if num_procs > 1:
         # Panel runs --setup in each child after the fork, on its loop; with one process it
         # would run before the loop exists, so there the first session starts the subscriber.
@@ -92,10 +91,6 @@ def serve_env(
         env[WINDOW_ENV] = str(window)
     if history is not None:
         env[HISTORY_ENV] = history
-    root = str(APP_DIR.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
 
 
@@ -115,11 +110,11 @@ def serve_command(
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
 
     ``access`` says who may connect (default: this machine only, no login; see
-    :mod:`cluster.access`); ``tls`` the Dask TLS files of the processes' clients.
+    :mod:`headrace.cluster.security.access`); ``tls`` the Dask TLS files of the processes' clients.
     ``scheduler`` defaults to ``DASK_SCHEDULER_ADDRESS`` / dask config, else
     ``tcp://127.0.0.1:8786``. With ``wait`` (the CLI) it returns panel's exit code;
     otherwise the running ``Popen`` in a process group of its own, which
-    :func:`cluster.processes.stop` stops with its forked children. ``popen`` goes to
+    :func:`headrace.cluster.processes.stop` stops with its forked children. ``popen`` goes to
     ``subprocess.Popen`` (``stdout=``, ``stderr=``...).
     """
     access = access or Access(address, port)

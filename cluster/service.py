@@ -16,18 +16,17 @@ from typing import Any
 
 from distributed import Client
 
-from etl import contract
-from etl.deadletter import DeadLetterStore
-from etl.loop import StreamRunner, backoff, run_streams, sleep_unless_stopped
-from etl.metrics import LoopMetrics
-from etl.sink import SinkSpec
-from etl.state import StateStore
-from etl.streams import Stream
+from headrace.cluster import writer
+from headrace.cluster.connection import LocalSpec, connect
+from headrace.etl import contract
+from headrace.etl.loop.metrics import LoopMetrics
+from headrace.etl.loop.runner import StreamRunner, backoff, run_streams, sleep_unless_stopped
+from headrace.etl.store.deadletter import DeadLetterStore
+from headrace.etl.store.sink import SinkSpec
+from headrace.etl.store.state import StateStore
+from headrace.etl.streams import Stream
 
-from . import writer
-from .connection import LocalSpec, connect
-
-log = logging.getLogger("headrace.etl")
+log = logging.getLogger(__name__)
 
 HEALTH_EVERY = 1.0
 

@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from etl import contract
-from etl.contract.health import UNREACHABLE, exit_code, statuses
-from etl.deadletter import FILENAME, DeadLetterStore
+from headrace.etl import contract
+from headrace.etl.contract.health import UNREACHABLE, exit_code, statuses
+from headrace.etl.store.deadletter import FILENAME, DeadLetterStore
 
 
 def read_records(scheduler: str, timeout: float = 5.0) -> dict[str, dict[str, Any]]:

@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import processes
+from headrace.cluster import processes
 
-log = logging.getLogger("headrace.cluster")
+log = logging.getLogger(__name__)
 
 FIRST_DELAY = 1.0  # seconds before a restart; doubled while it keeps stopping at once
 MAX_DELAY = 15.0

@@ -1,7 +1,7 @@
 """The history writer: a process of its own, so that its pandas and SQL work never holds
 the tick loop's interpreter, at a lower CPU priority than the live path.
 
-It drains the backlog the loop fills in the state directory (:func:`etl.sink.drain`);
+It drains the backlog the loop fills in the state directory (:func:`headrace.etl.store.sink.drain`);
 SQLite's WAL lets both use the file at once, and the exactly-once guard in the database
 makes a writer restarted mid-batch harmless.
 """
@@ -15,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-from etl.sink import SinkSpec
+from headrace.etl.store.sink import SinkSpec
 
 NICE = 10
 IDLE = 2.0  # seconds between batches: fewer, larger transactions cost less CPU per row
@@ -37,9 +37,9 @@ def start(state_dir: Path, specs: dict[str, SinkSpec]) -> multiprocessing.Proces
 
 
 def _main(state_dir: str, specs: dict[str, SinkSpec], level: int) -> None:
-    from cluster.cli import setup_logging
-    from etl.sink import drain, sinks_for
-    from etl.state import StateStore
+    from headrace.cluster.logs import setup_logging
+    from headrace.etl.store.sink import drain, sinks_for
+    from headrace.etl.store.state import StateStore
 
     setup_logging(logging.getLevelName(level))  # as the loop logs: same format, same stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the loop stops us, after its last frame

@@ -43,12 +43,12 @@ from typing import Any
 
 import yaml
 
-from .contract import DEFAULT_RING
-from .regexparser import RegexParser
-from .sink import SinkSpec
-from .sources import TailOptions
-from .streams import ConfigError, Stream
-from .transforms import Resample
+from headrace.etl.contract import DEFAULT_RING
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import TailOptions
+from headrace.etl.store.sink import SinkSpec
+from headrace.etl.streams import ConfigError, Stream
+from headrace.etl.transforms import Resample
 
 _TAIL = ("rotated", "start", "max_first_read", "max_line")  # every source's: TailOptions
 _TOP = {"scheduler", "state_dir", "ring", "cluster", "sink", "streams"}

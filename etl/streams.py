@@ -2,8 +2,8 @@
 
 Define streams in Python::
 
-    from cluster.service import run
-    from etl import Stream
+    from headrace.cluster.service import run
+    from headrace import Stream
 
     streams = [
         Stream("cpu", "ftp://127.0.0.1:2121/cpu.log", interval=0.2),
@@ -11,9 +11,9 @@ Define streams in Python::
     ]
     run(streams, scheduler="tcp://127.0.0.1:8786")
 
-``parser`` is a :class:`~etl.parser.Parser` (default: a :class:`RegexParser`) or any
-function ``bytes -> DataFrame`` (use :func:`~etl.parser.take_lines` for a function of
-text lines); ``transform`` is a :class:`~etl.transforms.Transform` (default: a
+``parser`` is a :class:`~headrace.etl.parse.parser.Parser` (default: a :class:`RegexParser`) or any
+function ``bytes -> DataFrame`` (use :func:`~headrace.etl.parse.parser.take_lines` for a function of
+text lines); ``transform`` is a :class:`~headrace.etl.transforms.Transform` (default: a
 :class:`Resample`), any function ``DataFrame -> DataFrame``, or None to publish parsed
 rows as they are.
 """
@@ -26,12 +26,13 @@ from typing import Any
 
 import pandas as pd
 
-from .contract import validate_name
-from .parser import FunctionParser, Parser
-from .regexparser import RegexParser
-from .sink import SinkSpec
-from .sources import Source, make_source
-from .transforms import Map, Resample, Transform
+from headrace.etl.contract import validate_name
+from headrace.etl.parse.parser import FunctionParser, Parser
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import Source
+from headrace.etl.sources.factory import make_source
+from headrace.etl.store.sink import SinkSpec
+from headrace.etl.transforms import Map, Resample, Transform
 
 DEFAULT_INTERVAL = 0.2
 

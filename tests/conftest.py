@@ -17,7 +17,7 @@ import faultreport
 import pytest
 from postgres import PostgresServer, postgres_server
 
-from cluster.ftpserver import FTPServer
+from headrace.cluster.demo.ftpserver import FTPServer
 
 FTP_USER = "alice"
 FTP_PASSWORD = "s3cret-PW"

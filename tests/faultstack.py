@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from helpers import dask_scheduler, dask_worker, headrace_etl
 
-from cluster import processes
+from headrace.cluster import processes
 
 PERIOD_MS = 25
 
@@ -127,7 +127,7 @@ class Events(threading.Thread):
     def run(self) -> None:
         from distributed import Client
 
-        from etl import contract
+        from headrace.etl import contract
 
         while not self._halt.is_set():
             try:

@@ -19,7 +19,7 @@ import pytest
 from distributed import Client
 from ports import free_port
 
-from etl import contract
+from headrace.etl import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = pd.Timedelta(milliseconds=25)
@@ -163,12 +163,13 @@ def headrace_serve(
     """``headrace serve`` as a subprocess on ``port`` (default: a free one); kills its
     process group after.
 
-    ``access``: a :class:`cluster.access.Access` (logins, origins; its port is this one).
+    ``access``: a :class:`~headrace.cluster.security.access.Access` (logins, origins; its
+    port is this one).
     """
     import dataclasses
 
-    from cluster import processes
-    from cluster.panel import serve_command
+    from headrace.cluster import processes
+    from headrace.cluster.panel import serve_command
 
     port = port or free_port()
     if access is not None:
@@ -193,8 +194,8 @@ def headrace_serve(
 
 
 def spawn(args: list[str], log, env: dict | None = None) -> subprocess.Popen:
-    """A subprocess in its own process group (stop it with ``cluster.processes.stop``)."""
-    from cluster import processes
+    """A subprocess in its own process group (stop it with ``headrace.cluster.processes.stop``)."""
+    from headrace.cluster import processes
 
     return processes.start(
         args, {**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
@@ -205,7 +206,7 @@ def headrace_etl(
     config: Path, address: str, log, env: dict | None = None, metrics_port: int = 0
 ) -> subprocess.Popen:
     """``headrace etl --config CONFIG --scheduler ADDRESS`` (metrics off unless a port is given)."""
-    cmd = [sys.executable, "-m", "cluster.cli", "etl", "--config", str(config)]
+    cmd = [sys.executable, "-m", "headrace.cluster.cli", "etl", "--config", str(config)]
     cmd += ["--scheduler", address, "--metrics-port", str(metrics_port)]
     return spawn(cmd, log, env)
 
@@ -217,7 +218,7 @@ def dask_scheduler(port: int, log) -> subprocess.Popen:
 
 def dask_worker(address: str, log) -> subprocess.Popen:
     """A `dask worker` (with its nanny) under ``headrace worker``, as the README runs it."""
-    cmd = [sys.executable, "-m", "cluster.cli", "worker", address, "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "headrace.cluster.cli", "worker", address, "--host", "127.0.0.1"]
     return spawn([*cmd, "--nthreads", "2", "--no-dashboard"], log)
 
 

@@ -24,7 +24,7 @@ from helpers import (
     wait_http,
 )
 
-from etl import contract
+from headrace.etl import contract
 
 
 @pytest.mark.timeout(150)
@@ -93,9 +93,9 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
     from bokeh.events import DocumentReady
     from tornado.ioloop import IOLoop
 
-    from app import registry
-    from app.dashboard import build
-    from app.subscriber import Subscriber
+    from headrace.app import registry
+    from headrace.app.live.subscriber import Subscriber
+    from headrace.app.pages.dashboard import build
 
     with LocalCluster(**cluster_options) as cluster:
         publisher = Publisher("churn", interval=0.1)

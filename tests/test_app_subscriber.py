@@ -11,12 +11,12 @@ import pytest
 from distributed import Client, LocalCluster
 from helpers import Publisher, async_wait_for, count_dataset_gets, free_port
 
-from app.columns import frame_columns
-from app.fanout import Fanout
-from app.freshness import Lag, describe
-from app.subscriber import Subscriber
-from app.window import Window
-from etl import contract
+from headrace.app.live.columns import frame_columns
+from headrace.app.live.fanout import Fanout
+from headrace.app.live.subscriber import Subscriber
+from headrace.app.live.window import Window
+from headrace.app.views.freshness import Lag, describe
+from headrace.etl import contract
 
 
 def published_ns(publisher: Publisher, seqs=None) -> np.ndarray:

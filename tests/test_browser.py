@@ -109,8 +109,8 @@ HISTORY_STATE = """
 def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_options):
     from playwright.sync_api import sync_playwright
 
-    from etl.sink import Sink, SinkSpec, encode
-    from etl.state import Queued
+    from headrace.etl.store.sink import Sink, SinkSpec, encode
+    from headrace.etl.store.state import Queued
 
     # Half an hour of 25 ms rows in the history database, one spike among them.
     url = f"sqlite:///{tmp_path}/history.sqlite"

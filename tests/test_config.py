@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from etl.config import load, parse
-from etl.ftp import FTPSource
-from etl.regexparser import RegexParser
-from etl.sources import FileSource, TailOptions
-from etl.streams import ConfigError, Stream
-from etl.transforms import Map, Resample
+from headrace.etl.config import load, parse
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import TailOptions
+from headrace.etl.sources.ftp import FTPSource
+from headrace.etl.sources.local import FileSource
+from headrace.etl.streams import ConfigError, Stream
+from headrace.etl.transforms import Map, Resample
 
 
 def test_yaml_config_builds_streams(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from distributed import Client, LocalCluster
 from helpers import async_wait_for
 
-from etl import contract
+from headrace.etl import contract
 
 
 def frame(start: str, n: int) -> pd.DataFrame:

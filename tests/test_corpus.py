@@ -1,4 +1,4 @@
-"""Issue 12: malformed input through RegexParser, ``etl.pipeline.transform`` (Resample and
+"""Issue 12: malformed input through RegexParser, ``pipeline.transform`` (Resample and
 raw rows) and the tick loop (LocalCluster, FTP server). Nothing raises, and every line is a
 row (in a period's count), malformed (a sample at its line number whose reason names the
 problem), late (its period already published) or blank (skipped, ``Parsed.blank``).
@@ -19,15 +19,16 @@ import pytest
 from distributed import Client, LocalCluster
 from faultreport import record
 
-from etl import contract, pipeline
-from etl.deadletter import DeadLetterStore
-from etl.lines import drop_nul_padding
-from etl.loop import run_streams
-from etl.regexparser import RegexParser
-from etl.sources import Chunk, Cursor
-from etl.state import StateStore
-from etl.streams import Stream
-from etl.transforms import Map, Resample
+from headrace.etl import contract
+from headrace.etl.loop import pipeline
+from headrace.etl.loop.runner import run_streams
+from headrace.etl.parse.lines import drop_nul_padding
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import Chunk, Cursor
+from headrace.etl.store.deadletter import DeadLetterStore
+from headrace.etl.store.state import StateStore
+from headrace.etl.streams import Stream
+from headrace.etl.transforms import Map, Resample
 
 T0 = pd.Timestamp("2026-11-23T09:00:00Z").value  # on a 25 ms boundary
 MS = 10**6
@@ -257,7 +258,7 @@ CHUNK = dict(cursor=Cursor(), transfers=1, reset=None, source="corpus.log")
 def run_pipeline(
     chunks: list[tuple[int, list[Entry]]], transform, parser=None
 ) -> list[pipeline.Result]:
-    """``etl.pipeline.transform`` tick after tick, the carry pickled in between as by the loop."""
+    """``pipeline.transform`` tick after tick, the carry pickled in between as by the loop."""
     parser = parser or RegexParser(keep=10**6)
     results, carry = [], None
     for first, entries in chunks:

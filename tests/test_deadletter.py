@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from etl.deadletter import DeadLetterStore
-from etl.parser import Malformed
+from headrace.etl.parse.parser import Malformed
+from headrace.etl.store.deadletter import DeadLetterStore
 
 
 def bad(line: int, text: str = "garbage", source: str = "ftp://h/app.log") -> Malformed:

@@ -19,8 +19,8 @@ from distributed import Client
 from faultstack import Stack, gaps_ms, periods_ms
 from helpers import RecordedSession, free_port, headrace_serve, wait_for
 
-from cluster.logwriter import LogWriter
-from etl import contract
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl import contract
 
 STREAM = "e2e"
 INTERVAL = 0.2

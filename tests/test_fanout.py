@@ -1,6 +1,6 @@
 """The fan-out: one encoding per tick for every in-sync session, and slow viewers left behind.
 
-The protocol-level tests parse what :mod:`app.wire` writes with Bokeh's own receiver
+The protocol-level tests parse what :mod:`headrace.app.live.wire` writes with Bokeh's own receiver
 and apply it to a document; the served test runs the real dashboard in a Panel server
 with raw Bokeh-protocol viewers, one of which stops reading.
 """
@@ -17,11 +17,11 @@ import pytest
 from faultreport import record
 from helpers import free_port, wait_for, wait_http
 
-from app.channel import Channel
-from app.clone import clone
-from app.columns import empty
-from app.plots import live_plot
-from app.wire import encode
+from headrace.app.live.channel import Channel
+from headrace.app.live.clone import clone
+from headrace.app.live.columns import empty
+from headrace.app.live.wire import encode
+from headrace.app.views.plots import live_plot
 
 
 def rows(first: int, n: int) -> dict[str, np.ndarray]:
@@ -124,10 +124,10 @@ def test_a_copy_serialises_as_the_rendered_plot_and_changes_alone():
 def test_sessions_share_encodings_and_a_stalled_viewer_slows_nobody():
     import panel as pn
 
-    from app import registry
-    from app.dashboard import Dashboard
-    from app.subscriber import Subscriber
     from benchmarks.viewer import open_viewer
+    from headrace.app import registry
+    from headrace.app.live.subscriber import Subscriber
+    from headrace.app.pages.dashboard import Dashboard
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=600)
     parts = registry.reset(subscriber)

@@ -20,9 +20,9 @@ from faultstack import Events, Stack, exactly_once
 from helpers import RecordedSession, headrace_serve, wait_for, wait_http
 from ports import free_port
 
-from cluster.logwriter import LogWriter
-from etl import contract
-from etl.state import StateStore
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl import contract
+from headrace.etl.store.state import StateStore
 
 RATE = 1000
 INTERVAL = 0.2
@@ -86,7 +86,7 @@ def history_frames(stack: Stack, tmp_path: Path, stream: str) -> list[tuple[int,
     """``stream``'s frames as the history database (the default SQLite one) holds them."""
     import sqlalchemy as sa
 
-    from etl.contract import history
+    from headrace.etl.contract import history
 
     store = StateStore(tmp_path / "state")
     try:

@@ -31,7 +31,7 @@ from helpers import (
 )
 from test_faults import RATE, config, drained, outcome, stack_for
 
-from cluster.logwriter import LogWriter
+from headrace.cluster.demo.logwriter import LogWriter
 
 
 def open_sessions(url: str, n: int, stream: str, spread_over: int = 1) -> list[RecordedSession]:
@@ -426,7 +426,7 @@ def test_a_read_only_state_directory_stops_the_loop_at_start_naming_it(tmp_path)
         subprocess.run(["mount", "-o", "remount,ro,bind", str(state)], check=True)
         cfg = config(tmp_path, {"x": f"file://{tmp_path / 'x.log'}"})
         done = subprocess.run(
-            [sys.executable, "-m", "cluster.cli", "etl", "--config", str(cfg)],
+            [sys.executable, "-m", "headrace.cluster.cli", "etl", "--config", str(cfg)],
             capture_output=True,
             text=True,
             timeout=45,

@@ -18,14 +18,15 @@ import pytest
 from vsftpd import Vsftpd
 from vsftpd import vsftpd as run_vsftpd
 
-from cluster.certs import Certs, make_certs
-from cluster.ftpserver import FTPServer
-from etl import config
-from etl.ftp import FTPSource
-from etl.ftptls import SessionReusingFTP_TLS
-from etl.pipeline import extract
-from etl.sources import Cursor, SourceError, make_source
-from etl.streams import ConfigError
+from headrace.cluster.demo.ftpserver import FTPServer
+from headrace.cluster.security.certs import Certs, make_certs
+from headrace.etl import config
+from headrace.etl.loop.pipeline import extract
+from headrace.etl.sources.base import Cursor, SourceError
+from headrace.etl.sources.factory import make_source
+from headrace.etl.sources.ftp import FTPSource
+from headrace.etl.sources.ftps import SessionReusingFTP_TLS
+from headrace.etl.streams import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from etl.contract import history
-from etl.sink import Sink, SinkSpec, drain, encode
-from etl.state import Checkpoint, StateStore
+from headrace.etl.contract import history
+from headrace.etl.store.sink import Sink, SinkSpec, drain, encode
+from headrace.etl.store.state import Checkpoint, StateStore
 
 
 def frames(n: int, rows: int = 40, start: str = "2026-01-01T00:00:00Z", spike_at: int = 77):
@@ -121,10 +121,10 @@ def test_database_outage_costs_the_live_path_nothing(
     from distributed import Client, LocalCluster
     from helpers import async_wait_for
 
-    from cluster.logwriter import LogWriter
-    from cluster.service import serve
-    from etl import contract
-    from etl.streams import Stream
+    from headrace.cluster.demo.logwriter import LogWriter
+    from headrace.cluster.service import serve
+    from headrace.etl import contract
+    from headrace.etl.streams import Stream
 
     url = postgres.create_database("outage")
     path = ftp_root / "out.log"
@@ -196,7 +196,7 @@ def test_database_outage_costs_the_live_path_nothing(
 
 
 def test_a_window_asked_by_many_sessions_is_read_once(tmp_path):
-    from app.history import HistoryCache
+    from headrace.app.views.history import HistoryCache
 
     sink = Sink(SinkSpec(f"sqlite:///{tmp_path}/h.sqlite"))
     store = StateStore(tmp_path / "state")

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
-from cluster.logwriter import LogWriter
-from etl import contract
-from etl.loop import StreamRunner, run_streams
-from etl.parser import take_lines
-from etl.regexparser import RegexParser
-from etl.state import StateStore
-from etl.streams import Stream
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl import contract
+from headrace.etl.loop.runner import StreamRunner, run_streams
+from headrace.etl.parse.parser import take_lines
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.store.state import StateStore
+from headrace.etl.streams import Stream
 
 PASSWORD = "s3cret-PW"
 
@@ -324,7 +324,7 @@ def test_task_names_name_their_stream_in_the_dashboard(cluster, ftp_server, ftp_
     """Dask groups tasks by key_split: every valid stream name must survive it, distinct."""
     from dask.utils import key_split
 
-    from etl.loop import task_key
+    from headrace.etl.loop.runner import task_key
 
     names = ["cpu1", "app_log", "web-1", "web-2"]
     for name in names:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from app import metrics as panel_metrics
-from etl.contract.health import FAILING, OK, STALE, UNREACHABLE, exit_code, statuses
-from etl.metrics import LoopMetrics
+from headrace.app import metrics as panel_metrics
+from headrace.etl.contract.health import FAILING, OK, STALE, UNREACHABLE, exit_code, statuses
+from headrace.etl.loop.metrics import LoopMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "cluster" / "grafana" / "headrace.json"
 # The sample names of a family (its ``# TYPE`` line names counters with their _total).

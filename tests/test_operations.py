@@ -24,8 +24,8 @@ from helpers import RecordedSession, headrace_etl, headrace_serve, wait_for, wai
 from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.logwriter import LogWriter
-from etl import contract
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl import contract
 
 BAD_EVERY = 40
 
@@ -47,7 +47,7 @@ def by_label(figures: dict, name: str, label: str) -> dict[str, float]:
 
 
 def status(*args: str) -> tuple[int, dict | str]:
-    cmd = [sys.executable, "-m", "cluster.cli", "status", *args]
+    cmd = [sys.executable, "-m", "headrace.cluster.cli", "status", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     out = done.stdout.strip()
     return done.returncode, json.loads(out) if "--json" in args else out

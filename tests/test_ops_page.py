@@ -18,7 +18,7 @@ from helpers import (
     wait_http,
 )
 
-from cluster.logwriter import LogWriter
+from headrace.cluster.demo.logwriter import LogWriter
 
 pytestmark = needs_chromium
 

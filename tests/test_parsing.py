@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.parser import Malformed
-from etl.regexparser import DEFAULT_PATTERN, RegexParser
+from headrace.etl.parse.parser import Malformed
+from headrace.etl.parse.regex import DEFAULT_PATTERN, RegexParser
 
 KEYED = r"^(?P<time>\S+)\s+(?P<key>\S+)\s+(?P<value>\S+)\s*$"
 

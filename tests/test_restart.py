@@ -13,10 +13,10 @@ import yaml
 from distributed import Client, LocalCluster
 from helpers import headrace_etl, wait_for
 
-from cluster.logwriter import LogWriter
-from etl import contract
-from etl.contract import history
-from etl.state import StateStore
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl import contract
+from headrace.etl.contract import history
+from headrace.etl.store.state import StateStore
 
 
 @pytest.mark.timeout(180)

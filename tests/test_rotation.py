@@ -15,10 +15,11 @@ import pytest
 from faultreport import record
 from test_ftps import certs, ftps_server, vsftpd  # noqa: F401  (fixtures)
 
-from etl.ftp import FTPSource
-from etl.rotation import HEAD_SIZE
-from etl.sources import CURRENT, FINISHED, ROTATED, Chunk, Cursor, FileSource, Source, SourceError
-from etl.state import Checkpoint, StateStore
+from headrace.etl.sources.base import CURRENT, FINISHED, ROTATED, Chunk, Cursor, Source, SourceError
+from headrace.etl.sources.ftp import FTPSource
+from headrace.etl.sources.local import FileSource
+from headrace.etl.sources.rotation import HEAD_SIZE
+from headrace.etl.store.state import Checkpoint, StateStore
 
 pytestmark = pytest.mark.timeout(30)
 

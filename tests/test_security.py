@@ -30,8 +30,8 @@ from ports import free_port
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from cluster import processes
-from cluster.access import Access
+from headrace.cluster import processes
+from headrace.cluster.security.access import Access
 
 PASSWORD = "pw-9f3a1c"
 
@@ -69,7 +69,7 @@ def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
     from playwright.sync_api import sync_playwright
 
     port, scheduler, metrics = free_port(), free_port(), free_port()
-    cmd = [sys.executable, "-m", "cluster.cli", "demo", "--tls", "--basic-auth", PASSWORD]
+    cmd = [sys.executable, "-m", "headrace.cluster.cli", "demo", "--tls", "--basic-auth", PASSWORD]
     cmd += ["--streams", "2", "--num-procs", "2", "--port", str(port), "--workdir", str(tmp_path)]
     cmd += ["--ftp-port", str(free_port()), "--scheduler-port", str(scheduler)]
     cmd += ["--dashboard-address", f"127.0.0.1:{free_port()}", "--metrics-port", str(metrics)]
@@ -124,7 +124,7 @@ def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "cluster.cli",
+                "headrace.cluster.cli",
                 "status",
                 "--scheduler",
                 address,
@@ -190,7 +190,7 @@ NO_CERT = """
 import socket, ssl, sys, tempfile
 from distributed import Client
 from distributed.security import Security
-from cluster.certs import make_certs
+from headrace.cluster.security.certs import make_certs
 address, ca = sys.argv[1:]
 host, port = address.removeprefix("tls://").rsplit(":", 1)
 # TLS that trusts the cluster's CA, but shows no certificate: the handshake is refused.
@@ -239,7 +239,7 @@ def test_a_page_from_another_origin_cannot_open_a_session(tmp_path, cluster_opti
 
 
 def test_binding_beyond_loopback_needs_the_origins_named(tmp_path):
-    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--address", "0.0.0.0"]
+    cmd = [sys.executable, "-m", "headrace.cluster.cli", "serve", "--address", "0.0.0.0"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "--allow-websocket-origin" in done.stderr, done.stderr
 

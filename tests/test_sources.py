@@ -14,20 +14,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from cluster.ftpserver import FTPServer
-from cluster.logwriter import LogWriter
-from etl.ftp import FTPSource
-from etl.pipeline import extract
-from etl.rotation import HEAD_SIZE
-from etl.sources import (
-    CURRENT,
-    Chunk,
-    Cursor,
-    FileSource,
-    Source,
-    SourceError,
-    make_source,
-)
+from headrace.cluster.demo.ftpserver import FTPServer
+from headrace.cluster.demo.logwriter import LogWriter
+from headrace.etl.loop.pipeline import extract
+from headrace.etl.sources.base import CURRENT, Chunk, Cursor, Source, SourceError
+from headrace.etl.sources.factory import make_source
+from headrace.etl.sources.ftp import FTPSource
+from headrace.etl.sources.local import FileSource
+from headrace.etl.sources.rotation import HEAD_SIZE
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,7 @@ from distributed import Client
 from helpers import dask_scheduler, dask_worker, spawn, wait_for
 from ports import free_port
 
-from cluster import processes
+from headrace.cluster import processes
 
 
 def workers(address: str) -> int:
@@ -63,7 +63,9 @@ def test_the_worker_comes_back_after_each_scheduler_restart_and_stops_when_told(
 
 def test_a_worker_that_cannot_start_is_not_restarted(tmp_path):
     with open(tmp_path / "worker.log", "ab") as log:
-        proc = spawn([sys.executable, "-m", "cluster.cli", "worker", "--no-such-option"], log)
+        proc = spawn(
+            [sys.executable, "-m", "headrace.cluster.cli", "worker", "--no-such-option"], log
+        )
         try:
             code = proc.wait(60)
         except subprocess.TimeoutExpired:

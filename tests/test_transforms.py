@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.parser import FunctionParser
-from etl.transforms import AGGS, Carry, Map, Resample, Step, Transform, empty_frame
+from headrace.etl.parse.parser import FunctionParser
+from headrace.etl.transforms import AGGS, Carry, Map, Resample, Step, Transform, empty_frame
 
 START = pd.Timestamp("2026-11-23T09:00:00Z").value
 MS = 1_000_000

@@ -19,8 +19,8 @@ import pytest
 from helpers import wait_for
 from ports import free_port
 
-from cluster import processes
-from cluster.certs import Certs
+from headrace.cluster import processes
+from headrace.cluster.security.certs import Certs
 
 VSFTPD = Path("/usr/sbin/vsftpd")
 

@@ -1,7 +1,7 @@
 """The published contract between the tick loop (``etl``) and its readers (``app``): frames.
 
 This package is all that both sides import, and the wire format is all written in it:
-frames on the cluster here, frames kept in a SQL database in :mod:`etl.contract.history`.
+frames on the cluster here, frames kept in a SQL database in :mod:`headrace.etl.contract.history`.
 
 On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+``):
 
@@ -303,7 +303,7 @@ def heads(client: Client | None = None) -> SyncOrAsync[dict[str, Head]]:
 
 
 def health_records(client: Client | None = None) -> SyncOrAsync[dict[str, dict[str, Any]]]:
-    """``{stream: health record}`` for every stream the loop reports on (see :mod:`etl.loop`)."""
+    """``{stream: health record}`` for every stream the loop reports on."""
     client = _client(client)
 
     async def read() -> dict[str, dict[str, Any]]:

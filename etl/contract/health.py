@@ -1,7 +1,7 @@
 """The loop's health record of a stream, judged: ok, stale or failing.
 
 The loop keeps one record per stream on the scheduler (metadata
-``["headrace", "health", s]``, see :func:`etl.contract.health_records`): its all-time
+``["headrace", "health", s]``, see :func:`headrace.etl.contract.health_records`): its all-time
 counters, ``since_start``, ``lines_per_second``/``rows_per_second`` over the last
 minute, ``published`` and ``last_published``, ``failures``, ``error`` and
 ``error_since``, ``samples`` (the newest malformed lines: ``source``, ``line``,
@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 OK, STALE, FAILING, UNREACHABLE = 0, 1, 2, 3
 STATES = {OK: "ok", STALE: "stale", FAILING: "failing"}
 # Seconds without a health report (the loop reports every second): the loop is not
 # running. Shorter when asked to judge staleness sooner, never under 3 s.
 REPORT_STALE = 10.0
+
+
+class Counted(Protocol):
+    """What a stream's live health counts (the loop's ``Health``), as metrics read it."""
+
+    published: int
+    failures: int
+    last_published: float
+
+    def totals(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True)

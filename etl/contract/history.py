@@ -1,6 +1,6 @@
 """Frames kept in a SQL database: the schema other programs read, and long-window reads.
 
-The loop's sink (:mod:`etl.sink`) writes every published frame once; anything that
+The loop's sink (:mod:`headrace.etl.store.sink`) writes every published frame once; anything that
 speaks SQL reads it. Times are UTC without a zone (``TIMESTAMP``/``DATETIME2``).
 
 ``headrace_rows``: every published row.

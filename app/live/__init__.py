@@ -1,0 +1,1 @@
+"""The live path in a Panel process: subscriber, window, fan-out, wire."""

@@ -1,0 +1,1 @@
+"""The pages headrace serves: template, dashboard, operator page."""

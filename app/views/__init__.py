@@ -1,0 +1,1 @@
+"""Views of a stream: HoloViews plots, history under them, freshness."""

@@ -1,0 +1,1 @@
+"""The demo: FTP server, log writers and the whole stack on one machine."""

@@ -1,0 +1,1 @@
+"""Who may reach what: access, certificates made for a run, Dask TLS."""

@@ -1,0 +1,1 @@
+"""The tick loop: runners, what runs on workers, its metrics."""

@@ -1,0 +1,1 @@
+"""Parsers: log bytes -> rows, vectorised; the Parser protocol."""

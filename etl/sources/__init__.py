@@ -1,0 +1,1 @@
+"""Sources: tail a growing file, locally or over FTP/FTPS, through rotations."""

@@ -1,0 +1,1 @@
+"""What the loop keeps: state, dead letters, the history sink."""

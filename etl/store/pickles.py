@@ -1,0 +1,62 @@
+"""Pickles the loop keeps (carries, backlog frames), readable across headrace's renames.
+
+State directories written before headrace was one package (0.1) name their classes by
+the old top-level modules (``etl.transforms.Carry``); a carry a user's transform keeps
+may name anything. Loading maps the old module names to where those modules are now, so
+such a directory loads and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any
+
+# Modules of 0.1 that moved when etl/ became headrace.etl and grew sub-packages.
+_MOVED = {
+    "etl.convert": "headrace.etl.parse.convert",
+    "etl.lines": "headrace.etl.parse.lines",
+    "etl.patterns": "headrace.etl.parse.patterns",
+    "etl.parser": "headrace.etl.parse.parser",
+    "etl.regexparser": "headrace.etl.parse.regex",
+    "etl.ftp": "headrace.etl.sources.ftp",
+    "etl.ftpauth": "headrace.etl.sources.credentials",
+    "etl.ftptls": "headrace.etl.sources.ftps",
+    "etl.rotation": "headrace.etl.sources.rotation",
+    "etl.sources": "headrace.etl.sources.base",
+    "etl.loop": "headrace.etl.loop.runner",
+    "etl.pipeline": "headrace.etl.loop.pipeline",
+    "etl.metrics": "headrace.etl.loop.metrics",
+    "etl.state": "headrace.etl.store.state",
+    "etl.deadletter": "headrace.etl.store.deadletter",
+    "etl.sink": "headrace.etl.store.sink",
+}
+# Classes that left a module which stayed: (old module, name) -> new module.
+_SPLIT = {
+    ("etl.sources", "FileSource"): "headrace.etl.sources.local",
+}
+
+
+def current_module(module: str, name: str) -> str:
+    """Where ``module.name`` of an older headrace lives now (``module`` if not ours)."""
+    if (module, name) in _SPLIT:
+        return _SPLIT[(module, name)]
+    if module in _MOVED:
+        return _MOVED[module]
+    if module == "etl" or module.startswith("etl."):
+        return f"headrace.{module}"
+    return module
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(current_module(module, name), name)
+
+
+def dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=5)
+
+
+def loads(data: bytes) -> Any:
+    """``pickle.loads`` that also reads what headrace 0.1 wrote."""
+    return _Unpickler(io.BytesIO(data)).load()
