@@ -1,7 +1,8 @@
 """``python -m benchmarks [--quick] [--only load,peer,parser,hv,cluster] [--out FILE]``.
 
-Runs the benchmarks, prints markdown tables on stdout (progress goes to stderr) and
-writes every figure as JSON. See benchmarks/README.md for what is measured and how.
+Runs the benchmarks, prints markdown tables on stdout (progress goes to stderr), writes
+every figure as JSON and the tables to docs/results/benchmarks.md (``--doc``). See
+docs/benchmarks.md for what is measured and how.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import sys
@@ -25,6 +27,7 @@ from .common import log
 SECTIONS = ("load", "joins", "peer", "parser", "hv", "cluster", "history")
 FULL_NS = [1, 5, 20, 50, 100, 200, 500, 1000]
 QUICK_NS = [1, 5, 20]
+DOC = common.ROOT / "docs" / "results" / "benchmarks.md"
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +39,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated sections among {','.join(SECTIONS)}",
     )
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<date>.json)")
+    p.add_argument(
+        "--doc",
+        default=str(DOC),
+        help="the markdown report, overwritten (default docs/results/benchmarks.md; none: off)",
+    )
     p.add_argument("--viewers", default=None, help="override the sweep, e.g. 1,5,20")
     p.add_argument("--duration", type=float, default=None, help="seconds measured per N")
     p.add_argument("--keep-work", action="store_true", help="keep logs and files of the run")
@@ -169,8 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         if not (failed or args.keep_work):
             shutil.rmtree(work, ignore_errors=True)
-    print(report.markdown(results))
+    text = report.markdown(results)
+    print(text)
     print(f"wall time {results['wall_s']:.0f} s; JSON: {out}")
+    if args.doc != "none":
+        given = sys.argv[1:] if argv is None else argv
+        command = shlex.join(["python", "-m", "benchmarks", *given])
+        doc = Path(args.doc)
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(report.document(text, results, command))
+        print(f"report: {doc}")
     if args.keep_work:
         print(f"logs and files: {work}")
     return 0

@@ -296,3 +296,16 @@ def markdown(results: dict) -> str:
         parts.append(cluster_table(results["cluster"]))
     parts.append(targets(results))
     return "\n\n".join("\n".join(p) for p in parts) + "\n"
+
+
+def document(text: str, results: dict, command: str) -> str:
+    """``text`` as the file under docs/ that every run overwrites: what made it, when, where."""
+    m = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    return (
+        "# Benchmark results\n\n"
+        "<!-- Written by the benchmarks (benchmarks/report.py); the next run overwrites it. -->\n\n"
+        f"`{command}`, started {results['started']}, {results['wall_s']:.0f} s, on "
+        f"{m['platform']} ({m['cpus']} CPUs, {m['memory_gb']} GB), Python {m['python']}; "
+        f"{versions}. What each figure means: [benchmarks.md](../benchmarks.md).\n\n" + text
+    )

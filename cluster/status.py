@@ -12,14 +12,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from headrace.etl import contract
-from headrace.etl.contract.health import UNREACHABLE, exit_code, statuses
+from headrace.etl.contract.health import UNREACHABLE, HealthRecord, exit_code, statuses
 from headrace.etl.store.deadletter import FILENAME, DeadLetterStore
 
 
-def read_records(scheduler: str, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+def read_records(scheduler: str, timeout: float = 5.0) -> dict[str, HealthRecord]:
     """The health records on ``scheduler``; OSError/TimeoutError if it cannot be reached."""
     from distributed import Client
 

@@ -26,17 +26,19 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
+from headrace.etl.contract.frames import (
+    TIME_DTYPE,
+    conform,
+    empty_frame,
+    missing_columns,
+    utc_ns,
+)
+
+# conform and empty_frame live in the contract (headrace.etl.contract.frames); kept here
+# for code that imported them from this module.
 __all__ = ["AGGS", "Carry", "Map", "Resample", "Step", "Transform", "conform", "empty_frame"]
 
 AGGS = ("mean", "max", "min", "sum", "last", "first", "median")
-TIME_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
-
-
-def empty_frame(extra: dict[str, str] | None = None) -> pd.DataFrame:
-    """A frame with no rows and the contract's columns, plus ``extra`` {name: dtype}."""
-    columns = {"time": pd.Series(dtype=TIME_DTYPE), "value": pd.Series(dtype="float64")}
-    columns.update({name: pd.Series(dtype=dtype) for name, dtype in (extra or {}).items()})
-    return pd.DataFrame(columns)
 
 
 @dataclass
@@ -161,12 +163,12 @@ _Arrays = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
 
 def _columns(rows: pd.DataFrame) -> _Arrays:
     """ns times, float64 values and keys (or None) of a frame of rows."""
-    missing = [c for c in ("time", "value") if c not in rows.columns]
+    missing = missing_columns(rows)
     if missing:
         raise ValueError(f"rows lack column(s) {', '.join(missing)}")
     times = rows["time"]
     if times.dtype != TIME_DTYPE:
-        times = _utc_ns(times)
+        times = utc_ns(times)
     keys = rows["key"].array if "key" in rows.columns else None
     return times.array.asi8, rows["value"].to_numpy(np.float64), keys
 
@@ -220,11 +222,6 @@ def _reduce(agg: str, values: np.ndarray, first: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, (ordered[lo] + ordered[np.minimum(hi, n - 1)]) / 2, np.nan)
 
 
-def _utc_ns(times: pd.Series) -> pd.Series:
-    """Times as datetime64[ns, UTC]; naive times are taken as UTC."""
-    return pd.to_datetime(times, utc=True).dt.as_unit("ns")
-
-
 class Map:
     """A stateless ``DataFrame -> DataFrame`` function as a :class:`Transform` (no carry).
 
@@ -244,22 +241,3 @@ class Map:
         out = conform(self.fn(rows), f"transform {self.__name__!r}")
         out = out.sort_values("time", kind="stable", ignore_index=True)
         return Step(out, None, 0, 0)
-
-
-def conform(frame: object, who: str) -> pd.DataFrame:
-    """``frame`` with ``time`` as datetime64[ns, UTC] and ``value`` as float64.
-
-    TypeError or ValueError, naming ``who`` and what is wrong, if it is not a frame,
-    lacks either column, or they do not convert.
-    """
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{who} returned {type(frame).__name__}")
-    missing = [c for c in ("time", "value") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{who} returned a frame without column(s) {', '.join(missing)}")
-    if frame["time"].dtype == TIME_DTYPE and frame["value"].dtype == np.float64:
-        return frame
-    try:
-        return frame.assign(time=_utc_ns(frame["time"]), value=frame["value"].astype(np.float64))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"{who} returned times or values that do not convert: {exc}") from None

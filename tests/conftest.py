@@ -111,8 +111,21 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+FAULT_TESTS: set[str] = set()  # every fault-suite test collected, before -m/-k
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     faultreport.start()
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser and fault tests count as slow: the quick run, ``-m "not slow"``, leaves
+    them out (markers in pyproject.toml)."""
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("fault"):
+            item.add_marker(pytest.mark.slow)
+    FAULT_TESTS.update(i.nodeid for i in items if i.get_closest_marker("fault"))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -120,3 +133,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if table:
         terminalreporter.section("reliability (the fault suite's figures)")
         terminalreporter.write_line(table)
+        config = terminalreporter.config
+        passed, failed = (
+            [r.nodeid for r in terminalreporter.stats.get(k, [])] for k in ("passed", "failed")
+        )
+        # Only a run of the whole fault suite replaces the table: a run of one test would
+        # leave a one-row table behind.
+        whole = not config.option.keyword and all(
+            Path(a).resolve() == Path(__file__).parent for a in config.args
+        )
+        complete = whole and FAULT_TESTS and set(passed) >= FAULT_TESTS
+        command = " ".join(["pytest", *config.invocation_params.args])
+        written = faultreport.write_doc(table, command, passed, failed) if complete else None
+        if written:
+            terminalreporter.write_line(f"written to {written}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import time
 from pathlib import Path
 
 REPORT = Path(
@@ -16,6 +18,11 @@ REPORT = Path(
     )
 )
 COLUMNS = ("written", "published", "open", "lost", "duplicated")
+SUITE = ("test_faults.py", "test_faults_more.py")  # the fault suite proper
+# The table of the last run that ran the fault suite, for the docs ("": not written).
+DOC = os.environ.get(
+    "HEADRACE_FAULT_DOC", str(Path(__file__).resolve().parent.parent / "docs/results/faults.md")
+)
 
 
 def record(fault: str, provoked: str, **figures: object) -> None:
@@ -54,3 +61,23 @@ def table() -> str | None:
             f"{r.get('duplicated', 'n/a')} | {timings} |"
         )
     return "\n".join(out)
+
+
+def _suite(nodeids: list[str]) -> list[str]:
+    return [n for n in nodeids if n.split("::")[0].endswith(SUITE)]
+
+
+def write_doc(table: str, command: str, passed: list[str], failed: list[str]) -> Path | None:
+    """Overwrite :data:`DOC` with ``table`` when the fault suite ran and passed (test ids)."""
+    if not DOC or not _suite(passed) or _suite(failed):
+        return None
+    path = Path(DOC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Fault suite results\n\n"
+        "<!-- Written by the test suite (tests/faultreport.py); the next run overwrites it. -->\n\n"
+        f"`{command}`, {time.strftime('%Y-%m-%d %H:%M %Z')}, on {platform.platform()} "
+        f"({os.cpu_count()} CPUs), Python {platform.python_version()}. What each fault proves: "
+        "[reliability.md](../reliability.md).\n\n" + table + "\n"
+    )
+    return path

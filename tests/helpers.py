@@ -52,6 +52,13 @@ async def async_wait_for(predicate: Callable[[], object], timeout: float, what: 
     return value
 
 
+def topic_subscribers(scheduler, topic: str) -> set[str]:
+    """The ids of the clients whose subscription to ``topic`` has reached ``scheduler``
+    (an in-process one, e.g. ``LocalCluster(processes=False).scheduler``)."""
+    found = scheduler._broker._topics.get(topic)  # a defaultdict: .get adds no topic
+    return set(found.subscribers) if found is not None else set()
+
+
 class Publisher:
     """Publishes 25 ms rows up to now as consecutive frames of one stream, like the tick loop.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
-import time
 
 import psutil
 import pytest
@@ -25,6 +24,8 @@ from helpers import (
 )
 
 from headrace.etl import contract
+
+pytestmark = pytest.mark.slow  # `panel serve` processes, hundreds of sessions
 
 
 @pytest.mark.timeout(150)
@@ -63,7 +64,13 @@ def test_sessions_across_three_processes_get_every_row_once(tmp_path, cluster_op
                     pids = {s.pid for s in sessions}
                     if len(sessions) >= 6 and len(pids) == procs:
                         break
-                time.sleep(3)  # every session receives updates for a while
+                # Every session receives updates for a while (20 frames, ~3 s).
+                watched = publisher.seq
+                wait_for(
+                    lambda: publisher.seq >= watched + 20 and all(s.batches for s in sessions),
+                    60,
+                    "20 more frames and updates in every session",
+                )
                 last_seq = publisher.seq
             finally:
                 for session in sessions:
@@ -126,6 +133,7 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
                         # Every tenth: a full client that reports ready and gets updates.
                         session = pull_session(url=url, io_loop=loop)
                         session.document.callbacks.send_event(DocumentReady())
+                        # A viewer that stays 0.3 s (the client's loop runs meanwhile).
                         loop.run_sync(lambda: asyncio.sleep(0.3))
                         session.close()
                         session._loop_until_closed()
@@ -221,7 +229,14 @@ def test_two_serve_instances_on_one_scheduler_fetch_each_frame_once_each(tmp_pat
                 first_seq = publisher.seq + 1
                 wait_for(lambda: publisher.seq >= first_seq + 10, 30, "frames while watched")
                 last_seq = publisher.seq
-                time.sleep(1.5)
+                wait_for(
+                    lambda: all(
+                        gets[contract.dataset_name("pair", s)] >= 2
+                        for s in range(first_seq, last_seq)
+                    ),
+                    30,
+                    "both instances to fetch every frame so far",
+                )
             finally:
                 for session in sessions:
                     session.stop()

@@ -65,8 +65,12 @@ def test_each_frame_fetched_once_duplicates_ignored_gaps_filled(caplog, cluster_
                     "the ring read",
                 )
                 for _ in range(3):
-                    await publisher.publish(client)
-                    await asyncio.sleep(0.05)
+                    seq = await publisher.publish(client)
+                    await async_wait_for(
+                        lambda seq=seq: subscriber.info()["streams"]["syn"]["seq"] == seq,
+                        10,
+                        f"frame {seq}, fetched on its event",
+                    )
                 # A frame published again under its seq (a loop restarted after a crash).
                 await publisher.publish(client, publisher.frames[5], seq=5)
                 lost = await publish_without_event(client, publisher)
@@ -136,7 +140,13 @@ def test_fanout_drops_sinks_of_gone_documents():
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("down", [0.0, 7.0], ids=["quick", "client-gives-up"])
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param(0.0, id="quick"),
+        pytest.param(7.0, id="client-gives-up", marks=pytest.mark.slow),
+    ],
+)
 def test_scheduler_restart_resubscribes_and_resumes(caplog, down, cluster_options):
     """A new scheduler on the same address; after 7 s down the client has closed (5 s timeout)."""
     caplog.set_level(logging.INFO, logger="headrace.app")
@@ -154,7 +164,7 @@ def test_scheduler_restart_resubscribes_and_resumes(caplog, down, cluster_option
             await async_wait_for(lambda: subscriber.stats["frames"] >= 5, 20, "frames")
             await cluster.close()
             before = publisher.seq  # later frames can only go to the new scheduler
-            await asyncio.sleep(down)
+            await asyncio.sleep(down)  # the outage: nothing on the scheduler's address
             cluster = await LocalCluster(**cluster_args)  # same address, new scheduler
             await async_wait_for(lambda: publisher.seq >= before + 10, 30, "publishing again")
             stop.set()
@@ -209,7 +219,11 @@ def test_head_going_backwards_is_followed_without_repeating_rows(caplog, cluster
                 second = Publisher("again")
                 second.next_time = first.frames[5]["time"].iloc[0]  # repeats frames 5 and 6
                 await second.publish(client)
-                await asyncio.sleep(0.8)  # the poll sees head 1 < 6
+                await async_wait_for(  # the poll sees head 1 < 6 and fetches it
+                    lambda: subscriber.info()["streams"]["again"]["seq"] == 1,
+                    10,
+                    "the subscriber to follow the new numbering",
+                )
                 for _ in range(3):
                     await second.publish(client)
                 await async_wait_for(

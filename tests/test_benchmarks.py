@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import hvcost, parser
 
 
@@ -19,6 +21,7 @@ def test_hv_benchmark_runs_every_plot():
     assert result["headrace_ms"] > 0 and result["raw_ms"] > 0
 
 
+@pytest.mark.slow
 def test_history_benchmark_reads_every_window():
     from benchmarks import history
 

@@ -21,7 +21,7 @@ from helpers import (
     wait_http,
 )
 
-pytestmark = needs_chromium
+pytestmark = [needs_chromium, pytest.mark.browser]
 
 
 @pytest.mark.timeout(120)
@@ -52,8 +52,18 @@ def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
                     60,
                     "the plot's data in the browser",
                 )
-                time.sleep(1.5)
-                second = state()
+                # More rows, and the range has moved on with them (it follows the newest).
+                second = wait_for(
+                    lambda: (
+                        (s := state())
+                        and s["rows"] > first["rows"]
+                        and s["last"] > first["last"]
+                        and abs(s["end"] - s["last"]) < 1000
+                        and s
+                    ),
+                    30,
+                    "the plot's data to grow, followed by its range",
+                )
                 page.screenshot(path=str(tmp_path / "dashboard.png"))
                 text = page.evaluate(TEXTS)
 
@@ -65,12 +75,15 @@ def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
                 page.mouse.move(x + 200, y, steps=8)
                 page.mouse.up()
                 panned = state()
-                time.sleep(1.0)
+                time.sleep(1.0)  # data keeps coming for a while; the range must not move
                 held = state()
                 # ... and a double-click follows the newest data again.
                 page.mouse.dblclick(x, y)
-                time.sleep(1.0)
-                following = state()
+                following = wait_for(
+                    lambda: (s := state()) and abs(s["end"] - s["last"]) < 1000 and s,
+                    30,
+                    "the range to follow the newest data again",
+                )
             finally:
                 browser.close()
 
@@ -152,7 +165,7 @@ def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_opt
                 page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
                 for _ in range(6):
                     page.mouse.wheel(0, -300)
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # a user's pace of wheel steps
                 zoomed = wait_for(
                     lambda: (
                         (s := page.evaluate(HISTORY_STATE, "browser"))

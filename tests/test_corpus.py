@@ -378,6 +378,7 @@ async def tail(address: str, streams: list[Stream], path, pieces: list[bytes], s
     return {r.stream.name: r for r in runners}, frames, letters
 
 
+@pytest.mark.fault  # a row of the reliability table
 @pytest.mark.timeout(150)
 def test_the_corpus_through_the_tick_loop(cluster, ftp_server, ftp_root, tmp_path) -> None:
     """The whole corpus over FTP, a kind per tick, then rows for periods already published."""

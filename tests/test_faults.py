@@ -24,6 +24,8 @@ from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
 from headrace.etl.store.state import StateStore
 
+pytestmark = pytest.mark.fault
+
 RATE = 1000
 INTERVAL = 0.2
 
@@ -134,7 +136,7 @@ def test_a_worker_killed_every_10_s_for_2_minutes_loses_nothing(ftp_server, ftp_
         nanny = psutil.Process(stack.procs["worker"].pid)
         started = time.time()
         while time.time() - started < 120:
-            time.sleep(10)
+            time.sleep(10)  # a kill every 10 s
             victims = worker_processes(nanny)
             assert victims, f"no worker process under the nanny\n{stack.tail()}"
             for victim in victims:
@@ -184,16 +186,20 @@ def test_ftp_server_down_for_30_s_turns_viewers_stale_then_catches_up(
             session = RecordedSession(f"http://127.0.0.1:{port}/dashboard", "down")
             session.start()
             assert session.pulled.wait(60) and session.error is None, session.error
-            time.sleep(3)
+            time.sleep(3)  # the viewer watches the live stream a while before the outage
             ftp_server.stop()
             down = time.time()
-            time.sleep(30)
+            time.sleep(30)  # the outage
             ftp_server.start()
             up = time.time()
             wait_for(lambda: any(p > up for _, p, _ in events.seen), 60, "publication again")
             writer.stop()
             drained(stack, tmp_path, "down", path)
-            time.sleep(2)
+            wait_for(
+                lambda: any("live" in text and t > up for t, text in session.texts),
+                30,
+                "the viewer to be told the stream is live again",
+            )
             last_before = max(p for _, p, _ in events.seen if p < down)
             stale = [t for t, text in session.texts if "stale" in text and t > last_before]
             live_again = [t for t, text in session.texts if "live" in text and t > up]
@@ -247,7 +253,7 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
         wait_for(lambda: len(events["hung"].seen) >= 5, 60, f"frames\n{stack.tail()}")
         hole.hang(what)
         hanging = time.time()
-        time.sleep(20)
+        time.sleep(20)  # the hang
         hole.heal()
         healed = time.time()
         wait_for(

@@ -33,6 +33,8 @@ from test_faults import RATE, config, drained, outcome, stack_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 
+pytestmark = pytest.mark.fault
+
 
 def open_sessions(url: str, n: int, stream: str, spread_over: int = 1) -> list[RecordedSession]:
     """``n`` sessions or more, until they are spread over ``spread_over`` processes."""
@@ -52,6 +54,7 @@ def batch_times(session: RecordedSession) -> list[float]:
 
 
 @needs_chromium
+@pytest.mark.browser
 @pytest.mark.timeout(300)
 def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, ftp_root, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -83,7 +86,7 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
 
             wait_for(newest, 60, "the plot's rows in Chromium")
             for _ in range(3):
-                time.sleep(30 - 4)
+                time.sleep(30 - 4)  # a restart every ~30 s
                 stack.kill("scheduler")  # its worker closes; `headrace worker` starts it again
                 crashed = time.time()
                 time.sleep(3)  # the outage; a supervisor brings the scheduler back
@@ -142,6 +145,7 @@ def test_scheduler_restarted_every_30_s_viewers_resume_within_10_s(ftp_server, f
 
 
 @needs_chromium
+@pytest.mark.browser
 @pytest.mark.timeout(240)
 def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
     ftp_server, ftp_root, tmp_path
@@ -177,7 +181,7 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
                 sessions += open_sessions(url, 1, "p")
                 assert len(sessions) < 30, [s.pid for s in sessions]
             others = [s for s in sessions if s.pid != victim]
-            time.sleep(3)
+            time.sleep(3)  # they watch a while: their waits are measured from 2 s before
             before = shown(page, "p")[1]
             os.kill(victim, signal.SIGKILL)
             killed = time.time()
@@ -195,7 +199,7 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
                 scraped = r.read().decode()
             gauges = [g for g in scraped.splitlines() if g.startswith("headrace_viewer_sessions{")]
             assert gauges and not [g for g in gauges if f'process="{victim}"' in g], gauges
-            time.sleep(3)
+            time.sleep(3)  # the others watch on after the kill (their waits are measured)
             children = psutil.Process(panel.pid).children()
             writer.stop()
             browser.close()
@@ -266,7 +270,7 @@ def test_state_disk_full_says_where_and_resumes(ftp_server, ftp_root, tmp_path):
                 30,
                 f"the loop to say the disk is full\n{stack.tail()}",
             )
-            time.sleep(3)
+            time.sleep(3)  # the disk stays full 3 s
             filler.unlink()
             wait_for(
                 lambda: any(p > time.time() - 1 for _, p, _ in events.seen),
@@ -379,7 +383,7 @@ def test_state_disk_turned_read_only_says_where_keeps_state_and_resumes(
                 f"the loop to name the state file it cannot write\n{stack.tail()}",
             )
             said = time.time()
-            time.sleep(3)
+            time.sleep(3)  # the loop runs on the read-only disk 3 s
             # The operator's repair: stop the loop, check the file system, start it again.
             stack.stop("etl")
             repair()

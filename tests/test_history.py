@@ -113,6 +113,7 @@ def test_sink_settings_are_checked():
     assert spec.retention == pd.Timedelta(days=30) and "pw" not in spec.display()
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(120)
 def test_database_outage_costs_the_live_path_nothing(
     postgres, ftp_server, ftp_root, tmp_path, cluster_options, capfd
@@ -159,7 +160,7 @@ def test_database_outage_costs_the_live_path_nothing(
                 postgres.stop()
                 try:
                     during = await seq()
-                    await asyncio.sleep(3)
+                    await asyncio.sleep(3)  # the outage: the database stays down 3 s
                     assert await seq() >= during + 15  # ~30 ticks: the live path goes on
                     assert store().backlog()[0] >= 10  # ... and frames wait on disk
                 finally:

@@ -189,12 +189,14 @@ def test_the_public_api_resolves():
         headrace.nope  # noqa: B018
 
 
+@pytest.mark.slow  # mypy
 def test_readme_python_example_type_checks(tmp_path: Path) -> None:
     """The README's "Streams in Python" example against the Parser and Transform types."""
     text = (ROOT / "README.md").read_text()
     start = text.index("```python\n", text.index("### Streams in Python")) + len("```python\n")
     example = tmp_path / "example.py"
-    example.write_text(text[start : text.index("```", start)])
+    # reveal_type proves mypy found headrace itself (not an Any from a missing import)
+    example.write_text(text[start : text.index("```", start)] + "reveal_type(Stream)\n")
     checked = subprocess.run(
         [
             sys.executable,
@@ -208,6 +210,8 @@ def test_readme_python_example_type_checks(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(ROOT)},  # the checkout's headrace/, links and all
         timeout=240,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "headrace.etl.streams.Stream" in checked.stdout, checked.stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
+from helpers import wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -55,6 +56,7 @@ def consumed(runner: StreamRunner, path: Path) -> bool:
     return runner.state.cursor.offset == path.stat().st_size
 
 
+@pytest.mark.slow
 def test_every_line_once_at_high_rate(cluster, ftp_server, ftp_root, tmp_path):
     path = ftp_root / "fast.log"
     writer = LogWriter([path], rate=1000, keep=True)
@@ -172,6 +174,7 @@ def test_unreachable_server_recovers_without_loss(cluster, ftp_server, ftp_root,
     assert sum("tick failed" in m for m in messages) == 1
 
 
+@pytest.mark.slow
 def test_overrunning_tick_takes_everything_since(cluster, ftp_server, ftp_root, tmp_path):
     path = ftp_root / "slow.log"
     writer = LogWriter([path], rate=300, keep=True)
@@ -179,7 +182,7 @@ def test_overrunning_tick_takes_everything_since(cluster, ftp_server, ftp_root, 
     stream = Stream(
         "slow", ftp_server.url("slow.log"), parser=SlowParser(0.4), transform=None, interval=0.05
     )
-    time.sleep(0.5)
+    wait_for(lambda: writer.written[path] >= 100, 10, "a backlog of lines in the file")
 
     def done(rs):
         if rs[0].health.ticks >= 6 and writer.running:

@@ -11,7 +11,15 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from headrace.app import metrics as panel_metrics
-from headrace.etl.contract.health import FAILING, OK, STALE, UNREACHABLE, exit_code, statuses
+from headrace.etl.contract.health import (
+    FAILING,
+    OK,
+    STALE,
+    UNREACHABLE,
+    HealthRecord,
+    exit_code,
+    statuses,
+)
 from headrace.etl.loop.metrics import LoopMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "cluster" / "grafana" / "headrace.json"
@@ -54,9 +62,9 @@ def test_names_follow_prometheus_conventions():
             assert name.endswith("_total"), name
 
 
-def record(**fields) -> dict:
+def record(**fields) -> HealthRecord:
     base = {"reported": 1000.0, "last_published": 999.0, "published": 7, "failures": 0}
-    return {**base, **fields}
+    return HealthRecord.from_message({**base, **fields})  # the stream: its key in statuses
 
 
 def test_health_records_are_judged_ok_stale_or_failing():

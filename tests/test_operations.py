@@ -53,6 +53,7 @@ def status(*args: str) -> tuple[int, dict | str]:
     return done.returncode, json.loads(out) if "--json" in args else out
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(240)
 def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
     ftp_server, ftp_root, tmp_path, cluster_options
@@ -107,7 +108,14 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
                 return lines.get("good") == writer.written[path]
 
             wait_for(caught_up, 30, "the loop to read every line written")
-            time.sleep(1.5)  # one more health report and telemetry period
+
+            def reported() -> bool:  # the health report after that, on the scheduler
+                _, doc = status("--scheduler", address, "--stream", "good", "--json")
+                return [(g["lines"], g["seq"]) for g in doc["streams"]] == [
+                    (writer.written[path], head())
+                ]
+
+            wait_for(reported, 30, "a health report of every line")
             loop = scrape(loop_metrics)
             code, good = status("--scheduler", address, "--stream", "good", "--json")
             broken_code, broken = status("--scheduler", address, "--stream", "broken")
@@ -190,6 +198,7 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
     assert all(len(s.rows()) > 0 for s in sessions)
 
 
+@pytest.mark.slow  # connection attempts that time out
 @pytest.mark.timeout(60)
 def test_status_says_when_the_scheduler_cannot_be_reached():
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there

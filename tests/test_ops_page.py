@@ -3,8 +3,6 @@ lines with file and line, viewers per Panel process, in light and dark themes.""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
 from distributed import LocalCluster
@@ -20,7 +18,7 @@ from helpers import (
 
 from headrace.cluster.demo.logwriter import LogWriter
 
-pytestmark = needs_chromium
+pytestmark = [needs_chromium, pytest.mark.browser]
 
 # The header's state badge, and the page's background, as the browser renders them.
 LOOK = """
@@ -74,8 +72,9 @@ def test_ops_page_shows_each_streams_health_and_the_viewers(
             light = page.evaluate(LOOK)
             # It refreshes by itself: the sequence number moves on without a reload.
             before = page.evaluate(TEXTS)
-            time.sleep(4.5)
-            after = page.evaluate(TEXTS)
+            after = wait_for(
+                lambda: (now := page.evaluate(TEXTS)) != before and now, 30, "the page to refresh"
+            )
             page.goto(f"http://127.0.0.1:{port}/ops?theme=dark", wait_until="load")
             wait_for(lambda: "FAILING" in page.evaluate(TEXTS), 30, "the dark page")
             page.screenshot(path=str(tmp_path / "ops-dark.png"), full_page=True)

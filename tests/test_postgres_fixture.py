@@ -6,6 +6,8 @@ import pytest
 import sqlalchemy as sa
 from postgres import PostgresServer
 
+pytestmark = pytest.mark.slow  # starts the session's PostgreSQL server
+
 metadata = sa.MetaData()
 readings = sa.Table(
     "fixture_readings",

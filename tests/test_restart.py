@@ -19,6 +19,7 @@ from headrace.etl.contract import history
 from headrace.etl.store.state import StateStore
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_sigkill_and_restart_loses_and_repeats_nothing(

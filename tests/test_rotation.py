@@ -482,10 +482,11 @@ class RotatingWriter(threading.Thread):
                 else:  # copytruncate: the same file goes on, from byte 0 (O_APPEND)
                     shutil.copyfile(path, one)
                     os.truncate(path, 0)
-            time.sleep(0.002)
+            time.sleep(0.002)  # the writer's pace
         f.close()
 
 
+@pytest.mark.fault  # a row of the reliability table
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("naming", ["numbered", "dateext"])
 def test_nothing_lost_or_repeated_while_a_writer_rotates(
@@ -510,7 +511,7 @@ def test_nothing_lost_or_repeated_while_a_writer_rotates(
             got.append(chunk.data)
             resets += [chunk.reset] if chunk.reset else []
             cursor = chunk.cursor
-        time.sleep(0.1)
+        time.sleep(0.1)  # the reader's pace: a read every 0.1 s, as ticks do
     writer.join()
     assert writer.error is None
     chunks: list[Chunk] = []

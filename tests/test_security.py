@@ -10,7 +10,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -64,6 +63,7 @@ async def open_ws(url: str, origin: str | None = None, cookie: str | None = None
 
 
 @needs_chromium
+@pytest.mark.browser
 @pytest.mark.timeout(240)
 def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
     from playwright.sync_api import sync_playwright
@@ -165,11 +165,18 @@ def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
                     60,
                     "the live plot after logging in",
                 )
-                time.sleep(1.5)
-                second = page.evaluate(PLOT_STATE, "alpha")
+                second = wait_for(
+                    lambda: (
+                        (s := page.evaluate(PLOT_STATE, "alpha"))
+                        and (s["rows"] > first["rows"] or s["last"] > first["last"])
+                        and s
+                    ),
+                    30,
+                    "the live plot to grow",
+                )
                 page.screenshot(path=str(tmp_path / "dashboard-offline.png"))
                 page.goto(f"{base}/ops", wait_until="load")
-                page.wait_for_timeout(3000)
+                page.wait_for_timeout(3000)  # time for any request to leave the machine
                 page.screenshot(path=str(tmp_path / "ops-offline.png"))
                 styled = page.evaluate(
                     "() => [...document.styleSheets].length + document.adoptedStyleSheets.length"
@@ -222,6 +229,7 @@ def asyncio_run(coro):
     return asyncio.run(coro)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_page_from_another_origin_cannot_open_a_session(tmp_path, cluster_options):
     with (
@@ -244,6 +252,7 @@ def test_binding_beyond_loopback_needs_the_origins_named(tmp_path):
     assert done.returncode == 2 and "--allow-websocket-origin" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_logins_survive_a_restart_of_the_panel_processes(tmp_path, cluster_options):
     state = tmp_path / "state"

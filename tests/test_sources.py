@@ -12,7 +12,9 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
+import psutil
 import pytest
+from helpers import wait_for
 
 from headrace.cluster.demo.ftpserver import FTPServer
 from headrace.cluster.demo.logwriter import LogWriter
@@ -159,7 +161,7 @@ def test_nothing_lost_or_repeated_while_a_writer_appends(open_source, ftp_files)
             assert chunk.reset is None
             chunks.append(chunk)
             cursor = chunk.cursor
-            time.sleep(0.005)
+            time.sleep(0.005)  # the reader's pace: many small reads while the file grows
     assert writer.error is None
     cursor = read_all(source, cursor, chunks)
 
@@ -284,6 +286,14 @@ def test_outage_then_recovery_from_the_same_cursor(ftp_server, ftp_files, caplog
         source.close()
 
 
+def closed_by_peer(port: int) -> bool:
+    """Whether a connection of this process to ``port`` was closed by the other end."""
+    return any(
+        c.status == psutil.CONN_CLOSE_WAIT and c.raddr and c.raddr.port == port
+        for c in psutil.Process().net_connections("tcp")
+    )
+
+
 @pytest.mark.parametrize("keepalive", [0.0, 60.0])
 def test_connection_dropped_by_the_server_is_replaced(ftp_root, ftp_files, caplog, keepalive):
     # keepalive=0: the NOOP before the read finds the dead connection;
@@ -293,7 +303,9 @@ def test_connection_dropped_by_the_server_is_replaced(ftp_root, ftp_files, caplo
         source = FTPSource(server.url("a.log"), keepalive=keepalive)
         try:
             cursor = source.read(Cursor()).cursor
-            time.sleep(0.8)  # the server closes the idle connection
+            wait_for(
+                lambda: closed_by_peer(server.port), 10, "the server to close the idle connection"
+            )
             ftp_files.append("a.log", b"2\n")
             with caplog.at_level(logging.INFO, logger="headrace.etl"):
                 chunk = source.read(cursor)

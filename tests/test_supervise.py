@@ -30,6 +30,7 @@ def dask_processes(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(120)
 def test_the_worker_comes_back_after_each_scheduler_restart_and_stops_when_told(tmp_path):
     port = free_port()

@@ -20,6 +20,8 @@ from bokeh.core.has_props import HasProps
 from bokeh.core.property.wrappers import PropertyValueContainer
 from bokeh.model import Model
 
+# Private Bokeh internals (Model.__new__(id=), HasProps' value dicts, property wrappers):
+# written for headrace.app.live.wire.BOKEH_TESTED, which tests/test_internals.py checks.
 M = TypeVar("M", bound=Model)
 
 

@@ -1,7 +1,9 @@
 """Rows as the app holds and sends them: a dict of column arrays, ``time`` first.
 
 Bokeh sends numpy float and datetime arrays as binary buffers (lists and object arrays
-go as JSON), so rows stay numpy from the fetched frame to ``cds.stream``.
+go as JSON), so rows stay numpy from the fetched frame to ``cds.stream``. The frames
+come as the contract defines them (:mod:`headrace.etl.contract.frames`); the columns keep
+their names.
 """
 
 from __future__ import annotations
@@ -9,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from headrace.etl.contract.frames import TIME, VALUE
+
 Columns = dict[str, np.ndarray]
+
+
+def names_of(names: list[str] | None) -> list[str]:
+    """The columns a stream's rows carry: ``time``, then ``names`` (before any: ``value``)."""
+    return [TIME, *(names or [VALUE])]
 
 
 def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Columns:
@@ -20,15 +29,15 @@ def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Column
     as JSON and nothing plots them yet. ``names`` fixes the column set (a stream's first
     frame decides it) so every batch streams into the same ``ColumnDataSource``.
     """
-    times = frame["time"]
+    times = frame[TIME]
     if isinstance(times.dtype, pd.DatetimeTZDtype):
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    columns: Columns = {"time": times.to_numpy(dtype="datetime64[ns]")}
+    columns: Columns = {TIME: times.to_numpy(dtype="datetime64[ns]")}
     if names is None:
         names = [
             c
             for c in frame.columns
-            if c != "time"
+            if c != TIME
             and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
         ]
     for name in names:
@@ -41,7 +50,7 @@ def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Column
 
 def empty(names: list[str]) -> Columns:
     """No rows, with ``names`` as columns (``time`` as datetime64[ns], the rest float64)."""
-    return {n: np.array([], dtype="datetime64[ns]" if n == "time" else "float64") for n in names}
+    return {n: np.array([], dtype="datetime64[ns]" if n == TIME else "float64") for n in names}
 
 
 def concat(chunks: list[Columns]) -> Columns:

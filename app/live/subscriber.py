@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from headrace.app.live.columns import Columns, frame_columns, take
+from headrace.app.live.columns import Columns, frame_columns, names_of, take
 from headrace.app.live.window import Snapshot, Window
 from headrace.app.settings import scheduler_address, window_seconds
 from headrace.app.views import freshness
@@ -355,7 +355,7 @@ class Subscriber:
         """The column names a stream's rows carry (``time`` first); cheap, unlike a snapshot."""
         feed = self._streams.get(stream)
         names = feed.window.names if feed is not None else None
-        return ["time", *(names or ["value"])]
+        return names_of(names)
 
     def freshness(self, stream: str) -> str:
         """How current ``stream`` is, e.g. ``live, 0.3 s behind`` (see ``views.freshness``)."""

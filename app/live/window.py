@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from headrace.app.live.columns import Columns, concat, empty, take
+from headrace.app.live.columns import Columns, concat, empty, names_of, take
 
 DEFAULT_SPACING_NS = 25_000_000  # row spacing assumed before a stream has shown its own
 
@@ -67,7 +67,7 @@ class Window:
     def snapshot(self, seq: int = 0) -> Snapshot:
         capacity = max(1000, int(self.window_ns // self.spacing_ns) + 1)
         if not self.chunks:
-            return Snapshot(empty(["time", *(self.names or ["value"])]), self.rows, seq, capacity)
+            return Snapshot(empty(names_of(self.names)), self.rows, seq, capacity)
         columns = concat(list(self.chunks))
         assert self.newest_ns is not None
         start = int(np.searchsorted(columns["time"].view("int64"), self.newest_ns - self.window_ns))

@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 
     from headrace.app.live.columns import Columns
 
+# The release series the private attributes used here, in headrace.app.live.clone and
+# Panel's ``unlocked()`` were checked against: tests/test_internals.py fails on any other
+# version, naming the module to re-check (pyproject.toml caps bokeh and panel to match).
+BOKEH_TESTED = "3.9"
+PANEL_TESTED = "1.9"
+TORNADO_TESTED = "6.6"
+
 TEXT, BINARY = 0x1, 0x2
 
 

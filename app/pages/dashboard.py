@@ -27,9 +27,10 @@ from headrace.app.views import freshness
 from headrace.app.views.history import HistoryCache
 from headrace.app.views.lookback import LookBack
 from headrace.app.views.plots import live_plot
+from headrace.etl.contract.frames import TIME, VALUE
 
 TITLE = "headrace"
-PLOTTED = ("time", "value")
+PLOTTED = (TIME, VALUE)
 WINDOWS = {
     "live": None,
     "1 h": pd.Timedelta(hours=1),

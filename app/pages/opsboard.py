@@ -21,7 +21,7 @@ from headrace.app.pages.board import Board
 from headrace.app.pages.template import badge
 from headrace.app.telemetry import viewer_records
 from headrace.etl import contract
-from headrace.etl.contract.health import StreamStatus, statuses
+from headrace.etl.contract.health import HealthRecord, StreamStatus, statuses
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def streams_table(found: list[StreamStatus], records: dict[str, dict], now: float) -> str:
+def streams_table(found: list[StreamStatus], records: dict[str, HealthRecord], now: float) -> str:
     rows = []
     for s in found:
-        r = records.get(s.stream, {})
-        since = r.get("since_start") or {}
+        r = records.get(s.stream) or HealthRecord(s.stream)
+        since = r.since_start
         error = "none"
         if s.error:
             error = html.escape(s.error[:200])
@@ -81,9 +81,9 @@ def streams_table(found: list[StreamStatus], records: dict[str, dict], now: floa
                 f"{s.lines_per_second:,.1f}",
                 f"{s.rows_per_second:,.1f}",
                 f"{s.malformed:,} <small>({s.malformed_since_start:,} since start)</small>",
-                f"{r.get('late', 0):,} <small>({since.get('late', 0):,})</small>",
-                f"{r.get('overruns', 0):,}",
-                f"{r.get('transfers', 0):,}",
+                f"{r.late:,} <small>({since.get('late', 0):,})</small>",
+                f"{r.overruns:,}",
+                f"{r.transfers:,}",
                 error,
             ]
         )
@@ -92,13 +92,11 @@ def streams_table(found: list[StreamStatus], records: dict[str, dict], now: floa
     return _table(head, rows, "no stream has reported: is `headrace etl` running?")
 
 
-def malformed_table(records: dict[str, dict]) -> str:
+def malformed_table(records: dict[str, HealthRecord]) -> str:
     rows = []
     for stream, r in sorted(records.items()):
-        for m in reversed(r.get("samples") or []):
-            if isinstance(m, dict):
-                place = f"{m.get('source', '')}:{m.get('line', '')}"
-                rows.append([stream, place, m.get("reason", ""), repr(m.get("text", ""))[:160]])
+        for m in reversed(r.samples):
+            rows.append([stream, f"{m.source}:{m.line}", m.reason, repr(m.text)[:160]])
     rows = [[html.escape(str(c)) for c in row] for row in rows[:MALFORMED_SHOWN]]
     rows = [[f"<b>{a}</b>", f"<code>{b}</code>", c, f"<code>{d}</code>"] for a, b, c, d in rows]
     return _table(["Stream", "File:line", "Reason", "Line"], rows, "no malformed lines")
@@ -140,7 +138,7 @@ def cluster_html(address: str, identity: dict[str, Any] | None, dashboard: str) 
 
 def render(
     address: str,
-    records: dict[str, dict],
+    records: dict[str, HealthRecord],
     processes: list[dict],
     identity: dict | None,
     dashboard: str,

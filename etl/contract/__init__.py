@@ -12,9 +12,16 @@ On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+`
   kept; older ones are unpublished.
 - metadata ``["headrace", "streams", s]``: a :class:`Head` as a dict, the newest
   sequence number, the ring size, when it was published and the stream's tick interval.
-- metadata ``["headrace", "health", s]``: the loop's health record of the stream (a dict).
+- metadata ``["headrace", "health", s]``: the loop's health record of the stream, a
+  :class:`~headrace.etl.contract.health.HealthRecord` as a dict.
 - topic ``headrace.frames``: one msgpack-able dict per frame, an :class:`Event`
   (``stream, seq, rows, first, last, published, v``).
+
+``v`` is the schema version of the writer (absent: 1). A reader refuses a message of a
+version it does not know with :class:`SchemaVersionError` (see
+:mod:`headrace.etl.contract.version`); readers of every stream (:func:`heads`,
+:func:`health_records`, the subscriptions) log the refusal once per stream and go on
+with the other streams.
 
 Sequence numbers start at 1, grow by exactly 1 per frame and continue across
 restarts of the loop. A reader that sees ``n + 2`` after ``n`` fetches ``n + 1``;
@@ -25,7 +32,7 @@ do not survive its restart: readers re-read the head, subscribe again and fill g
 Frames: a ``time`` column (datetime64[ns, UTC]) sorted ascending, a ``value``
 column (float64), optional extra columns (``count`` for aggregating
 transforms, ``key`` when one file carries several series); only rows not
-published before.
+published before. :mod:`headrace.etl.contract.frames` defines and checks them.
 
 :class:`FrameStream` is the one way to use all of this, in the style of
 ``distributed.Variable``: methods return their result with a synchronous client and a
@@ -44,6 +51,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from distributed import Future
 
+from headrace.etl.contract.health import HealthRecord
+from headrace.etl.contract.version import SCHEMA_VERSION as SCHEMA_VERSION
+from headrace.etl.contract.version import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
+from headrace.etl.contract.version import SchemaVersionError, check_message, log_refused
+
 if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
@@ -51,7 +63,6 @@ if TYPE_CHECKING:
 TOPIC = "headrace.frames"
 PREFIX = "headrace"
 DEFAULT_RING = 64
-SCHEMA_VERSION = 1
 # Where the embedded cluster listens, and so where readers look when told nothing.
 DEFAULT_SCHEDULER = "tcp://127.0.0.1:8786"
 
@@ -129,6 +140,8 @@ class Event:
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> Event:
+        """The event in ``msg``; SchemaVersionError if its ``v`` is not one this code reads."""
+        check_message("event", str(msg.get("stream", "?")), msg)
         return cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
 
 
@@ -140,6 +153,15 @@ class Head:
     ring: int
     published: float
     interval: float = 0.0  # the stream's tick interval in seconds, so readers can judge staleness
+
+    # No ``v`` is written into heads at version 1, so that readers from before ``v`` was
+    # checked (which take the dict as keyword arguments) can read them; a later version
+    # writes its ``v``, which readers check here.
+    @classmethod
+    def from_message(cls, stream: str, msg: dict[str, Any]) -> Head:
+        """The head of ``stream`` in ``msg``; SchemaVersionError for a version not read here."""
+        check_message("head", stream, msg)
+        return cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
 
 
 EventHandler = Callable[[Event], None]
@@ -157,7 +179,11 @@ def _listen(client: Client, stream: str | None, handler: EventHandler) -> None:
         group.append(handler)
 
     def dispatch(message: tuple[float, dict[str, Any]]) -> None:
-        event = Event.from_message(message[1])
+        try:
+            event = Event.from_message(message[1])
+        except SchemaVersionError as exc:  # a newer loop's stream: the others go on
+            log_refused(exc)
+            return
         for h in [*table.get(event.stream, ()), *table.get(None, ())]:
             h(event)
 
@@ -231,7 +257,7 @@ class FrameStream:
 
     async def _head(self) -> Head | None:
         raw = await self.client.get_metadata(_key("streams", self.name), default=None)
-        return Head(**raw) if raw else None
+        return Head.from_message(self.name, raw) if raw else None
 
     def read(
         self, after: int = 0, until: int | None = None
@@ -275,13 +301,21 @@ class FrameStream:
         """
         _listen(self.client, self.name, handler)
 
-    def report_health(self, health: dict[str, Any]) -> SyncOrAsync[None]:
+    def report_health(self, record: HealthRecord) -> SyncOrAsync[None]:
         """Keep the loop's health record of this stream on the scheduler."""
-        return self.client.sync(self.client.set_metadata, _key("health", self.name), health)
+        key = _key("health", self.name)
+        return self.client.sync(self.client.set_metadata, key, record.to_message())
 
-    def health(self) -> SyncOrAsync[dict[str, Any] | None]:
-        """The loop's last health record of this stream, or None."""
-        return self.client.sync(self.client.get_metadata, _key("health", self.name), default=None)
+    def health(self) -> SyncOrAsync[HealthRecord | None]:
+        """The loop's last health record of this stream, or None.
+
+        SchemaVersionError if a newer loop wrote it.
+        """
+        return self.client.sync(self._health)
+
+    async def _health(self) -> HealthRecord | None:
+        raw = await self.client.get_metadata(_key("health", self.name), default=None)
+        return HealthRecord.from_message({"stream": self.name, **raw}) if raw else None
 
 
 async def _result_or_none(future: Future) -> pd.DataFrame | None:
@@ -297,19 +331,39 @@ def heads(client: Client | None = None) -> SyncOrAsync[dict[str, Head]]:
 
     async def read() -> dict[str, Head]:
         raw = await client.get_metadata(_key("streams"), default=None) or {}
-        return {name: Head(**h) for name, h in raw.items()}
+        return _readable(raw, Head.from_message)
 
     return client.sync(read)
 
 
-def health_records(client: Client | None = None) -> SyncOrAsync[dict[str, dict[str, Any]]]:
-    """``{stream: health record}`` for every stream the loop reports on."""
+def health_records(client: Client | None = None) -> SyncOrAsync[dict[str, HealthRecord]]:
+    """``{stream: HealthRecord}`` for every stream the loop reports on.
+
+    A record of a schema version this code does not read is left out (logged once).
+    """
     client = _client(client)
 
-    async def read() -> dict[str, dict[str, Any]]:
-        return await client.get_metadata(_key("health"), default=None) or {}
+    def record(stream: str, msg: dict[str, Any]) -> HealthRecord:
+        return HealthRecord.from_message({"stream": stream, **msg})
+
+    async def read() -> dict[str, HealthRecord]:
+        raw = await client.get_metadata(_key("health"), default=None) or {}
+        return _readable(raw, record)
 
     return client.sync(read)
+
+
+def _readable(
+    raw: dict[str, dict[str, Any]], read: Callable[[str, dict[str, Any]], T]
+) -> dict[str, T]:
+    """``{stream: read(stream, msg)}``, leaving out (and logging once) refused messages."""
+    found = {}
+    for stream, msg in raw.items():
+        try:
+            found[stream] = read(stream, msg)
+        except SchemaVersionError as exc:
+            log_refused(exc)
+    return found
 
 
 def subscribe_all(client: Client, handler: EventHandler) -> None:

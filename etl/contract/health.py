@@ -7,13 +7,21 @@ minute, ``published`` and ``last_published``, ``failures``, ``error`` and
 ``error_since``, ``samples`` (the newest malformed lines: ``source``, ``line``,
 ``reason``, ``text``), ``interval`` and ``reported`` (when it was written). The
 operator page and ``headrace status`` judge it the same way, here.
+
+The record is a :class:`HealthRecord`; on the scheduler it is kept as
+:meth:`HealthRecord.to_message` (a msgpack- and JSON-able dict, with the schema version
+``v``) and read back with :meth:`HealthRecord.from_message`, which refuses a version this
+code does not know (:class:`~headrace.etl.contract.version.SchemaVersionError`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
+
+from headrace.etl.contract.version import SCHEMA_VERSION, check_message
 
 OK, STALE, FAILING, UNREACHABLE = 0, 1, 2, 3
 STATES = {OK: "ok", STALE: "stale", FAILING: "failing"}
@@ -30,6 +38,79 @@ class Counted(Protocol):
     last_published: float
 
     def totals(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A malformed line the loop read: where (``source`` and 1-based ``line``), why, what."""
+
+    source: str
+    line: int
+    reason: str
+    text: str
+
+    @classmethod
+    def from_message(cls, msg: Mapping[str, Any]) -> Sample:
+        return cls(
+            source=str(msg.get("source", "")),
+            line=int(msg.get("line", 0)),
+            reason=str(msg.get("reason", "")),
+            text=str(msg.get("text", "")),
+        )
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    """The loop's health record of one stream, as kept on the scheduler.
+
+    The counters (``ticks`` to ``bytes``) are all-time totals, across restarts of the
+    loop; ``since_start`` has the same counters since this run of the loop began.
+    """
+
+    stream: str
+    published: int = 0  # last published sequence number
+    ticks: int = 0
+    overruns: int = 0  # ticks that took longer than the interval
+    lines: int = 0  # non-blank lines read
+    blank: int = 0  # whitespace-only lines read (and skipped)
+    rows: int = 0
+    malformed: int = 0
+    late: int = 0
+    transfers: int = 0
+    bytes: int = 0  # read from the source
+    failures: int = 0  # consecutive failed ticks
+    error: str | None = None  # the last tick's error while failing
+    error_since: float | None = None  # when the current run of failures began
+    last_published: float = 0.0  # wall-clock seconds; 0: never
+    last_tick: float = 0.0  # when the last tick ended, whether or not it published
+    samples: tuple[Sample, ...] = ()  # the newest malformed lines, oldest first
+    since_start: dict[str, int] = field(default_factory=dict)
+    lines_per_second: float = 0.0  # over the last minute
+    rows_per_second: float = 0.0
+    interval: float = 0.0  # the stream's tick interval in seconds
+    reported: float = 0.0  # when the loop wrote this record
+    v: int = SCHEMA_VERSION
+
+    def to_message(self) -> dict[str, Any]:
+        """The record as kept on the scheduler: msgpack- and JSON-able."""
+        msg = asdict(self)
+        msg["samples"] = [asdict(s) for s in self.samples]
+        return msg
+
+    @classmethod
+    def from_message(cls, msg: Mapping[str, Any]) -> HealthRecord:
+        """The record in ``msg``; fields it lacks (an older loop's) take their defaults.
+
+        SchemaVersionError if ``msg`` is of a schema version this code does not read.
+        """
+        stream = str(msg.get("stream", "?"))
+        check_message("health record", stream, msg)
+        known = {k: msg[k] for k in cls.__dataclass_fields__ if k in msg}
+        samples = tuple(
+            Sample.from_message(s) for s in msg.get("samples") or () if isinstance(s, Mapping)
+        )
+        since_start = {str(k): int(n) for k, n in (msg.get("since_start") or {}).items()}
+        return cls(**{**known, "stream": stream, "samples": samples, "since_start": since_start})
 
 
 @dataclass(frozen=True)
@@ -63,45 +144,48 @@ class StreamStatus:
         return f"{text}  {self.reason}" if self.reason else text
 
 
-def judge(record: dict[str, Any], now: float, stale_after: float) -> StreamStatus:
+def judge(record: HealthRecord, now: float, stale_after: float) -> StreamStatus:
     """What one health record says about its stream at ``now``."""
-    published = record.get("last_published") or 0.0
+    published = record.last_published or 0.0
     lag = now - published if published else None
-    reported_age = now - record.get("reported", 0.0)
-    if record.get("failures"):
-        since = record.get("error_since")
+    reported_age = now - record.reported
+    if record.failures:
+        since = record.error_since
         ago = f" for {now - since:.0f} s" if since else ""
-        state, reason = "failing", f"{record['failures']} failed ticks{ago}: {record.get('error')}"
+        state, reason = "failing", f"{record.failures} failed ticks{ago}: {record.error}"
     elif reported_age > min(REPORT_STALE, max(stale_after, 3.0)):
         state, reason = "stale", f"the loop has not reported for {reported_age:.0f} s"
     elif lag is None or lag > stale_after:
         state, reason = "stale", f"nothing published for over {stale_after:g} s"
     else:
         state, reason = "ok", ""
-    since_start = record.get("since_start") or {}
     return StreamStatus(
-        stream=record.get("stream", "?"),
+        stream=record.stream,
         state=state,
         reason=reason,
-        seq=int(record.get("published", 0)),
+        seq=int(record.published),
         lag_seconds=lag,
-        lines_per_second=float(record.get("lines_per_second", 0.0)),
-        rows_per_second=float(record.get("rows_per_second", 0.0)),
-        lines=int(record.get("lines", 0)),
-        rows=int(record.get("rows", 0)),
-        late=int(record.get("late", 0)),
-        malformed=int(record.get("malformed", 0)),
-        malformed_since_start=int(since_start.get("malformed", 0)),
-        error=record.get("error"),
-        error_since=record.get("error_since"),
+        lines_per_second=float(record.lines_per_second),
+        rows_per_second=float(record.rows_per_second),
+        lines=int(record.lines),
+        rows=int(record.rows),
+        late=int(record.late),
+        malformed=int(record.malformed),
+        malformed_since_start=int(record.since_start.get("malformed", 0)),
+        error=record.error,
+        error_since=record.error_since,
     )
 
 
 def statuses(
-    records: dict[str, dict[str, Any]], stale_after: float, now: float | None = None
+    records: Mapping[str, HealthRecord], stale_after: float, now: float | None = None
 ) -> list[StreamStatus]:
+    """Every record judged at ``now``, by stream name (the key of ``records``)."""
     now = time.time() if now is None else now
-    return [judge({"stream": s, **r}, now, stale_after) for s, r in sorted(records.items())]
+    return [
+        judge(r if r.stream == s else replace(r, stream=s), now, stale_after)
+        for s, r in sorted(records.items())
+    ]
 
 
 def exit_code(found: list[StreamStatus]) -> int:

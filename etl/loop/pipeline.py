@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from headrace.etl.contract import Span
+from headrace.etl.contract.frames import empty_frame
 from headrace.etl.parse.parser import Malformed, Parser
 from headrace.etl.sources.base import Chunk, Cursor, Source, SourceError
-from headrace.etl.transforms import Transform, empty_frame
+from headrace.etl.transforms import Transform
 
 
 def extract(source: Source, cursor: Cursor, limit: int | None = None) -> Chunk:

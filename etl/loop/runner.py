@@ -16,13 +16,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from distributed import Client
 
 from headrace.etl import contract
+from headrace.etl.contract.health import HealthRecord, Sample
 from headrace.etl.loop import pipeline
 from headrace.etl.sources.base import SourceError
 from headrace.etl.store.sink import encode
@@ -111,14 +112,26 @@ class Health:
         span = now - t0
         return ((self.lines - lines0) / span, (self.rows - rows0) / span) if span > 0 else (0, 0)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The record kept on the scheduler (see the contract): JSON- and msgpack-able."""
-        skip = ("samples", "started", "_seen")
-        d = {k: v for k, v in self.__dict__.items() if k not in skip}
-        d["samples"] = [asdict(s) for s in self.samples]
-        d["since_start"] = self.since_start()
-        d["lines_per_second"], d["rows_per_second"] = self.rates()
-        return d
+    def record(self, stream: str, interval: float, now: float | None = None) -> HealthRecord:
+        """The record kept on the scheduler (see the contract), as of ``now`` (default now)."""
+        now = time.time() if now is None else now
+        lines_per_second, rows_per_second = self.rates(now)
+        return HealthRecord(
+            stream=stream,
+            published=self.published,
+            **self.totals(),
+            failures=self.failures,
+            error=self.error,
+            error_since=self.error_since,
+            last_published=self.last_published,
+            last_tick=self.last_tick,
+            samples=tuple(Sample(s.source, s.line, s.reason, s.text) for s in self.samples),
+            since_start=self.since_start(),
+            lines_per_second=float(lines_per_second),
+            rows_per_second=float(rows_per_second),
+            interval=interval,
+            reported=now,
+        )
 
     def summary(self) -> str:
         """One line: all-time totals, and since this process started."""
@@ -170,11 +183,9 @@ class StreamRunner:
         # A row's period closes this long after its time: the earliest it can be published.
         self.period = pd.Timedelta(period).total_seconds() if period is not None else 0.0
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> HealthRecord:
         """The stream's health record, as reported to the scheduler."""
-        record = self.health.as_dict()
-        record.update(stream=self.stream.name, interval=self.stream.interval, reported=time.time())
-        return record
+        return self.health.record(self.stream.name, self.stream.interval)
 
     def _key(self, step: str, seq: int, token: str) -> str:
         return task_key(step, self.stream.name, seq, token)

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from headrace.etl.transforms import conform, empty_frame
+from headrace.etl.contract.frames import conform, empty_frame
 
 __all__ = ["FunctionParser", "Malformed", "Parsed", "Parser", "take_lines"]
 

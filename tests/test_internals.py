@@ -1,0 +1,304 @@
+"""The private Bokeh, Panel and Tornado internals headrace reaches into, checked on this install.
+
+:mod:`headrace.app.live.clone` builds Bokeh models the way Bokeh's deserializer does and
+:mod:`headrace.app.live.wire` writes Bokeh protocol messages straight to a session's Tornado
+websocket (the attributes Panel's ``unlocked()`` uses); a few other modules use Panel and
+Bokeh functions outside their documented API. They were written for the release series
+named in ``wire.py`` (``BOKEH_TESTED``, ``PANEL_TESTED``, ``TORNADO_TESTED``), the ones the
+lock file pins. After an upgrade these tests fail, naming the module to re-check, rather
+than a viewer's session going quiet. The lock itself is checked here too (quickly): it pins
+every requirement, ``environment.yml`` follows it, and the main libraries are its versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from headrace.app.live import wire
+
+TESTED = {
+    "bokeh": wire.BOKEH_TESTED,
+    "panel": wire.PANEL_TESTED,
+    "tornado": wire.TORNADO_TESTED,
+}
+CLONE = "headrace.app.live.clone"
+WIRE = "headrace.app.live.wire"
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock-linux-x86_64-py311.txt"
+MAIN = [
+    "bokeh",
+    "panel",
+    "holoviews",
+    "dask",
+    "distributed",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "tornado",
+]
+CONDA_NAMES = {"msgpack-python": "msgpack"}  # conda-forge's name: PyPI's
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked() -> dict[str, str]:
+    """The lock file's pins, by canonical name."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+)", LOCK.read_text(), re.M)
+    return {canonical(name): pinned for name, pinned in pins}
+
+
+def installed() -> str:
+    return ", ".join(f"{name} {version(name)}" for name in TESTED)
+
+
+def written_for() -> str:
+    return ", ".join(f"{name} {series}" for name, series in TESTED.items())
+
+
+@contextmanager
+def relied_on_by(module: str, what: str) -> Iterator[None]:
+    """Fail with the module to re-check when ``what`` (a private API) is gone or changed."""
+    try:
+        yield
+    except Exception as exc:
+        pytest.fail(
+            f"{what} changed ({type(exc).__name__}: {exc}) with {installed()}: re-check "
+            f"{module}, written for {written_for()} (then update BOKEH_TESTED/PANEL_TESTED/"
+            f"TORNADO_TESTED in {WIRE} and the caps in pyproject.toml)",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("name", sorted(TESTED))
+def test_installed_versions_are_the_series_the_internals_were_written_for(name):
+    series = Version(version(name)).release[:2]
+    assert series == Version(TESTED[name]).release[:2], (
+        f"{name} {version(name)} is installed, but {CLONE} and {WIRE} use private "
+        f"{name} internals checked against {name} {TESTED[name]}.x only: re-check them "
+        f"(tests/test_internals.py says what they use), then update {WIRE}'s constants, "
+        "pyproject.toml's caps and the lock file"
+    )
+
+
+@pytest.mark.parametrize("name", ["bokeh", "panel"])
+def test_the_package_requires_the_series_the_internals_were_written_for(name):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    specs = [Requirement(r) for r in project["project"]["dependencies"]]
+    spec = next(r.specifier for r in specs if r.name == name and r.marker is None)
+    major, minor = Version(TESTED[name]).release[:2]
+    assert spec.contains(f"{major}.{minor}.0") and spec.contains(f"{major}.{minor}.99"), (
+        f"pyproject.toml's {name}{spec} leaves out {TESTED[name]}, the series {WIRE} names"
+    )
+    assert not spec.contains(f"{major}.{minor + 1}.0"), (
+        f"pyproject.toml's {name}{spec} lets in {major}.{minor + 1}, whose internals nobody "
+        f"checked: cap it below (see {WIRE})"
+    )
+
+
+def test_clone_internals():
+    """What ``clone`` uses: ``Model.__new__(id=)``, HasProps' value dicts, property wrappers."""
+    from bokeh.core.has_props import HasProps
+    from bokeh.core.property.wrappers import PropertyValueContainer
+    from bokeh.document import Document
+    from bokeh.document.events import ColumnsStreamedEvent
+    from bokeh.model import Model
+    from bokeh.models import ColumnDataSource
+
+    from headrace.app.live.clone import clone
+
+    source = ColumnDataSource(data={"x": np.arange(3.0)})
+    with relied_on_by(CLONE, "Model.__new__(cls, id=...)"):
+        bare = ColumnDataSource.__new__(ColumnDataSource, id=source.id)
+        assert bare.id == source.id
+        assert "id" in inspect.signature(Model.__new__).parameters
+    for attribute in (
+        "_property_values",
+        "_unstable_default_values",
+        "_unstable_themed_values",
+        "_initialized",
+    ):
+        with relied_on_by(CLONE, f"HasProps.{attribute}"):
+            assert hasattr(source, attribute)
+            assert issubclass(ColumnDataSource, HasProps)
+    with relied_on_by(CLONE, "HasProps.lookup(name).property.wrap"):
+        descriptor = source.lookup("data")
+        assert callable(descriptor.property.wrap)
+    with relied_on_by(CLONE, "PropertyValueContainer._register_owner"):
+        assert isinstance(source.data, PropertyValueContainer)
+        assert callable(PropertyValueContainer._register_owner)
+        assert isinstance(source.data, dict)  # fanout.py sets columns with dict.__setitem__
+
+    copy = clone(source)
+    with relied_on_by(CLONE, "a copy's wrapped values notify the copy"):
+        assert copy is not source and copy.id == source.id
+        assert copy.data is not source.data and list(copy.data["x"]) == [0.0, 1.0, 2.0]
+        doc = Document()
+        doc.add_root(copy)
+        events: list[object] = []
+        doc.on_change(events.append)
+        copy.stream({"x": np.array([3.0])})
+        assert [type(e) for e in events] == [ColumnsStreamedEvent]
+        assert list(source.data["x"]) == [0.0, 1.0, 2.0]
+
+
+def test_encode_internals():
+    """What ``encode`` uses: Bokeh's Serializer and ``patch_doc`` message parts."""
+    with relied_on_by(WIRE, "bokeh.core.serialization.Serializer / patch_doc message"):
+        message = wire.encode([("p1001", {"x": np.arange(3.0)}, 10)])
+        text = [p for p, binary in message.parts if not binary]
+        data = [p for p, binary in message.parts if binary]
+        header, _, content, ref = (json.loads(p) for p in text)
+        assert header["msgtype"] == "PATCH-DOC" and header["num_buffers"] == 1
+        (event,) = content["events"]
+        assert event["kind"] == "ColumnsStreamed" and event["model"] == {"id": "p1001"}
+        ((name, array),) = event["data"]["entries"]  # a map of ndarrays sent as buffers
+        assert name == "x" and array["type"] == "ndarray" and array["dtype"] == "float64"
+        assert array["array"]["data"] == {"id": ref["id"]}
+        assert data == [np.arange(3.0).tobytes()]
+
+
+def test_other_bokeh_and_panel_functions_used():
+    """Functions outside the documented API that other modules import."""
+    uses = {
+        "headrace.app.live.fanout": [
+            "from bokeh.settings import settings; settings.simple_ids.set_value",
+            "from bokeh.events import DocumentReady",
+            "from panel.io.state import set_curdoc",
+        ],
+        "headrace.app.pages.board": ["from panel.io.document import unlocked"],
+        "headrace.app.pages.template": [
+            "from panel.io.resources import LOCAL_DIST",
+            "import panel as pn; pn.state.rel_path",
+        ],
+        "headrace.app.views.plots": ["from bokeh.io.doc import patch_curdoc"],
+        "headrace.app.live.columns": [
+            "from bokeh.util.serialization import convert_datetime_array"
+        ],
+        "headrace.app.metrics": [
+            "from bokeh.server.views.auth_request_handler import AuthRequestHandler",
+            "from bokeh.server.auth_provider import AuthProvider; "
+            "AuthProvider.get_user; AuthProvider.get_user_async",
+        ],
+    }
+    for module, statements in uses.items():
+        for statement in statements:
+            with relied_on_by(module, statement):
+                exec(statement, {})
+
+
+def test_server_internals_wire_writes_through():
+    """What ``sockets``/``Socket`` use, on a real Bokeh server session and websocket.
+
+    ``doc.session_context.session._subscribed_connections``, a connection's ``_socket`` (the
+    ``WSHandler``), its ``write_lock._block._value`` and ``ws_connection`` with Tornado's
+    ``_compressor``, ``_wire_bytes_out`` and ``stream``.
+    """
+    asyncio.run(asyncio.wait_for(_server_session(), 30))
+
+
+async def _server_session() -> None:
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+    from bokeh.server.server import Server
+    from bokeh.util.token import generate_jwt_token, generate_session_id
+    from tornado.httpclient import HTTPRequest
+    from tornado.ioloop import IOLoop
+    from tornado.websocket import websocket_connect
+
+    server = Server(
+        {"/app": Application(FunctionHandler(lambda doc: None))},
+        io_loop=IOLoop.current(),
+        address="127.0.0.1",
+        port=0,
+    )
+    server.start()
+    client = None
+    try:
+        token = generate_jwt_token(generate_session_id())
+        url = f"ws://127.0.0.1:{server.port}/app/ws"
+        client = await websocket_connect(HTTPRequest(url), subprotocols=["bokeh", token])
+        ack = [await client.read_message() for _ in range(3)]  # header, metadata, content
+        assert json.loads(ack[0])["msgtype"] == "ACK"
+        (session,) = server.get_sessions("/app")
+        doc = session.document
+        with relied_on_by(WIRE, "Document.session_context.session._subscribed_connections"):
+            assert doc.session_context.session is session
+            (connection,) = session._subscribed_connections
+        with relied_on_by(WIRE, "ServerConnection._socket (the WSHandler)"):
+            handler = connection._socket
+            assert handler.ws_connection is not None
+        with relied_on_by(WIRE, "WSHandler.write_lock._block._value (as Panel's unlocked())"):
+            assert handler.write_lock._block._value == 1
+        with relied_on_by(WIRE, "tornado's WebSocketProtocol13 _compressor/_wire_bytes_out"):
+            ws = handler.ws_connection
+            assert ws._compressor is None  # Bokeh's default: no compression
+            assert isinstance(ws._wire_bytes_out, int) and callable(ws.stream.write)
+            assert ws.is_closing() is False
+        (socket,) = wire.sockets(doc)
+        assert socket.writable()
+        message = wire.encode([("p1001", {"x": np.arange(3.0)}, 10)])
+        before = ws._wire_bytes_out
+        with relied_on_by(WIRE, "writing frames to the Tornado stream"):
+            await socket.write(message)
+            assert ws._wire_bytes_out == before + message.size
+            received = [await client.read_message() for _ in message.parts]
+            assert received == [p for p, _ in message.parts]
+        async with handler.write_lock:  # Bokeh is mid-message: the fan-out must wait
+            with relied_on_by(WIRE, "WSHandler.write_lock held"):
+                assert not socket.writable()
+        assert socket.writable()
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
+        server.unlisten()
+
+
+def test_the_lock_pins_every_requirement_and_environment_yml_follows_it():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = locked()
+    for requirement in map(Requirement, project["dependencies"] + extras["test"] + extras["bench"]):
+        name = canonical(requirement.name)
+        assert name in pins, f"{name} is not in {LOCK.name}: run ./run lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{LOCK.name} pins {name}=={pins[name]}, pyproject.toml wants {requirement}: "
+            "run ./run lock"
+        )
+    conda = {}
+    for dependency in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]:
+        if isinstance(dependency, str) and "=" in dependency:
+            name, pinned = dependency.split("=", 1)
+            conda[canonical(CONDA_NAMES.get(name, name))] = pinned
+    assert conda.pop("python") == "3.11"
+    assert set(MAIN) <= set(conda), f"environment.yml pins none of {set(MAIN) - set(conda)}"
+    differ = {
+        name: (pinned, pins.get(name)) for name, pinned in conda.items() if pins.get(name) != pinned
+    }
+    assert not differ, f"environment.yml's pins differ from {LOCK.name}'s: {differ}"
+
+
+def test_the_main_libraries_are_the_locked_versions():
+    pins = locked()
+    wrong = {n: version(n) for n in MAIN if version(n) != pins[n]}
+    assert not wrong, (
+        f"installed {wrong}, not as {LOCK.name} pins them: reinstall (./run does when the lock "
+        f"changes; by hand: pip install -c {LOCK.relative_to(ROOT)} -e '.[test,bench]')"
+    )
