@@ -1,6 +1,6 @@
 """The fan-out: one encoding per tick for every in-sync session, and slow viewers left behind.
 
-The protocol-level tests parse what :mod:`headrace.app.live.wire` writes with Bokeh's own receiver
+The protocol-level tests parse what ``internals.encode`` writes with Bokeh's own receiver
 and apply it to a document; the served test runs the real dashboard in a Panel server
 with raw Bokeh-protocol viewers, one of which stops reading.
 """
@@ -18,9 +18,8 @@ from faultreport import record
 from helpers import free_port, wait_for, wait_http
 
 from headrace.app.live.channel import Channel
-from headrace.app.live.clone import clone
 from headrace.app.live.columns import empty
-from headrace.app.live.wire import encode
+from headrace.app.live.internals import clone, encode
 from headrace.app.views.plots import live_plot
 
 

@@ -1,10 +1,10 @@
 """The private Bokeh, Panel and Tornado internals headrace reaches into, checked on this install.
 
-:mod:`headrace.app.live.clone` builds Bokeh models the way Bokeh's deserializer does and
-:mod:`headrace.app.live.wire` writes Bokeh protocol messages straight to a session's Tornado
+:mod:`headrace.app.live.internals` builds Bokeh models the way Bokeh's deserializer does and
+writes Bokeh protocol messages straight to a session's Tornado
 websocket (the attributes Panel's ``unlocked()`` uses); a few other modules use Panel and
 Bokeh functions outside their documented API. They were written for the release series
-named in ``wire.py`` (``BOKEH_TESTED``, ``PANEL_TESTED``, ``TORNADO_TESTED``), the ones the
+named in ``internals.py`` (``BOKEH_TESTED``, ``PANEL_TESTED``, ``TORNADO_TESTED``), the ones the
 lock file pins. After an upgrade these tests fail, naming the module to re-check, rather
 than a viewer's session going quiet. The lock itself is checked here too (quickly): it pins
 every requirement, ``environment.yml`` follows it, and the main libraries are its versions.
@@ -28,15 +28,14 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from headrace.app.live import wire
+from headrace.app.live import internals as wire
 
 TESTED = {
     "bokeh": wire.BOKEH_TESTED,
     "panel": wire.PANEL_TESTED,
     "tornado": wire.TORNADO_TESTED,
 }
-CLONE = "headrace.app.live.clone"
-WIRE = "headrace.app.live.wire"
+CLONE = WIRE = "headrace.app.live.internals"
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock-linux-x86_64-py311.txt"
@@ -90,7 +89,7 @@ def relied_on_by(module: str, what: str) -> Iterator[None]:
 def test_installed_versions_are_the_series_the_internals_were_written_for(name):
     series = Version(version(name)).release[:2]
     assert series == Version(TESTED[name]).release[:2], (
-        f"{name} {version(name)} is installed, but {CLONE} and {WIRE} use private "
+        f"{name} {version(name)} is installed, but {WIRE} uses private "
         f"{name} internals checked against {name} {TESTED[name]}.x only: re-check them "
         f"(tests/test_internals.py says what they use), then update {WIRE}'s constants, "
         "pyproject.toml's caps and the lock file"
@@ -121,7 +120,7 @@ def test_clone_internals():
     from bokeh.model import Model
     from bokeh.models import ColumnDataSource
 
-    from headrace.app.live.clone import clone
+    from headrace.app.live.internals import clone
 
     source = ColumnDataSource(data={"x": np.arange(3.0)})
     with relied_on_by(CLONE, "Model.__new__(cls, id=...)"):

@@ -7,8 +7,8 @@ for the whole process
 
 1. appends them to each channel's window,
 2. groups the sessions by what they need (their sources' ids and first missing row per
-   stream): sessions in sync with copies of the same plots (:mod:`headrace.app.live.clone`) all need
-   the same, so the ``PATCH-DOC`` is encoded once (:func:`headrace.app.live.wire.encode`),
+   stream): sessions in sync with copies of the same plots (``internals.clone``) all need
+   the same, so the ``PATCH-DOC`` is encoded once (:func:`headrace.app.live.internals.encode`),
 3. writes those bytes to each session's websocket, one write per connection, and points
    each server-side source at the channel's window, so the session's document holds
    what its browser has (the arrays are shared, not copied).
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.app.live.channel import Channel
 from headrace.app.live.columns import Columns, to_wire
+from headrace.app.live.internals import Encoded, encode, sockets
 from headrace.app.live.subscriber import Subscriber
-from headrace.app.live.wire import Encoded, encode, sockets
 
 if TYPE_CHECKING:
     from asyncio import Future

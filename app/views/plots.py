@@ -24,8 +24,8 @@ from bokeh.document import Document
 from bokeh.io.doc import patch_curdoc
 from panel.io.state import set_curdoc
 
-from headrace.app.live.clone import Copies
 from headrace.app.live.columns import empty
+from headrace.app.live.internals import Copies
 from headrace.app.settings import follow_seconds
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def live_plot(
     """A plot of ``stream`` whose source has ``columns``' schema (fill it via the fan-out).
 
     A copy of the one rendered for this process (same model ids in every session, see
-    :mod:`headrace.app.live.clone`), unless ``fresh``: a document that showed the stream
+    :mod:`headrace.app.live.internals`), unless ``fresh``: a document that showed the stream
     before needs new ids, its browser may still hold the old models.
     """
     if fresh:
