@@ -200,6 +200,26 @@ def headrace_serve(
             processes.stop(proc)
 
 
+def mypy(files: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """mypy on ``files`` (names in ``cwd``), finding headrace in this checkout (links and all)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--ignore-missing-imports",
+            "--follow-imports=silent",
+            f"--cache-dir={cwd / 'cache'}",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "MYPYPATH": str(ROOT)},
+        timeout=timeout,
+    )
+
+
 def spawn(args: list[str], log, env: dict | None = None) -> subprocess.Popen:
     """A subprocess in its own process group (stop it with ``headrace.cluster.processes.stop``)."""
     from headrace.cluster import processes

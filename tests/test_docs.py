@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import mypy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # docs with examples
@@ -133,22 +134,7 @@ def test_examples_that_need_a_cluster_type_check(tmp_path: Path) -> None:
         name = re.sub(r"\W", "_", f"{block.doc.relative_to(ROOT)}_L{block.line}")
         (tmp_path / f"{name}.py").write_text(block.padded())
         files[name] = block.where
-    checked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--ignore-missing-imports",
-            "--follow-imports=silent",
-            f"--cache-dir={tmp_path / 'cache'}",
-            *(f"{name}.py" for name in files),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "MYPYPATH": str(ROOT)},
-        timeout=300,
-    )
+    checked = mypy([f"{name}.py" for name in files], tmp_path, timeout=300)
     report = checked.stdout + checked.stderr
     for name, where in files.items():  # name each error's doc and example
         report = report.replace(f"{name}.py", f"{where} ({name}.py)")

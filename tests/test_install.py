@@ -147,17 +147,22 @@ def test_the_wheel_holds_one_package_headrace_as_real_files(built):
         assert z.read("headrace/etl/__init__.py") == (ROOT / "etl" / "__init__.py").read_bytes()
 
 
-def run_python(venv: Path, cwd: Path, code: str) -> str:
+def run_venv(venv: Path, cwd: Path, program: str, *args: str, timeout: float = 120) -> str:
+    """Stdout of the venv's ``program`` run with ``args`` from ``cwd``; it must succeed."""
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", code],
+        [str(venv / "bin" / program), *args],
         cwd=cwd,
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def run_python(venv: Path, cwd: Path, code: str) -> str:
+    return run_venv(venv, cwd, "python", "-c", code)
 
 
 IMPORTS = """
@@ -190,17 +195,9 @@ def test_installed_headrace_imports_from_the_venv_and_the_old_names_do_not(venv,
 
 
 def test_the_command_from_the_venv(venv, neutral):
-    done = subprocess.run(
-        [str(venv / "bin" / "headrace"), "--help"],
-        cwd=neutral,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    out = run_venv(venv, neutral, "headrace", "--help", timeout=60)
     for command in ("demo", "etl", "serve", "worker"):
-        assert re.search(rf"^\s+{command}\s", done.stdout, re.M), done.stdout
+        assert re.search(rf"^\s+{command}\s", out, re.M), out
 
 
 def get(url: str) -> tuple[int, str]:

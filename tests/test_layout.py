@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import mypy
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("etl", "app", "cluster")
@@ -197,21 +198,6 @@ def test_readme_python_example_type_checks(tmp_path: Path) -> None:
     example = tmp_path / "example.py"
     # reveal_type proves mypy found headrace itself (not an Any from a missing import)
     example.write_text(text[start : text.index("```", start)] + "reveal_type(Stream)\n")
-    checked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--ignore-missing-imports",
-            "--follow-imports=silent",
-            f"--cache-dir={tmp_path / 'cache'}",
-            str(example),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "MYPYPATH": str(ROOT)},  # the checkout's headrace/, links and all
-        timeout=240,
-    )
+    checked = mypy([example.name], tmp_path, timeout=240)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "headrace.etl.streams.Stream" in checked.stdout, checked.stdout

@@ -29,6 +29,19 @@ STATES = {OK: "ok", STALE: "stale", FAILING: "failing"}
 # running. Shorter when asked to judge staleness sooner, never under 3 s.
 REPORT_STALE = 10.0
 
+# The all-time counters of a stream's health, fields of HealthRecord and of the loop's Health.
+COUNTERS = (
+    "ticks",
+    "overruns",
+    "lines",
+    "blank",
+    "rows",
+    "malformed",
+    "late",
+    "transfers",
+    "bytes",
+)
+
 
 class Counted(Protocol):
     """What a stream's live health counts (the loop's ``Health``), as metrics read it."""

@@ -23,7 +23,7 @@ import pandas as pd
 from distributed import Client
 
 from headrace.etl import contract
-from headrace.etl.contract.health import HealthRecord, Sample
+from headrace.etl.contract.health import COUNTERS, HealthRecord, Sample
 from headrace.etl.loop import pipeline
 from headrace.etl.sources.base import SourceError
 from headrace.etl.store.sink import encode
@@ -41,17 +41,6 @@ BACKOFF_CAP = 15.0
 NB_HYPHEN = "\u2011"
 
 
-COUNTERS = (
-    "ticks",
-    "overruns",
-    "lines",
-    "blank",
-    "rows",
-    "malformed",
-    "late",
-    "transfers",
-    "bytes",
-)
 # What a tick read and made: a tick that fails after counting them is read again.
 CONTENT = ("lines", "blank", "rows", "malformed", "late", "bytes")
 RATE_SPAN = 60.0  # seconds over which health reports lines and rows per second
