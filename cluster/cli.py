@@ -204,6 +204,11 @@ def demo(**options: Any) -> None:
     help="With logins on: the bearer token Prometheus sends for /metrics (default: made "
     "in --state-dir).",
 )
+@click.option(
+    "--print-command",
+    is_flag=True,
+    help="Print the `panel serve` command (and its environment) instead of running it.",
+)
 @tls_options
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def serve(
@@ -217,35 +222,53 @@ def serve(
     basic_auth: str | None,
     state_dir: str,
     metrics_token_file: str | None,
+    print_command: bool,
     extra: tuple[str, ...],
     **tls: Any,
 ) -> None:
     """Serve the live dashboard at http://ADDRESS:PORT/dashboard (and /ops, /metrics).
 
-    Arguments after the options go to `panel serve` as they are (e.g. --oauth-provider).
+    `headrace serve my_dashboard.py` serves your own Panel app instead, at /my_dashboard,
+    with the same subscriber, fan-out, logins and /metrics. Other arguments after the
+    options go to `panel serve` as they are (e.g. --oauth-provider).
     """
+    import shlex
     from pathlib import Path
 
-    from headrace.cluster.panel import serve_command
+    from headrace.cluster.panel import apps_in, panel_command, serve_command, serve_env
     from headrace.cluster.security.access import Access
 
+    try:
+        apps, rest = apps_in(extra)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
     files = tls_files(tls)
     access = Access(address, port, origins, basic_auth, Path(state_dir), metrics_token_file)
     try:
-        access.check(extra)
+        access.check(rest)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"headrace serve: http://{address}:{port}/dashboard", err=True)
+    if print_command:
+        env = serve_env(scheduler, window, history)
+        shown = {k: env[k] for k in sorted(env) if k.startswith(("DASK_", "HEADRACE_", "BOKEH_"))}
+        cmd = panel_command(num_procs, port, address, rest, access, apps)
+        click.echo(
+            " ".join([*(f"{k}={shlex.quote(v)}" for k, v in shown.items()), *map(shlex.quote, cmd)])
+        )
+        return
+    for page in [a.stem for a in apps] or ["dashboard"]:
+        click.echo(f"headrace serve: http://{address}:{port}/{page}", err=True)
     code = serve_command(
         num_procs,
         scheduler,
         port,
         address,
-        list(extra),
+        rest,
         window,
         history=history,
         access=access,
         tls=files,
+        apps=apps,
     )
     raise SystemExit(code)
 

@@ -41,16 +41,43 @@ OPS = PAGES / "ops.py"
 WARMUP = PAGES.parent / "warmup.py"  # a script Panel runs, never imported here
 
 
+def apps_in(extra: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Split ``headrace serve``'s extra arguments into app files and ``panel serve`` flags.
+
+    An app is a Python script, notebook or Markdown file that exists (``my_dashboard.py``);
+    a missing one is an error that names it.
+    """
+    apps, rest = [], []
+    for arg in extra:
+        if not arg.startswith("-") and Path(arg).suffix in APP_SUFFIXES:
+            path = Path(arg)
+            if not path.is_file():
+                raise FileNotFoundError(f"headrace serve: no app file {arg!r}")
+            apps.append(path.resolve())
+        else:
+            rest.append(arg)
+    return apps, rest
+
+
+APP_SUFFIXES = (".py", ".ipynb", ".md")
+
+
 def panel_command(
     num_procs: int = 1,
     port: int = 5006,
     address: str = "127.0.0.1",
     extra: Sequence[str] = (),
     access: Access | None = None,
+    apps: Sequence[Path] = (),
 ) -> list[str]:
-    """The ``python -m panel serve ...`` argument list ``headrace serve`` runs."""
+    """The ``python -m panel serve ...`` argument list ``headrace serve`` runs.
+
+    ``apps`` are served instead of the dashboard (a user's ``my_dashboard.py``); the
+    operator page is always there.
+    """
     access = access or Access(address, port)
-    cmd = [sys.executable, "-m", "panel", "serve", str(DASHBOARD), str(OPS)]
+    pages = [str(a) for a in apps] or [str(DASHBOARD)]
+    cmd = [sys.executable, "-m", "panel", "serve", *pages, str(OPS)]
     cmd += ["--num-procs", str(num_procs), "--port", str(port), "--address", address]
     cmd += ["--plugins", "headrace.app.metrics", *access.args(extra)]
     if num_procs > 1:
@@ -105,6 +132,7 @@ def serve_command(
     history: str | None = None,
     access: Access | None = None,
     tls: TLSFiles | None = None,
+    apps: Sequence[Path] = (),
     **popen: object,
 ) -> subprocess.Popen | int:
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
@@ -114,12 +142,13 @@ def serve_command(
     ``scheduler`` defaults to ``DASK_SCHEDULER_ADDRESS`` / dask config, else
     ``tcp://127.0.0.1:8786``. With ``wait`` (the CLI) it returns panel's exit code;
     otherwise the running ``Popen`` in a process group of its own, which
-    :func:`headrace.cluster.processes.stop` stops with its forked children. ``popen`` goes to
+    :func:`headrace.cluster.processes.stop` stops with its forked children. ``apps`` are
+    served instead of the dashboard (see :func:`panel_command`). ``popen`` goes to
     ``subprocess.Popen`` (``stdout=``, ``stderr=``...).
     """
     access = access or Access(address, port)
     access.check(extra)
-    cmd = panel_command(num_procs, port, address, extra, access)
+    cmd = panel_command(num_procs, port, address, extra, access, apps)
     env = {**serve_env(scheduler, window, history, port), **access.env(extra), **environ(tls)}
     if not wait:
         return processes.start(cmd, env, **popen)

@@ -81,6 +81,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "live":  # live views (loads HoloViews and Panel, so not imported up front)
+        return import_module("headrace.live")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'headrace' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
@@ -88,4 +90,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return [*__all__, "__version__"]
+    return [*__all__, "__version__", "live"]

@@ -20,7 +20,7 @@ class Channel:
     def __init__(self, stream: str, window: Columns, end: int, rollover: int) -> None:
         self.stream = stream
         self.rollover = rollover
-        self.window = take(window, max(0, len(window["time"]) - rollover))
+        self.window = take(window, max(0, length(window) - rollover))
         self.end = end  # subscriber index of the row after the window's last
         self.pending: list[Columns] = []
         self.pending_end = end
@@ -28,11 +28,11 @@ class Channel:
 
     @property
     def start(self) -> int:
-        return self.end - len(self.window["time"])
+        return self.end - length(self.window)
 
     def add(self, rows: Columns, first: int) -> bool:
         """Queue rows (subscriber indices from ``first``); False if they were all known."""
-        n = len(rows["time"])
+        n = length(rows)
         if first + n <= self.pending_end:
             return False
         if first < self.pending_end:
@@ -46,15 +46,15 @@ class Channel:
         if not self.pending:
             return False
         window = concat([self.window, *self.pending])
-        self.window = take(window, max(0, len(window["time"]) - self.rollover))
+        self.window = take(window, max(0, length(window) - self.rollover))
         self.end, self.pending = self.pending_end, []
         self._as = {}
         return True
 
     def newest(self) -> float:
         """The newest row's time (ms since the epoch, as Bokeh has it), 0 when empty."""
-        times = self.window["time"]
-        return float(times[-1]) if len(times) else 0.0
+        times = self.window.get("time")
+        return float(times[-1]) if times is not None and len(times) else 0.0
 
     def window_as(self, columns: list[str]) -> Columns:
         """The window with exactly ``columns``, made once per window for all sessions."""
@@ -70,9 +70,58 @@ class Channel:
         return project(rows, columns)
 
 
+def length(rows: Columns) -> int:
+    """Rows in ``rows`` (a view's source may have no ``time`` column: ``x``, ``y0``...)."""
+    return len(next(iter(rows.values()))) if rows else 0
+
+
 def project(rows: Columns, columns: list[str]) -> Columns:
     """``rows`` with exactly ``columns`` (missing ones NaN), as a source holds them."""
     if list(rows) == columns:
         return rows
-    n = len(rows["time"])
+    n = length(rows)
     return {c: rows[c] if c in rows else np.full(n, np.nan) for c in columns}
+
+
+class Replaced:
+    """A source whose data is replaced each tick (a histogram of the last minute).
+
+    The same interface as :class:`Channel` for the fan-out: ``end`` counts replacements,
+    and a session behind by any number of them gets the newest data whole (a
+    ``ColumnDataChanged``, encoded once for every session that needs it).
+    """
+
+    __slots__ = ("_as", "end", "pending", "stream", "window")
+    rollover = None  # replace, not stream
+    start = 0  # nothing rolls out: a session is never told it skipped rows
+
+    def __init__(self, stream: str, window: Columns) -> None:
+        self.stream = stream
+        self.window = window
+        self.end = 1
+        self.pending: Columns | None = None
+        self._as: dict[tuple[str, ...], Columns] = {}
+
+    def replace(self, data: Columns) -> None:
+        self.pending = data
+
+    def advance(self) -> bool:
+        if self.pending is None:
+            return False
+        self.window, self.pending = self.pending, None
+        self.end += 1
+        self._as = {}
+        return True
+
+    def newest(self) -> float:
+        return 0.0  # not a live row's time: kept out of the latency figures
+
+    def window_as(self, columns: list[str]) -> Columns:
+        key = tuple(columns)
+        projected = self._as.get(key)
+        if projected is None:
+            projected = self._as[key] = project(self.window, columns)
+        return projected
+
+    def since(self, index: int, columns: list[str]) -> Columns:
+        return self.window_as(columns)

@@ -24,28 +24,31 @@ def names_of(names: list[str] | None) -> list[str]:
 def frame_columns(frame: pd.DataFrame, names: list[str] | None = None) -> Columns:
     """Column arrays of ``frame`` in the form Bokeh sends as binary buffers.
 
-    ``time`` becomes tz-naive ``datetime64[ns]`` (UTC) and every other numeric column
-    ``float64``; non-numeric columns (``key``) are left out: lists of strings would go
-    as JSON and nothing plots them yet. ``names`` fixes the column set (a stream's first
-    frame decides it) so every batch streams into the same ``ColumnDataSource``.
+    ``time`` becomes tz-naive ``datetime64[ns]`` (UTC), every other numeric column
+    ``float64`` and any other column (``key``) an array of ``str``: live views split
+    and label series by it; a source fed by stream name leaves it out
+    (:meth:`headrace.app.live.fanout.Fanout.register`). ``names`` fixes the column set (a
+    stream's first frame decides it) so every batch streams into the same
+    ``ColumnDataSource``.
     """
     times = frame[TIME]
     if isinstance(times.dtype, pd.DatetimeTZDtype):
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     columns: Columns = {TIME: times.to_numpy(dtype="datetime64[ns]")}
     if names is None:
-        names = [
-            c
-            for c in frame.columns
-            if c != TIME
-            and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
-        ]
+        names = [c for c in frame.columns if c != TIME]
     for name in names:
-        if name in frame:
+        if name not in frame:
+            columns[name] = np.full(len(frame), np.nan)
+        elif numeric(frame[name]):
             columns[name] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
         else:
-            columns[name] = np.full(len(frame), np.nan)
+            columns[name] = frame[name].astype(str).to_numpy(dtype=object)
     return columns
+
+
+def numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
 
 
 def empty(names: list[str]) -> Columns:
@@ -64,13 +67,12 @@ def take(columns: Columns, start: int, stop: int | None = None) -> Columns:
 
 
 def to_wire(columns: Columns) -> Columns:
-    """``columns`` with ``time`` as float ms since the epoch, as Bokeh sends datetimes.
+    """``columns`` with datetimes as float ms since the epoch, as Bokeh sends them.
 
     Done once per batch for the whole process, not by Bokeh once per session.
     """
     from bokeh.util.serialization import convert_datetime_array
 
-    times = columns["time"]
-    if times.dtype.kind != "M":
+    if not any(a.dtype.kind == "M" for a in columns.values()):
         return columns
-    return {**columns, "time": convert_datetime_array(times)}
+    return {n: convert_datetime_array(a) if a.dtype.kind == "M" else a for n, a in columns.items()}

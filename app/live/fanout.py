@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from headrace.app.live.channel import Channel
+from headrace.app.live.channel import Channel, Replaced
 from headrace.app.live.columns import Columns, to_wire
 from headrace.app.live.internals import Encoded, encode, sockets
 from headrace.app.live.subscriber import Subscriber
@@ -114,7 +114,7 @@ class Gate:
     def alive(self) -> bool:
         return self._doc() is not None
 
-    def flush(self, channels: dict[str, Channel], encoded: dict[tuple, Encoded]) -> bool:
+    def flush(self, channels: dict[str, Channel | Replaced], encoded: dict[tuple, Encoded]) -> bool:
         """Send this session what it is missing, if it can take it now. False once gone."""
         doc = self._doc()
         if doc is None:
@@ -155,7 +155,7 @@ class Gate:
         self._sent(due)
         return True
 
-    def _sent(self, due: list[tuple[Sink, Channel]]) -> None:
+    def _sent(self, due: list[tuple[Sink, Channel | Replaced]]) -> None:
         skipped = 0
         for sink, channel in due:
             skipped += max(0, channel.start - sink.next_index)
@@ -171,13 +171,19 @@ class Gate:
             if self.on_skip is not None:
                 self.on_skip(skipped)
 
-    def _stream_in_document(self, doc: Document, due: list[tuple[Sink, Channel]]) -> None:
+    def _stream_in_document(
+        self, doc: Document, due: list[tuple[Sink, Channel | Replaced]]
+    ) -> None:
         from panel.io.state import set_curdoc
 
         with set_curdoc(doc):
             for sink, channel in due:
                 cds = sink.source()
-                if cds is not None:
+                if cds is None:
+                    pass
+                elif channel.rollover is None:
+                    cds.data = dict(channel.window_as(sink.columns))
+                else:
                     cds.stream(channel.since(sink.next_index, sink.columns), channel.rollover)
                 sink.next_index = channel.end
         self.fanout.messages += 1
@@ -202,7 +208,7 @@ class Fanout:
         settle_bokeh_settings()
         self.subscriber = subscriber
         self.lock: threading.RLock = subscriber.lock
-        self._channels: dict[str, Channel] = {}
+        self._channels: dict[str, Channel | Replaced] = {}
         # Gates held strongly, found by document weakly: a gone document's gate is seen
         # gone by the next flush, which lets go of its sinks too.
         self._gates: dict[Gate, None] = {}
@@ -258,7 +264,7 @@ class Fanout:
         with self.lock:
             channel = self._channel(stream)
             gate = self._by_doc.get(doc) or self._gate(doc, ready=True)
-            names = columns or list(channel.window)
+            names = columns or [n for n, a in channel.window.items() if a.dtype != object]
             sink = Sink(stream, cds, names, channel.end, gate)
             sink.held = held
             # Under the subscriber's lock: no rows can fall between the window and the sink.
@@ -273,7 +279,22 @@ class Fanout:
         self._gates[gate] = None
         return gate
 
-    def _channel(self, stream: str) -> Channel:
+    def add_feed(self, channel: Channel | Replaced) -> None:
+        """Route ``channel`` (a live view's glyph source, named ``channel.stream``) too.
+
+        Its owner adds rows (``channel.add``, ``channel.replace``) under :attr:`lock` and
+        calls :meth:`wake_soon`; sessions :meth:`register` sources to it by that name.
+        """
+        with self.lock:
+            self._channels[channel.stream] = channel
+
+    def session_ready(self, doc: Document) -> bool:
+        """Whether ``doc``'s browser has loaded it (a source added now must be ``held``)."""
+        with self.lock:
+            gate = self._by_doc.get(doc)
+            return gate is None or gate.ready
+
+    def _channel(self, stream: str) -> Channel | Replaced:
         channel = self._channels.get(stream)
         if channel is None:
             snap = self.subscriber.snapshot(stream)

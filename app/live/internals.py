@@ -67,8 +67,10 @@ def clone(root: M) -> M:
 class Copies:
     """Copies made together: a model referenced from several roots is copied once."""
 
-    def __init__(self) -> None:
-        self.done: dict[str, Model] = {}
+    def __init__(self, renew: bool = False) -> None:
+        # With renew, copies get new ids: for a document that holds copies already.
+        self.renew = renew
+        self.done: dict[str, Model] = {}  # by the original's id
 
     def __call__(self, m: M) -> M:
         return self.model(m)
@@ -78,7 +80,8 @@ class Copies:
         if new is not None:
             return new
         cls = type(m)
-        new = cls.__new__(cls, id=m.id)  # how Bokeh's Deserializer makes a model of a given id
+        # How Bokeh's Deserializer makes a model of a given id (None: a new one).
+        new = cls.__new__(cls, id=None if self.renew else m.id)
         self.done[m.id] = new
         super(HasProps, new).__init__()  # the callback managers and document ref, as HasProps does
         new._property_values = self._values(new, m._property_values)
@@ -140,24 +143,35 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return head + payload
 
 
-def encode(streams: Sequence[tuple[str, Columns, int]]) -> Encoded:
+def encode(streams: Sequence[tuple[str, Columns, int | None]]) -> Encoded:
     """A ``PATCH-DOC`` streaming ``rows`` into each ``(source id, rows, rollover)``.
 
     The same message ``cds.stream(rows, rollover)`` on each source would make, events in
-    the given order, without a document: the rows are only serialised.
+    the given order, without a document: the rows are only serialised. A rollover of
+    None replaces the source's data with ``rows`` instead (``cds.data = rows``).
     """
     from bokeh.core.serialization import Serializer
     from bokeh.protocol.messages.patch_doc import patch_doc
 
     serializer = Serializer()
     events = [
-        {
-            "kind": "ColumnsStreamed",
-            "model": {"id": model},
-            "attr": "data",
-            "data": serializer.encode(rows),
-            "rollover": rollover,
-        }
+        (
+            {
+                "kind": "ColumnsStreamed",
+                "model": {"id": model},
+                "attr": "data",
+                "data": serializer.encode(rows),
+                "rollover": rollover,
+            }
+            if rollover is not None
+            else {
+                "kind": "ColumnDataChanged",
+                "model": {"id": model},
+                "attr": "data",
+                "data": serializer.encode(rows),
+                "cols": list(rows),
+            }
+        )
         for model, rows, rollover in streams
     ]
     message = patch_doc(patch_doc.create_header(), {}, {"events": events})

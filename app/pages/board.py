@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -55,13 +56,20 @@ class Follower:
         if doc is None:
             return False
         self.shown = status
+        return self.later(partial(self._apply, status))
+
+    def later(self, work: Callable[[], None]) -> bool:
+        """Run ``work`` in the session's next tick, its document current; False if it is gone."""
+        doc = self._doc()
+        if doc is None:
+            return False
         try:
-            doc.add_next_tick_callback(partial(self._show, status))
+            doc.add_next_tick_callback(partial(self._run, work))
         except Exception:  # the document is being torn down
             return False
         return True
 
-    def _show(self, status: Any) -> None:
+    def _run(self, work: Callable[[], None]) -> None:
         from panel.io.document import unlocked
         from panel.io.state import set_curdoc
 
@@ -71,7 +79,7 @@ class Follower:
         # Panel builds new panes' models for its own notion of the current document,
         # which outside Panel's callbacks may be another session's.
         with set_curdoc(doc), unlocked():
-            self._apply(status)
+            work()
 
     def _apply(self, status: Any) -> None:
         raise NotImplementedError

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import panel as pn
 from bokeh.models import CustomJS
+
+if TYPE_CHECKING:
+    from bokeh.document import Document
 
 ACCENT = "#1565c0"
 # Colours that read on the blue header and on light and dark backgrounds alike.
@@ -54,12 +58,20 @@ def serve(template: pn.template.BaseTemplate, title: str) -> None:
     (a seventh of a session's CPU).
     """
     doc = pn.state.curdoc
+    prepare(doc)
+    with doc.models.freeze():
+        template.servable(title=title)
+
+
+def prepare(doc: Document) -> None:
+    """What every page headrace serves needs, ours or a user's (once per document)."""
+    if doc.template_variables.get("headrace"):
+        return
+    doc.template_variables["headrace"] = True
     # Panel points its stylesheets at this server only once it renders the HTML page; with
     # --num-procs the websocket (and so the session's document) may be another process's,
     # whose document would then point them at cdn.holoviz.org.
     doc.template_variables.setdefault("dist_url", local_dist())
-    with doc.models.freeze():
-        template.servable(title=title)
     doc.js_on_event("connection_lost", CustomJS(code=RELOAD_WHEN_BACK))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LINE_FORMAT", "LogWriter", "format_line", "sample_value"]
+__all__ = ["KEYED_PATTERN", "LINE_FORMAT", "LogWriter", "format_line", "keyed_line", "sample_value"]
 
 LINE_FORMAT = "{time:%Y-%m-%dT%H:%M:%S.%f}Z {value:.6f}\n"
 
@@ -22,6 +22,15 @@ LINE_FORMAT = "{time:%Y-%m-%dT%H:%M:%S.%f}Z {value:.6f}\n"
 def format_line(t: float, value: float) -> bytes:
     """One demo line for the Unix time ``t``."""
     return LINE_FORMAT.format(time=datetime.fromtimestamp(t, UTC), value=value).encode()
+
+
+KEYED_FORMAT = "{time:%Y-%m-%dT%H:%M:%S.%f}Z {key} {value:.6f}\n"
+KEYED_PATTERN = r"^(?P<time>\S+)\s+(?P<key>\S+)\s+(?P<value>\S+)$"  # parses KEYED_FORMAT
+
+
+def keyed_line(t: float, key: str, value: float) -> bytes:
+    """One line of a file that carries several series, told apart by ``key``."""
+    return KEYED_FORMAT.format(time=datetime.fromtimestamp(t, UTC), key=key, value=value).encode()
 
 
 def sample_value(rng: np.random.Generator) -> float:
@@ -48,8 +57,11 @@ class LogWriter:
         flush_each_line: bool = True,
         keep: bool = False,
         malformed_every: int = 0,
+        keys: dict[str | Path, list[str]] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
+        # Files whose lines carry a key, cycling through these (KEYED_FORMAT).
+        self.keys = {Path(p): k for p, k in (keys or {}).items()}
         # Every n-th line of a file does not parse (0: none), for the malformed-line paths.
         self.malformed_every = malformed_every
         self.malformed: dict[Path, list[int]] = {p: [] for p in self.paths}  # their numbers
@@ -128,6 +140,11 @@ class LogWriter:
         if self.malformed_every and number % self.malformed_every == 0:
             self.malformed[path].append(number)
             return b"not a log line %d\n" % number
+        keys = self.keys.get(path)
+        if keys:
+            key = keys[number % len(keys)]
+            level = 1.0 + keys.index(key)  # each key's series at a height of its own
+            return keyed_line(self._now(path), key, level + sample_value(self._rng))
         return format_line(self._now(path), sample_value(self._rng))
 
     def _now(self, path: Path) -> float:

@@ -20,18 +20,23 @@ from distributed import Client
 from headrace.cluster import processes
 from headrace.cluster.connection import LocalSpec
 from headrace.cluster.demo.ftpserver import FTPServer
-from headrace.cluster.demo.logwriter import LogWriter
+from headrace.cluster.demo.logwriter import KEYED_PATTERN, LogWriter
 from headrace.cluster.panel import serve_command
 from headrace.cluster.security.access import Access
 from headrace.cluster.security.certs import make_certs
 from headrace.cluster.security.tls import TLSFiles, configure
 from headrace.cluster.service import serve
+from headrace.etl.parse.regex import RegexParser
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.streams import Stream
+from headrace.etl.transforms import Resample
 
 log = logging.getLogger(__name__)
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+
+
+KEYED, PUMPS = "pumps", ["p1", "p2", "p3"]  # the demo's keyed stream and its keys
 
 
 def stream_names(n: int) -> list[str]:
@@ -58,12 +63,22 @@ async def demo(
     root.mkdir(parents=True, exist_ok=True)
     names = stream_names(streams)
     paths = [root / f"{name}.log" for name in names]
-    for p in paths:
+    keyed = root / f"{KEYED}.log"  # one file, several series: lines carry a pump's name
+    for p in [*paths, keyed]:
         p.touch()
     server = FTPServer(root, port=ftp_port).start()
-    writer = LogWriter(paths, rate=rate)
+    writer = LogWriter([*paths, keyed], rate=rate, keys={keyed: PUMPS})
     writer.start()
     defs = [Stream(n, server.url(f"{n}.log"), interval=interval) for n in names]
+    defs.append(
+        Stream(
+            KEYED,
+            server.url(f"{KEYED}.log"),
+            parser=RegexParser(KEYED_PATTERN),
+            transform=Resample("25ms", agg="max"),
+            interval=interval,
+        )
+    )
     panel: list[subprocess.Popen] = []
 
     history = SinkSpec().defaults(SinkSpec(), work / "state").url  # where the loop writes
@@ -94,7 +109,8 @@ async def demo(
             "  login:           any user name, the --basic-auth password\n" if basic_auth else ""
         )
         print(
-            f"\nheadrace demo is up ({len(names)} streams at {rate:g} lines/s, files in {root})\n"
+            f"\nheadrace demo is up ({len(names)} streams and {KEYED!r}, keyed, "
+            f"at {rate:g} lines/s, files in {root})\n"
             f"  dashboard:       http://localhost:{port}/dashboard\n"
             f"  operator page:   http://localhost:{port}/ops\n"
             f"  metrics:         http://localhost:{port}/metrics (Panel processes), "
