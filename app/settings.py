@@ -3,7 +3,8 @@
 ``DASK_SCHEDULER_ADDRESS`` (or dask's ``scheduler-address``), else the embedded
 cluster's address; ``HEADRACE_WINDOW``: seconds of data kept per stream;
 ``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following;
-``HEADRACE_HISTORY``: the SQLAlchemy URL of the history database, for looking back.
+``HEADRACE_HISTORY``: the SQLAlchemy URL of the history database, for looking back;
+``HEADRACE_SPIKES``: the value above which the dashboard marks a row as a spike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ DEFAULT_WINDOW = 600.0
 FOLLOW_ENV = "HEADRACE_FOLLOW"
 DEFAULT_FOLLOW = 60.0
 HISTORY_ENV = "HEADRACE_HISTORY"
+SPIKES_ENV = "HEADRACE_SPIKES"
 
 
 def scheduler_address() -> str:
@@ -45,6 +47,18 @@ def window_seconds() -> float:
 
 def follow_seconds() -> float:
     return _seconds(FOLLOW_ENV, DEFAULT_FOLLOW)
+
+
+def spike_threshold() -> float | None:
+    """The value above which the dashboard marks rows (None: no markers)."""
+    raw = os.environ.get(SPIKES_ENV)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number: no spike markers", SPIKES_ENV, raw)
+        return None
 
 
 def history_url() -> str | None:

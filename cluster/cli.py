@@ -205,6 +205,13 @@ def demo(**options: Any) -> None:
     "in --state-dir).",
 )
 @click.option(
+    "--spike-threshold",
+    "spikes",
+    default=None,
+    type=float,
+    help="Mark rows above this value on the dashboard's plots (default: HEADRACE_SPIKES).",
+)
+@click.option(
     "--print-command",
     is_flag=True,
     help="Print the `panel serve` command (and its environment) instead of running it.",
@@ -222,6 +229,7 @@ def serve(
     basic_auth: str | None,
     state_dir: str,
     metrics_token_file: str | None,
+    spikes: float | None,
     print_command: bool,
     extra: tuple[str, ...],
     **tls: Any,
@@ -249,7 +257,7 @@ def serve(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if print_command:
-        env = serve_env(scheduler, window, history)
+        env = serve_env(scheduler, window, history, spikes=spikes)
         shown = {k: env[k] for k in sorted(env) if k.startswith(("DASK_", "HEADRACE_", "BOKEH_"))}
         cmd = panel_command(num_procs, port, address, rest, access, apps)
         click.echo(
@@ -269,6 +277,7 @@ def serve(
         access=access,
         tls=files,
         apps=apps,
+        spikes=spikes,
     )
     raise SystemExit(code)
 

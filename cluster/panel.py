@@ -29,7 +29,7 @@ from pathlib import Path
 
 from headrace.app import pages
 from headrace.app.metrics import MULTIPROC_ENV
-from headrace.app.settings import HISTORY_ENV, WINDOW_ENV
+from headrace.app.settings import HISTORY_ENV, SPIKES_ENV, WINDOW_ENV
 from headrace.cluster import processes
 from headrace.cluster.security.access import Access
 from headrace.cluster.security.tls import TLSFiles, environ
@@ -100,6 +100,7 @@ def serve_env(
     window: float | None = None,
     history: str | None = None,
     port: int | None = None,
+    spikes: float | None = None,
 ) -> dict[str, str]:
     """The environment for the panel processes: scheduler, window, and ``app`` importable.
 
@@ -118,6 +119,8 @@ def serve_env(
         env[WINDOW_ENV] = str(window)
     if history is not None:
         env[HISTORY_ENV] = history
+    if spikes is not None:
+        env[SPIKES_ENV] = str(spikes)
     return env
 
 
@@ -133,6 +136,7 @@ def serve_command(
     access: Access | None = None,
     tls: TLSFiles | None = None,
     apps: Sequence[Path] = (),
+    spikes: float | None = None,
     **popen: object,
 ) -> subprocess.Popen | int:
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
@@ -149,7 +153,11 @@ def serve_command(
     access = access or Access(address, port)
     access.check(extra)
     cmd = panel_command(num_procs, port, address, extra, access, apps)
-    env = {**serve_env(scheduler, window, history, port), **access.env(extra), **environ(tls)}
+    env = {
+        **serve_env(scheduler, window, history, port, spikes),
+        **access.env(extra),
+        **environ(tls),
+    }
     if not wait:
         return processes.start(cmd, env, **popen)
     proc = subprocess.Popen(cmd, env=env, **popen)

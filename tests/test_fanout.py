@@ -19,8 +19,29 @@ from helpers import free_port, wait_for, wait_http
 
 from headrace.app.live.channel import Channel
 from headrace.app.live.columns import empty
-from headrace.app.live.internals import clone, encode
-from headrace.app.views.plots import live_plot
+from headrace.app.live.internals import Copies, clone, encode
+
+
+class Plot:
+    """A HoloViews curve rendered to Bokeh: its figure and its glyph's source."""
+
+    def __init__(self, figure) -> None:
+        from bokeh.models import GlyphRenderer
+
+        self.figure = figure
+        (renderer,) = figure.select(type=GlyphRenderer)
+        self.source = renderer.data_source
+
+    @classmethod
+    def rendered(cls) -> Plot:
+        import holoviews as hv
+        import holoviews.plotting.bokeh
+
+        frame = pd.DataFrame(empty(["time", "value"]))
+        return cls(hv.render(hv.Curve(frame, "time", "value").opts(title="s")))
+
+    def copy(self) -> Plot:
+        return Plot(Copies()(self.figure))
 
 
 def rows(first: int, n: int) -> dict[str, np.ndarray]:
@@ -63,8 +84,8 @@ def _receive(parts) -> object:
 def test_one_encoding_streams_like_cds_stream_into_every_copy():
     from bokeh.document import Document
 
-    plot = live_plot("s", empty(["time", "value"]))
-    copy = live_plot("s", empty(["time", "value"]))
+    plot = Plot.rendered()
+    copy = plot.copy()
     assert copy.source.id == plot.source.id and copy.source is not plot.source
     docs = []
     for p in (plot, copy):
@@ -101,7 +122,7 @@ def test_a_copy_serialises_as_the_rendered_plot_and_changes_alone():
     from bokeh.document import Document
     from bokeh.protocol import Protocol
 
-    plot = live_plot("s", empty(["time", "value"]), fresh=True)
+    plot = Plot.rendered()
     copy = clone(plot.figure)
 
     def roots(figure) -> str:
@@ -116,7 +137,7 @@ def test_a_copy_serialises_as_the_rendered_plot_and_changes_alone():
     copy.title.text = "changed"
     copy.renderers[0].glyph.line_width = 7
     assert plot.figure.title.text == "s" and plot.figure.renderers[0].glyph.line_width != 7
-    assert live_plot("s", empty(["time", "value"]), fresh=True).source.id != plot.source.id
+    assert Plot(Copies(renew=True)(plot.figure)).source.id != plot.source.id
 
 
 @pytest.mark.fault  # a row of the reliability table
@@ -199,7 +220,8 @@ def test_sessions_share_encodings_and_a_stalled_viewer_slows_nobody():
         assert info["encodes"] * 2 < info["messages"], info
         # Each session's document holds what its browser has: the channel's window.
         for board in boards:
-            data = board.views["s"].plot.source.data
+            (sink,) = board.views["s"].sinks
+            data = sink.source().data
             assert data["value"][-1] == sent["n"] - 1
         record(
             "a viewer's connection stalls",

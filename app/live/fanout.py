@@ -234,7 +234,8 @@ class Fanout:
         with self.lock:
             known = self._by_doc.get(doc)
             gate = known or self._gate(doc, ready=False)
-            gate.on_skip = on_skip
+            if on_skip is not None:
+                gate.on_skip = on_skip
             if known is not None:
                 return
 

@@ -1,9 +1,11 @@
 """The viewer's dashboard, served at ``/dashboard`` (``headrace serve``).
 
-Per session it builds a stream picker, one live plot per picked stream and a freshness
-line per stream. Everything it shows comes from the process's subscriber and fan-out,
-so a session costs a HoloViews render when it opens and a ``cds.stream`` per update:
-no cluster access, no computation of its own.
+Per session it builds a stream picker and one live view per picked stream
+(:func:`headrace.app.views.plots.stream_view`, written with the same API as a user's
+app: :mod:`headrace.live`), each with its freshness line. Everything it shows comes from
+the process's subscriber and fan-out, so a session costs a copy of each plot when it
+opens and its share of one encoded message per update: no cluster access, no
+computation of its own.
 
 The scheduler and the window come from the environment (:mod:`headrace.app.settings`), which
 ``headrace serve`` sets.
@@ -15,22 +17,16 @@ import os
 
 import pandas as pd
 import panel as pn
-from bokeh.document import Document
 
 from headrace.app import registry
-from headrace.app.live.columns import empty
-from headrace.app.live.fanout import Fanout, Sink
 from headrace.app.pages.board import Follower, Status
 from headrace.app.pages.template import badge, page, serve
-from headrace.app.settings import configure_logging
+from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
-from headrace.app.views.history import HistoryCache
-from headrace.app.views.lookback import LookBack
-from headrace.app.views.plots import live_plot
-from headrace.etl.contract.frames import TIME, VALUE
+from headrace.app.views.component import LiveView
+from headrace.app.views.plots import stream_view
 
 TITLE = "headrace"
-PLOTTED = (TIME, VALUE)
 WINDOWS = {
     "live": None,
     "1 h": pd.Timedelta(hours=1),
@@ -38,53 +34,6 @@ WINDOWS = {
     "7 d": pd.Timedelta(days=7),
     "custom": None,
 }
-
-
-class StreamView:
-    """One stream in one session: its plot, its sink in the fan-out and its freshness line."""
-
-    def __init__(
-        self,
-        stream: str,
-        fanout: Fanout,
-        doc: Document,
-        held: bool = False,
-        history: HistoryCache | None = None,
-        fresh: bool = False,
-    ) -> None:
-        self.stream = stream
-        self.fanout = fanout
-        subscriber = fanout.subscriber
-        # What the plot draws, and no more: every column costs each viewer a buffer per update.
-        columns = [c for c in subscriber.columns(stream) if c in PLOTTED]
-        # A copy of the process's plot (cheap); register() fills its source with the window.
-        self.plot = live_plot(stream, empty(columns), fresh=fresh)
-        self.sink: Sink = fanout.register(stream, doc, self.plot.source, held=held, columns=columns)
-        self.past = (
-            LookBack(stream, self.plot.figure, history, doc)
-            if history is not None and history.available
-            else None
-        )
-        self.status = pn.pane.HTML(
-            self._html(subscriber.freshness(stream)), margin=(0, 10), sizing_mode="stretch_width"
-        )
-        self.panel = pn.Column(
-            self.status,
-            pn.pane.Bokeh(self.plot.figure, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width",
-        )
-
-    def _html(self, text: str) -> str:
-        color = "#2e7d32" if freshness.is_live(text) else "#b26a00"
-        return f'<b>{self.stream}</b> &nbsp;<span style="color:{color}">{text}</span>'
-
-    def show(self, text: str) -> None:
-        html = self._html(text)
-        if html != self.status.object:  # unchanged text would still cost a message
-            self.status.object = html
-
-    def close(self) -> None:
-        self.fanout.unregister(self.sink)
 
 
 class Dashboard(Follower):
@@ -95,15 +44,14 @@ class Dashboard(Follower):
     """
 
     def __init__(self, parts: registry.Registry | None = None) -> None:
-        parts = parts or registry.get()
+        self.parts = parts = parts or registry.get()
         self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
         doc = pn.state.curdoc
         self.follow(doc)
         self.fanout.open_session(doc, on_skip=self._skipped)
-        self.views: dict[str, StreamView] = {}
-        self.shown_before: set[str] = set()  # streams whose plot models this document had
+        self.threshold = spike_threshold()
+        self.views: dict[str, LiveView] = {}
         self.skipped = 0
-        self.live = False  # the browser has loaded the document
         status = self.board.status()
         self.picker = pn.widgets.MultiChoice(
             label="Streams",
@@ -147,7 +95,6 @@ class Dashboard(Follower):
         self.layout = page(TITLE, [self.main], [self.controls, self.line, about], self.state)
 
     def _loaded(self) -> None:
-        self.live = True
         self.board.add(self)
 
     def _apply(self, status: Status) -> None:
@@ -165,9 +112,6 @@ class Dashboard(Follower):
         state = self._badge(status)
         if state != self.state.object:
             self.state.object = state
-        texts = dict(status.freshness)
-        for stream, view in self.views.items():
-            view.show(texts.get(stream, "waiting for data"))
 
     @staticmethod
     def _badge(status: Status) -> str:
@@ -202,23 +146,13 @@ class Dashboard(Follower):
         selected = list(self.picker.value)
         for gone in [s for s in self.views if s not in selected]:
             self.views.pop(gone).close()
-        doc = self._doc()
-        added = []
         for stream in selected:
-            if stream not in self.views and doc is not None:
-                # In a live document Panel may send the new plot a tick later, and its rows
-                # must not reach the browser before their source does.
-                fresh = stream in self.shown_before
-                view = StreamView(stream, self.fanout, doc, self.live, self.history, fresh)
+            if stream not in self.views:
+                view = LiveView(stream_view(stream, self.threshold), self.parts)
                 self.views[stream] = view
-                self.shown_before.add(stream)
-                if view.past is not None and self.window is not None:
-                    view.past.show(self.window)
-                added.append(view)
+                if self.window is not None:
+                    view.look_back(self.window)
         self.plots.objects = [self.views[s].panel for s in selected if s in self.views]
-        if self.live and doc is not None:
-            for view in added:
-                doc.add_next_tick_callback(view.sink.release)
 
     def _windowed(self, _event: object) -> None:
         """The viewer picked a window: every plot looks at it (or follows live again)."""
@@ -240,12 +174,13 @@ class Dashboard(Follower):
         else:
             return  # custom, but no range picked yet
         for view in self.views.values():
-            if view.past is not None:
-                view.past.show(self.window)
+            view.look_back(self.window)
 
     def _destroyed(self, _context: object) -> None:
         # The fan-out drops the sinks itself; this lets go of the board and the views.
         self.board.remove(self)
+        for view in self.views.values():
+            view.close()
         self.views.clear()
 
 

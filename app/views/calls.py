@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from headrace.app.live.columns import Columns, take
-from headrace.app.views.tree import ViewError
+from headrace.app.live.internals import data_only
+from headrace.app.views.tree import ViewError, backend
 
 if TYPE_CHECKING:
     from headrace.app.live.subscriber import Subscriber
@@ -54,6 +55,7 @@ class Calls:
         self.subscriber = subscriber
         self.kinds = {a: WINDOW if g.span is not None else APPENDED for a, g in view.inputs.items()}
         self.count = 0  # calls, for the whole process
+        self._empties: dict[str, Columns] = {}
 
     def inputs(
         self, arrived: tuple[str, Columns] | None = None, whole: bool = False, skip: str = ""
@@ -64,34 +66,48 @@ class Calls:
         """
         frames = {}
         for argument, given in self.view.inputs.items():
-            columns = self.subscriber.snapshot(given.stream).columns
-            if self.kinds[argument] == skip:
-                columns = take(columns, 0, 0)
-            elif given.span is not None:
-                columns = newest(columns, given.span)
-            elif whole:
-                pass
-            elif arrived is not None and arrived[0] == given.stream:
-                rows = arrived[1]
-                if given.lookback:
+            new = arrived is not None and arrived[0] == given.stream
+            if self.kinds[argument] == skip or not (whole or given.span or new):
+                columns = self._empty(given.stream)
+            elif new and not whole and not given.span and not given.lookback:
+                columns = arrived[1]  # the common case: no copy of the window
+            else:
+                columns = self.subscriber.snapshot(given.stream).columns
+                if given.span is not None:
+                    columns = newest(columns, given.span)
+                elif not whole:
+                    rows = arrived[1]
                     start = rows["time"][0] - np.timedelta64(int(given.lookback * 1e9), "ns")
                     columns = take(columns, int(np.searchsorted(columns["time"], start)))
-                else:
-                    columns = rows
-            else:
-                columns = take(columns, 0, 0)
             frame = pd.DataFrame(columns, copy=False)
             frame.attrs[TAG] = argument
             frames[argument] = frame
         return frames
 
-    def __call__(self, frames: dict[str, pd.DataFrame]) -> Any:
-        import holoviews.plotting.bokeh  # noqa: F401  (options need a loaded backend)
+    def _empty(self, stream: str) -> Columns:
+        columns = self._empties.get(stream)
+        if columns is None:
+            columns = take(self.subscriber.snapshot(stream).columns, 0, 0)
+            if len(columns) > 1:  # the stream's columns are known (it has had rows)
+                self._empties[stream] = columns
+        return columns
 
-        self.count += 1
+    def __call__(
+        self, frames: dict[str, pd.DataFrame], count: bool = True, styled: bool = False
+    ) -> Any:
+        """The function's result for ``frames``.
+
+        ``count``: a live call, counted; ``styled``: with the options the function sets
+        (for rendering; otherwise only the elements' data is read, at a third of the cost).
+        """
+        backend()
+        self.count += count
         name = self.view.name
         try:
-            return self.view.function(**frames)
+            if styled:
+                return self.view.function(**frames)
+            with data_only():
+                return self.view.function(**frames)
         except KeyError as exc:
             column = exc.args[0] if exc.args else exc
             raise ViewError(

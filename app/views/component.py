@@ -21,10 +21,12 @@ from headrace.app.pages.board import Follower, Status
 from headrace.app.pages.template import prepare
 from headrace.app.views import freshness
 from headrace.app.views.engine import Engine, View, engine
+from headrace.app.views.lookback import LookBack, Window
+from headrace.app.views.past import Past
 
 if TYPE_CHECKING:
     from bokeh.document import Document
-    from bokeh.models import Model
+    from bokeh.models import GlyphRenderer, Model
 
     from headrace.app.live.fanout import Sink
 
@@ -32,6 +34,7 @@ LIVE, STALE = "#2e7d32", "#b26a00"
 
 # The renderings each document has shown: a second copy in one document needs new ids.
 _shown: weakref.WeakKeyDictionary[Document, set[tuple[int, int]]] = weakref.WeakKeyDictionary()
+_pasts: weakref.WeakKeyDictionary[Engine, Past] = weakref.WeakKeyDictionary()  # per process
 
 
 class LiveView(Follower):
@@ -40,7 +43,7 @@ class LiveView(Follower):
     def __init__(self, view: View, parts: registry.Registry | None = None) -> None:
         parts = parts or registry.get()
         self.view = view
-        self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
+        self.fanout, self.board, self.cache = parts.fanout, parts.board, parts.history
         self.engine: Engine = engine(view, self.fanout)
         doc = pn.state.curdoc
         self.follow(doc)
@@ -49,6 +52,10 @@ class LiveView(Follower):
         self.sinks: list[Sink] = []
         self.version = 0
         self.root: Model | None = None  # this session's copy of the rendering
+        self._copies: Copies | None = None
+        self.lookback: LookBack | None = None
+        self.window: Window | None = None  # None: live
+        self._past: dict[tuple, GlyphRenderer] = {}  # history drawn under each live glyph
         self.title = pn.pane.HTML(
             self._title(self.board.status()), margin=(0, 10), sizing_mode="stretch_width"
         )
@@ -58,6 +65,38 @@ class LiveView(Follower):
         self._show()
         self.engine.watch(self)
         pn.state.onload(lambda: self.board.add(self))
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.panel
+
+    # -- what a page does with it -----------------------------------------------------------
+
+    def models(self, kind: type) -> list[Model]:
+        """This session's models of ``kind`` (a ``Span`` to move, a figure to restyle)."""
+        return list(self.root.select({"type": kind})) if self.root is not None else []
+
+    def set_follow(self, seconds: float) -> None:
+        """Have this session's time axes show the newest ``seconds`` (a widget of its own)."""
+        from bokeh.models import DataRange1d
+
+        for model in self.models(DataRange1d):
+            if model.follow == "end":
+                model.follow_interval = seconds * 1000.0
+
+    @property
+    def history(self) -> bool:
+        """Whether this view can look back (a history database is configured)."""
+        return self.cache.available and self.view.history
+
+    def look_back(self, window: Window | None) -> None:
+        """Show ``window`` (UTC start, end) of history, read once per process (None: live).
+
+        Zooming in reads finer detail; spikes are kept (every bucket's min and max).
+        Call from the session's callbacks (a widget's).
+        """
+        self.window = window
+        if self.lookback is not None:
+            self.lookback.show(window)
 
     # -- what the engine and the board tell -------------------------------------------------
 
@@ -130,11 +169,66 @@ class LiveView(Follower):
                 for path in engine.kinds
             ]
             self.version = engine.version
-        self.root = root
+        self.root, self._copies, self._past = root, copies, {}
+        self.lookback = self._look_back(doc, root) if self.history else None
+        if self.window is not None and self.lookback is not None:
+            self.lookback.show(self.window)
         if held:
             for sink in self.sinks:
                 doc.add_next_tick_callback(sink.release)
         return root
+
+    def _look_back(self, doc: Document, root: Model) -> LookBack | None:
+        from bokeh.models import DatetimeAxis
+        from bokeh.plotting import figure as Figure
+
+        figures = [
+            f
+            for f in root.select({"type": Figure})
+            if any(isinstance(a, DatetimeAxis) for a in f.below + f.above)
+        ]
+        if not figures:
+            return None
+        past = _pasts.get(self.engine)
+        if past is None:
+            past = _pasts[self.engine] = Past(self.engine, self.cache)
+        return LookBack(figures, doc, past.read, self._draw_past)
+
+    def _draw_past(self, frames: dict | None) -> None:
+        if frames is None:
+            for renderer in self._past.values():
+                renderer.data_source.data = {c: a[:0] for c, a in renderer.data_source.data.items()}
+            return
+        try:
+            data = _pasts[self.engine].data(frames)
+        except Exception as exc:  # the live view goes on; its past stays empty
+            self.engine.report(exc, "history")
+            return
+        for path, columns in data.items():
+            renderer = self._past.get(path) or self._past_renderer(path)
+            if renderer is not None:
+                renderer.data_source.data = dict(columns)
+
+    def _past_renderer(self, path: tuple) -> GlyphRenderer | None:
+        """A renderer under the live glyph at ``path``, drawn alike, for its history."""
+        from bokeh.models import ColumnDataSource
+        from bokeh.models import GlyphRenderer as Renderer
+
+        rendering, copies = self.engine.rendering, self._copies
+        glyph = rendering.glyphs.get(path) if rendering is not None else None
+        if glyph is None or copies is None or glyph.renderer is None:
+            return None
+        live, figure = copies.done.get(glyph.renderer.id), copies.done.get(glyph.figure.id)
+        if live is None or figure is None:
+            return None
+        renderer = Renderer(
+            data_source=ColumnDataSource({c: [] for c in glyph.columns}),
+            glyph=live.glyph.clone(),
+            name="history",
+        )
+        figure.renderers = [renderer, *figure.renderers]
+        self._past[path] = renderer
+        return renderer
 
     def close(self) -> None:
         """Stop feeding this session's copy (it leaves the page)."""

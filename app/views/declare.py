@@ -30,6 +30,8 @@ import pandas as pd
 if TYPE_CHECKING:
     import panel as pn
 
+    from headrace.app.views.component import LiveView
+
 Seconds = float | str | pd.Timedelta
 
 
@@ -132,9 +134,17 @@ class View:
 
     def __panel__(self) -> pn.viewable.Viewable:
         """This view in the current session (called by Panel when it is laid out)."""
+        return self.session().panel
+
+    def session(self) -> LiveView:
+        """This view in the current session, for a page that also drives it from widgets.
+
+        Its ``set_follow(seconds)``, ``look_back((start, end))`` and ``models(kind)`` act on
+        this viewer's copy only; place it in a layout like any Panel component.
+        """
         from headrace.app.views.component import LiveView
 
-        return LiveView(self).panel
+        return LiveView(self)
 
     def servable(self, title: str | None = None) -> pn.viewable.Viewable:
         """Serve this view alone as the app's page (``panel serve`` / ``headrace serve``)."""

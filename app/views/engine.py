@@ -134,7 +134,7 @@ class Engine:
         self._notify()
 
     def _render(self) -> tuple[Rendering, dict[tuple, str], dict[tuple, Columns]]:
-        whole = self.calls(self.calls.inputs(whole=True))
+        whole = self.calls(self.calls.inputs(whole=True), styled=True)
         scratch = Document()  # a document of its own: none of a session's change events
         with patch_curdoc(scratch):
             rendering = render_tree(whole, self.name)
@@ -256,11 +256,18 @@ class Engine:
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _fail(self, exc: Exception) -> None:
+    def report(self, exc: Exception, what: str = "") -> str:
+        """Log ``exc`` once per distinct message; return the message."""
         message = str(exc) if isinstance(exc, ViewError) else f"view {self.name}: {exc!r}"
+        if what:
+            message = f"{message} ({what})"
         if message not in self._logged:
             self._logged.add(message)
             log.warning("%s", message, exc_info=not isinstance(exc, ViewError))
+        return message
+
+    def _fail(self, exc: Exception) -> None:
+        message = self.report(exc)
         if message != self.error:
             self.error = message
             self._notify()

@@ -21,7 +21,7 @@ from headrace.etl.contract import history
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, int, int, int]
+Key = tuple[str, int, int, int, str]
 
 
 class HistoryCache:
@@ -40,19 +40,25 @@ class HistoryCache:
         return self.url is not None
 
     @staticmethod
-    def key(stream: str, start: pd.Timestamp, end: pd.Timestamp, points: int) -> Key:
+    def key(stream: str, start: pd.Timestamp, end: pd.Timestamp, points: int, key: str = "") -> Key:
         """The window rounded outwards to its resolution: close asks share one read."""
         lo, hi = pd.Timestamp(start).value, pd.Timestamp(end).value
         step = max(1, (hi - lo) // max(points, 1))
-        return (stream, lo // step * step, -(-hi // step) * step, points)
+        return (stream, lo // step * step, -(-hi // step) * step, points, key)
 
     async def window(
-        self, stream: str, start: pd.Timestamp, end: pd.Timestamp, points: int = 2000
+        self,
+        stream: str,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        points: int = 2000,
+        key: str = "",
     ) -> pd.DataFrame:
+        """``time`` and ``value`` of ``stream`` (of its series ``key``), min and max kept."""
         if self.url is None:
             raise RuntimeError("no history database configured (headrace serve --history URL)")
         self.stats["asked"] += 1
-        key = self.key(stream, start, end, points)
+        key = self.key(stream, start, end, points, key)
         if key in self._done:
             self._done.move_to_end(key)
             return self._done[key]
@@ -63,7 +69,7 @@ class HistoryCache:
         return await asyncio.shield(running)
 
     async def _read(self, key: Key) -> pd.DataFrame:
-        stream, lo, hi, points = key
+        stream, lo, hi, points, series = key
         started = time.perf_counter()
         try:
             frame = await asyncio.to_thread(
@@ -72,6 +78,7 @@ class HistoryCache:
                 pd.Timestamp(lo, tz="UTC"),
                 pd.Timestamp(hi, tz="UTC"),
                 points,
+                series,
             )
         finally:
             self._running.pop(key, None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headrace.app.live.columns import Columns, to_wire
+from headrace.app.live.internals import leaf_data, leaf_option, plot_leaves
 
 if TYPE_CHECKING:
     from bokeh.models import ColumnDataSource, Model
@@ -101,14 +102,12 @@ class Glyph:
     streamed: bool  # new rows can be appended; otherwise drawn again whole
     x: str  # the column new rows are ordered by (a lookback cuts by it)
     key: object = None
+    renderer: Any = None  # the GlyphRenderer and the figure it is in
+    figure: Any = None
 
     def data(self, element: Any) -> Columns:
         """The source's columns for ``element``, as Bokeh sends them (wire form)."""
-        from holoviews.core.util import match_spec
-
-        ranges = match_spec(element, self.plot.current_ranges or {})
-        style = self.plot.style[self.plot.cyclic_index]
-        data, _mapping, _style = self.plot.get_data(element, ranges, style)
+        data = leaf_data(self.plot, element)
         columns = {}
         for name in self.columns:
             if name not in data:
@@ -125,6 +124,20 @@ class Rendering:
     glyphs: dict[Path, Glyph] = field(default_factory=dict)
 
 
+def backend() -> None:
+    """HoloViews' Bokeh backend, as ``hv.extension("bokeh")`` selects it (options need it)."""
+    global _selected
+    if not _selected:
+        import holoviews as hv
+        import holoviews.plotting.bokeh
+
+        hv.Store.set_current_backend("bokeh")  # also builds hv.opts.Curve and the like
+        _selected = True
+
+
+_selected = False
+
+
 def label(path: Path) -> str:
     return "/".join(".".join(map(str, p)) if isinstance(p, tuple) else str(p) for p in path) or "/"
 
@@ -132,19 +145,17 @@ def label(path: Path) -> str:
 def render(obj: Any, name: str) -> Rendering:
     """Render ``obj`` with HoloViews' Bokeh backend; map each element to its glyph."""
     import holoviews as hv
-    import holoviews.plotting.bokeh
-    from holoviews.plotting.plot import GenericElementPlot
 
+    backend()
     found = list(elements(obj, name))
     plot = hv.renderer("bokeh").get_plot(obj)
     by_id = {id(e.element): e for e in found}
     rendering = Rendering(plot.state)
-    for leaf in plot.traverse(lambda p: p, [GenericElementPlot]):
-        element = by_id.get(id(leaf.current_frame))
-        source = leaf.handles.get("source")
+    for leaf, handles in plot_leaves(plot):
+        element = by_id.get(id(handles["element"]))
+        source = handles.get("source")
         if element is None or source is None or not source.data:
             continue  # an overlay's own plot, or an annotation without data (HLine)
-        glyph = leaf.handles.get("glyph")
         kind = type(element.element).__name__
         columns = list(source.data)
         x = next((c for c in columns if np.asarray(source.data[c]).dtype.kind == "M"), columns[0])
@@ -154,16 +165,18 @@ def render(obj: Any, name: str) -> Rendering:
             leaf,
             source,
             columns,
-            type(glyph).__name__ in STREAMED_GLYPHS,
+            type(handles.get("glyph")).__name__ in STREAMED_GLYPHS,
             x,
             element.key,
+            handles.get("glyph_renderer"),
+            handles.get("plot"),
         )
         if element.key is not None:
-            color_by_key(leaf, element.key)
+            color_by_key(leaf, handles, element.key)
     return rendering
 
 
-def color_by_key(plot: Any, key: object) -> None:
+def color_by_key(leaf: Any, handles: dict[str, Any], key: object) -> None:
     """One colour per key, the same in every process and after restarts.
 
     HoloViews cycles colours in the order of the keys it sees, which changes as keys
@@ -171,13 +184,11 @@ def color_by_key(plot: Any, key: object) -> None:
     """
     import holoviews as hv
 
-    if not isinstance(
-        plot.lookup_options(plot.current_frame, "style").kwargs.get("color"), hv.Cycle
-    ):
+    if not isinstance(leaf_option(leaf, "color"), hv.Cycle):
         return
     colour = PALETTE[zlib.crc32(str(key).encode()) % len(PALETTE)]
     for name in ("glyph", "selection_glyph", "nonselection_glyph", "hover_glyph", "muted_glyph"):
-        glyph = plot.handles.get(name)
+        glyph = handles.get(name)
         for prop in ("line_color", "fill_color"):
             if glyph is not None and isinstance(getattr(glyph, prop, None), str):
                 setattr(glyph, prop, colour)
@@ -190,7 +201,7 @@ def follow(root: Model, seconds: float) -> None:
     range shared by several plots (linked axes) stays shared.
     """
     from bokeh.events import DoubleTap
-    from bokeh.models import CustomJS, DataRange1d, DatetimeAxis
+    from bokeh.models import CustomJS, DataRange1d, DatetimeAxis, Toolbar
     from bokeh.plotting import figure as Figure
 
     made: dict[str, DataRange1d] = {}
@@ -205,10 +216,11 @@ def follow(root: Model, seconds: float) -> None:
             )
         return new
 
-    for fig in root.select(type=Figure):
+    for toolbar in root.select({"type": Toolbar}):  # a layout's own toolbar too
+        toolbar.logo = None
+    for fig in root.select({"type": Figure}):
         time = any(isinstance(a, DatetimeAxis) for a in fig.below + fig.above)
         fig.x_range = live(fig.x_range, time)
         fig.y_range = live(fig.y_range, False)
-        fig.toolbar.logo = None
         if time:  # a double-click does what reset does: back to following the newest rows
             fig.js_on_event(DoubleTap, CustomJS(args={"plot": fig}, code="plot.reset.emit()"))

@@ -143,7 +143,7 @@ class LogWriter:
         keys = self.keys.get(path)
         if keys:
             key = keys[number % len(keys)]
-            level = 1.0 + keys.index(key)  # each key's series at a height of its own
+            level = 0.05 * keys.index(key)  # each key's series at a height of its own
             return keyed_line(self._now(path), key, level + sample_value(self._rng))
         return format_line(self._now(path), sample_value(self._rng))
 

@@ -37,6 +37,7 @@ NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
 KEYED, PUMPS = "pumps", ["p1", "p2", "p3"]  # the demo's keyed stream and its keys
+SPIKES = 0.3  # the demo's values are ~0.1 with rare spikes of +0.5: markers above this
 
 
 def stream_names(n: int) -> list[str]:
@@ -98,6 +99,7 @@ async def demo(
             history=history,
             access=access,
             tls=files,
+            spikes=SPIKES,
         )
         panel.append(proc)
         tls_args = (

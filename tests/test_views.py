@@ -1,0 +1,234 @@
+"""Live views (``headrace.live``): HoloViews declarations drawn live, computed once per process.
+
+The engine tests feed a real :class:`Subscriber` (its ``ingest``, as fetching does) and
+read the fan-out's channels, which hold what every session's sources get; the served
+test runs a user's app in a Panel server with raw Bokeh-protocol viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import free_port, wait_http
+
+from headrace import live
+from headrace.app.live.channel import Replaced
+from headrace.app.live.fanout import Fanout
+from headrace.app.live.subscriber import Subscriber
+from headrace.app.views.engine import APPEND, REPLACE, Engine, engine
+
+START = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+class Feed:
+    """Ticks of 8 rows 25 ms apart into a subscriber's stream, values given or a ramp."""
+
+    def __init__(self, subscriber: Subscriber, stream: str, keys: list[str] | None = None):
+        self.subscriber, self.stream, self.keys = subscriber, stream, keys
+        self.seq = self.sent = 0
+
+    def tick(self, values: list[float] | None = None, n: int = 8) -> pd.DataFrame:
+        values = list(values) if values is not None else [0.1] * n
+        n = len(values)
+        index = np.arange(self.sent, self.sent + n)
+        frame = pd.DataFrame(
+            {"time": START + pd.to_timedelta(index * 25, unit="ms"), "value": values}
+        )
+        if self.keys:
+            frame["key"] = [self.keys[i % len(self.keys)] for i in index]
+        self.sent += n
+        self.seq += 1
+        self.subscriber.ingest(self.stream, self.seq, frame)
+        return frame
+
+
+@pytest.fixture
+def fanout() -> Fanout:
+    return Fanout(Subscriber("tcp://127.0.0.1:1", window=600))
+
+
+def overlay(rows):
+    spikes = rows[rows["value"] > 0.5]
+    return hv.Curve(rows, "time", "value") * hv.Scatter(spikes, "time", "value") * hv.HLine(0.5)
+
+
+def test_appended_glyphs_stream_each_ticks_part_and_the_function_runs_once_per_tick(fanout):
+    feed = Feed(fanout.subscriber, "pump")
+    feed.tick([0.1, 0.9, 0.2, 0.1])
+    e = engine(live.view(overlay, rows="pump"), fanout)
+    assert e.error is None and len(e.channels) == 2  # the HLine is drawn once, not fed
+    assert set(e.kinds.values()) == {APPEND}
+    setup = e.calls.count
+    for values in ([0.1, 0.2], [0.7, 0.8, 0.1], [0.3]):
+        feed.tick(values)
+    assert e.calls.count - setup == 3  # once per tick, for the whole process
+    line, spikes = (e.channels[p] for p in sorted(e.channels, key=str))
+    for c in (line, spikes):
+        c.advance()
+    values = {name: c.window["value"].tolist() for name, c in (("line", line), ("spikes", spikes))}
+    assert values["line"] == [0.1, 0.9, 0.2, 0.1, 0.1, 0.2, 0.7, 0.8, 0.1, 0.3]
+    assert values["spikes"] == [0.9, 0.7, 0.8]
+    # Times as Bokeh sends them: float ms since the epoch.
+    assert line.window["time"][0] == START.value / 1e6
+
+
+def test_a_window_input_replaces_what_it_draws(fanout):
+    feed = Feed(fanout.subscriber, "pump")
+    feed.tick([0.1] * 8)
+
+    def histogram(recent):
+        return hv.Histogram(np.histogram(recent["value"], bins=[0, 0.5, 1]))
+
+    e = engine(live.view(histogram, recent=live.rows("pump").last("0.1s")), fanout)
+    assert list(e.kinds.values()) == [REPLACE]
+    feed.tick([0.9] * 8)  # the newest 0.1 s: 4 rows of 0.9
+    hist = next(iter(e.channels.values()))  # flushed already: no loop runs here
+    assert isinstance(hist, Replaced) and hist.end == 2  # replaced once
+    assert hist.window["top"].tolist() == [0, 4]
+
+
+def test_each_key_gets_a_line_of_a_stable_colour_and_new_keys_are_drawn(fanout):
+    feed = Feed(fanout.subscriber, "pumps", keys=["p1", "p2"])
+    feed.tick()
+
+    def per_key(rows):
+        return hv.NdOverlay({k: hv.Curve(g, "time", "value") for k, g in rows.groupby("key")})
+
+    e = engine(live.view(per_key, rows="pumps"), fanout)
+    assert sorted(e.kinds) == [(("p1",),), (("p2",),)]  # paths: the NdOverlay's keys
+    first = e.version
+    feed.keys = ["p1", "p2", "p3"]
+    feed.tick()
+    assert e.version == first + 1 and len(e.kinds) == 3
+
+    def colour(engine_: Engine, key: str) -> str:
+        return engine_.rendering.glyphs[((key,),)].renderer.glyph.line_color
+
+    # Another process (here: another fan-out) gives each key the same colour.
+    other = Fanout(Subscriber("tcp://127.0.0.1:1", window=600))
+    Feed(other.subscriber, "pumps", keys=["p3", "p1"]).tick()
+    e2 = engine(live.view(per_key, rows="pumps"), other)
+    assert colour(e2, "p1") == colour(e, "p1") and colour(e2, "p3") == colour(e, "p3")
+    assert len({colour(e, k) for k in ("p1", "p2", "p3")}) == 3
+
+
+def test_a_lookback_gives_context_and_only_newer_rows_are_appended(fanout):
+    feed = Feed(fanout.subscriber, "pump")
+    feed.tick([1.0] * 4)
+
+    def mean(rows):
+        smooth = rows.assign(value=rows["value"].rolling(4, min_periods=1).mean())
+        return hv.Curve(smooth, "time", "value")
+
+    e = engine(live.view(mean, rows=live.rows("pump", lookback="0.1s")), fanout)
+    feed.tick([3.0] * 4)
+    (c,) = e.channels.values()
+    c.advance()
+    # Each row once, and the rolling mean over the tick's edge used the rows before it.
+    assert c.window["value"].tolist() == [1.0, 1.0, 1.0, 1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+def test_bad_views_say_which_view_stream_and_column_and_the_others_go_on(fanout, caplog):
+    feed = Feed(fanout.subscriber, "pump")
+    feed.tick()
+    good = engine(live.view(overlay, rows="pump"), fanout)
+    missing = engine(
+        live.view(lambda rows: hv.Curve(rows, "time", "pressure"), rows="pump", name="p"), fanout
+    )
+    assert "view p" in missing.error and "'pump'" in missing.error
+    assert "pressure" in missing.error and "time, value" in missing.error
+
+    broken = {"now": False}
+
+    def flaky(rows):
+        if broken["now"]:
+            raise ZeroDivisionError("on purpose")
+        return hv.Curve(rows, "time", "value")
+
+    sometimes = engine(live.view(flaky, rows="pump", name="flaky"), fanout)
+    broken["now"] = True
+    for _ in range(3):
+        feed.tick()
+    assert "ZeroDivisionError: on purpose" in sometimes.error
+    assert sum("on purpose" in r.message for r in caplog.records) == 1  # logged once
+    broken["now"] = False
+    feed.tick()
+    assert sometimes.error is None  # back with the next good tick
+    (line, _spikes) = sorted(good.channels, key=str)
+    good.channels[line].advance()
+    assert len(good.channels[line].window["value"]) == 8 * 5  # never interrupted
+
+
+def test_elements_that_cannot_stream_are_refused_with_what_to_use(fanout):
+    Feed(fanout.subscriber, "pump").tick()
+    hist = engine(
+        live.view(lambda rows: hv.Histogram(np.histogram(rows["value"])), rows="pump", name="h"),
+        fanout,
+    )
+    assert "hv.Histogram" in hist.error and "live.rows('pump').last(" in hist.error
+    dmap = engine(
+        live.view(lambda rows: hv.DynamicMap(lambda: hv.Curve([])), rows="pump", name="d"), fanout
+    )
+    assert "DynamicMap" in dmap.error and "return elements" in dmap.error
+    with pytest.raises(TypeError, match="give it a stream"):
+        live.view(overlay)
+    with pytest.raises(TypeError, match="input rows=3"):
+        live.view(overlay, rows=3)
+
+
+@pytest.mark.timeout(120)
+def test_a_users_app_feeds_every_glyph_of_every_session_from_one_call_per_tick():
+    import panel as pn
+
+    from benchmarks.viewer import open_viewer
+    from headrace.app import registry
+    from headrace.app.views.component import LiveView
+
+    subscriber = Subscriber("tcp://127.0.0.1:1", window=600)
+    parts = registry.reset(subscriber)
+    feed = Feed(subscriber, "pump")
+    view = live.view(overlay, rows="pump")
+    feed.tick([0.1, 0.9])  # the stream exists before anyone opens the page
+    port = free_port()
+    app = {"app": lambda: pn.template.BootstrapTemplate(main=[LiveView(view, parts).panel])}
+    server = pn.serve(app, port=port, address="127.0.0.1", show=False, threaded=True)
+    try:
+        wait_http(port, "/static/js/bokeh.min.js", 30)
+        loop = server.asyncio_loop
+
+        async def tick(values) -> None:
+            feed.tick(values)
+
+        async def scenario():
+            viewers = [await open_viewer(f"http://127.0.0.1:{port}/app") for _ in range(5)]
+            (e,) = [x for x in _engines(parts.fanout)]
+            before = e.calls.count
+            await asyncio.sleep(1.0)  # every document ready
+            for i in range(10):
+                values = [0.1, 0.2, 0.95] if i % 2 else [0.3]
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(tick(values), loop))
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            for v in viewers:
+                v.close()
+            return viewers, e.calls.count - before
+
+        viewers, calls = asyncio.run(scenario())
+        assert calls == 10  # five sessions, ten ticks: ten calls
+        for v in viewers:
+            got = {m: np.concatenate(chunks) for m, chunks in v.rows.values.items()}
+            assert sorted(len(x) for x in got.values()) == [5, 20]  # the spikes, the line
+            assert np.concatenate(list(got.values())).tolist().count(0.95) == 10
+    finally:
+        server.stop()
+        registry.reset()
+
+
+def _engines(fanout: Fanout) -> list[Engine]:
+    from headrace.app.views.engine import engines
+
+    return engines(fanout)
