@@ -375,9 +375,9 @@ def stream_source(doc, stream: str):
     from bokeh.models import ColumnDataSource, GlyphRenderer, Plot
 
     for plot in doc.select({"type": Plot}):
-        if plot.title is not None and plot.title.text == stream:
-            [renderer] = plot.select({"type": GlyphRenderer})
-            return renderer.data_source
+        if f"headrace.stream:{stream}" in plot.tags:
+            live = [r for r in plot.select({"type": GlyphRenderer}) if r.name != "history"]
+            return live[0].data_source
     return next(iter(s for s in doc.select({"type": ColumnDataSource}) if "value" in s.data), None)
 
 
@@ -463,8 +463,8 @@ PLOT_STATE = """
   if (!doc) return null;
   for (const m of doc.all_models) {
     if (m.constructor.__name__ === "Plot" || m.constructor.__name__ === "Figure") {
-      if (m.title && m.title.text === stream) {
-        const source = m.renderers[0].data_source;
+      if ((m.tags || []).includes("headrace.stream:" + stream)) {
+        const source = m.renderers.find((r) => r.name !== "history").data_source;
         const times = source.data["time"];
         return {rows: source.get_length(), last: times[times.length - 1],
                 start: m.x_range.start, end: m.x_range.end};

@@ -104,9 +104,10 @@ HISTORY_STATE = """
   const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
   if (!doc) return null;
   for (const m of doc.all_models) {
+    const past = Array.isArray(m.renderers) && m.renderers.find((r) => r.name === "history");
     if ((m.constructor.__name__ === "Figure" || m.constructor.__name__ === "Plot")
-        && m.title && m.title.text === stream && m.renderers.length > 1) {
-      const data = m.renderers[1].data_source.data;
+        && (m.tags || []).includes("headrace.stream:" + stream) && past) {
+      const data = past.data_source.data;
       const values = data["value"];
       return {points: values.length, max: values.length ? Math.max(...values) : null,
               first: values.length ? data["time"][0] : null,

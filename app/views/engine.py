@@ -32,7 +32,15 @@ from headrace.app.live.channel import Channel, Replaced, length
 from headrace.app.live.columns import Columns, take
 from headrace.app.settings import follow_seconds
 from headrace.app.views.calls import APPENDED, TAG, WINDOW, Calls, View
-from headrace.app.views.tree import SUMMARIES, Glyph, Rendering, ViewError, elements, follow
+from headrace.app.views.tree import (
+    SUMMARIES,
+    Glyph,
+    Rendering,
+    ViewError,
+    elements,
+    follow,
+    tag,
+)
 from headrace.app.views.tree import label as path_label
 from headrace.app.views.tree import render as render_tree
 
@@ -139,6 +147,7 @@ class Engine:
         with patch_curdoc(scratch):
             rendering = render_tree(whole, self.name)
             follow(rendering.root, self.view.follow or follow_seconds())
+            tag(rendering.root, self.name, self.view.streams)
         scratch.clear()
         shown = {e.path: e.element for e in elements(whole, self.name)}
         probes = {APPENDED: self._probe(APPENDED), WINDOW: self._probe(WINDOW)}
@@ -146,10 +155,10 @@ class Engine:
         kind_of = self.calls.kinds
         for path, glyph in rendering.glyphs.items():
             columns = data[path] = glyph.data(shown[path])
-            tag = getattr(getattr(shown[path], "data", None), "attrs", {}).get(TAG)
-            if not length(columns) and tag in kind_of:
+            drawn_from = getattr(getattr(shown[path], "data", None), "attrs", {}).get(TAG)
+            if not length(columns) and drawn_from in kind_of:
                 # Nothing to compare (no spikes yet): the frame it was drawn from says.
-                reads = {kind: kind == kind_of[tag] for kind in probes}
+                reads = {kind: kind == kind_of[drawn_from] for kind in probes}
             else:
                 reads = {
                     kind: probe is not None and depends(glyph, columns, probe.get(path))

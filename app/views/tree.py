@@ -224,3 +224,12 @@ def follow(root: Model, seconds: float) -> None:
         fig.y_range = live(fig.y_range, False)
         if time:  # a double-click does what reset does: back to following the newest rows
             fig.js_on_event(DoubleTap, CustomJS(args={"plot": fig}, code="plot.reset.emit()"))
+
+
+def tag(root: Model, name: str, streams: list[str]) -> None:
+    """Name the view and its streams in each plot's tags: how pages and tests find them."""
+    from bokeh.models import Plot
+
+    tags = [f"headrace.view:{name}", *(f"headrace.stream:{s}" for s in streams)]
+    for plot in root.select({"type": Plot}):
+        plot.tags = [*plot.tags, *tags]
