@@ -166,12 +166,13 @@ def headrace_serve(
     history: str | None = None,
     access=None,
     port: int | None = None,
+    apps: tuple[Path, ...] = (),
 ) -> Iterator[tuple[subprocess.Popen, int]]:
     """``headrace serve`` as a subprocess on ``port`` (default: a free one); kills its
     process group after.
 
     ``access``: a :class:`~headrace.cluster.security.access.Access` (logins, origins; its
-    port is this one).
+    port is this one); ``apps``: Panel apps served instead of the dashboard.
     """
     import dataclasses
 
@@ -191,6 +192,7 @@ def headrace_serve(
             wait=False,
             history=history,
             access=access,
+            apps=apps,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
