@@ -33,6 +33,7 @@ from headrace.app.live import internals as wire
 TESTED = {
     "bokeh": wire.BOKEH_TESTED,
     "panel": wire.PANEL_TESTED,
+    "holoviews": wire.HOLOVIEWS_TESTED,
     "tornado": wire.TORNADO_TESTED,
 }
 CLONE = WIRE = "headrace.app.live.internals"
@@ -79,8 +80,8 @@ def relied_on_by(module: str, what: str) -> Iterator[None]:
     except Exception as exc:
         pytest.fail(
             f"{what} changed ({type(exc).__name__}: {exc}) with {installed()}: re-check "
-            f"{module}, written for {written_for()} (then update BOKEH_TESTED/PANEL_TESTED/"
-            f"TORNADO_TESTED in {WIRE} and the caps in pyproject.toml)",
+            f"{module}, written for {written_for()} (then update the *_TESTED constants "
+            f"in {WIRE} and the caps in pyproject.toml)",
             pytrace=False,
         )
 
@@ -96,7 +97,7 @@ def test_installed_versions_are_the_series_the_internals_were_written_for(name):
     )
 
 
-@pytest.mark.parametrize("name", ["bokeh", "panel"])
+@pytest.mark.parametrize("name", ["bokeh", "panel", "holoviews"])
 def test_the_package_requires_the_series_the_internals_were_written_for(name):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     specs = [Requirement(r) for r in project["project"]["dependencies"]]
@@ -301,3 +302,36 @@ def test_the_main_libraries_are_the_locked_versions():
         f"installed {wrong}, not as {LOCK.name} pins them: reinstall (./run does when the lock "
         f"changes; by hand: pip install -c {LOCK.relative_to(ROOT)} -e '.[test,bench]')"
     )
+
+
+def test_holoviews_plot_internals():
+    """What live views read of HoloViews' rendering: each element plot, the element it
+    drew, its handles, ``get_data`` for another element, and ``.opts`` skipped."""
+    import holoviews as hv
+    import pandas as pd
+
+    from headrace.app.views.tree import backend
+
+    backend()
+    frame = pd.DataFrame({"time": pd.date_range("2026", periods=3, freq="s"), "v": [1.0, 2, 3]})
+    curve = hv.Curve(frame, "time", "v").opts(color="red")
+    scatter = hv.Scatter(frame, "time", "v")
+    with relied_on_by(WIRE, "HoloViews' plot tree (traverse, current_frame, handles)"):
+        plot = hv.renderer("bokeh").get_plot(curve * scatter)
+        leaves = {id(h["element"]): (leaf, h) for leaf, h in wire.plot_leaves(plot)}
+        leaf, handles = leaves[id(curve)]
+        assert {"source", "glyph", "glyph_renderer", "plot"} <= set(handles)
+        assert handles["glyph_renderer"].data_source is handles["source"]
+    with relied_on_by(WIRE, "ElementPlot.get_data(element, ranges, style)"):
+        data = wire.leaf_data(leaf, curve.clone(data=frame.iloc[1:]))
+        assert list(data["v"]) == [2.0, 3.0]
+    with relied_on_by(WIRE, "the style options an element plot looked up"):
+        assert wire.leaf_option(leaf, "color") == "red"
+    def colour() -> str:
+        return hv.Store.lookup_options("bokeh", curve, "style").kwargs["color"]
+
+    with relied_on_by(WIRE, "holoviews.core.accessors.Opts.__call__"):
+        with wire.data_only():
+            assert curve.opts(color="blue") is curve and colour() == "red"  # not applied
+        curve.opts(color="blue")
+        assert colour() == "blue"

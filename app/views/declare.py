@@ -146,6 +146,21 @@ class View:
 
         return LiveView(self)
 
+    def check(self, **frames: pd.DataFrame) -> dict[str, str]:
+        """Draw this view from sample rows as a Panel process would, without a cluster.
+
+        ``frames`` are rows by stream name (``time``, ``value``...). Returns how each
+        glyph is fed, by its place in the plot: ``"append"`` (each tick's part
+        streamed), ``"replace"`` (drawn again from a window) or ``"redraw"`` (drawn
+        again from all rows: a glyph that outlines them all, such as an Area's).
+        Raises :class:`~headrace.app.views.tree.ViewError` with what the plot would show.
+        """
+        from headrace.app.views.engine import trial
+        from headrace.app.views.tree import label
+
+        engine = trial(self, frames)
+        return {label(path): kind for path, kind in engine.kinds.items()}
+
     def servable(self, title: str | None = None) -> pn.viewable.Viewable:
         """Serve this view alone as the app's page (``panel serve`` / ``headrace serve``)."""
         return self.__panel__().servable(title=title)

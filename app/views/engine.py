@@ -330,3 +330,22 @@ def engine(view: View, fanout: Fanout) -> Engine:
 def engines(fanout: Fanout) -> list[Engine]:
     with _engines_lock:
         return list(_engines.get(fanout, {}).values())
+
+
+def trial(view: View, frames: dict[str, pd.DataFrame]) -> Engine:
+    """``view`` rendered on ``frames`` (by stream) as a Panel process would, without a cluster.
+
+    Raises the view's :class:`ViewError`; the engine's ``kinds`` say how each glyph is fed.
+    """
+    from headrace.app.live.fanout import Fanout
+    from headrace.app.live.subscriber import Subscriber
+
+    subscriber = Subscriber("tcp://127.0.0.1:1", window=3600)  # never connects
+    for stream, frame in frames.items():
+        subscriber.ingest(stream, 1, frame)
+    tried = Engine(view, Fanout(subscriber))
+    if tried.waiting_for:
+        raise ViewError(f"view {view.name}: no rows given for {', '.join(tried.waiting_for)}")
+    if tried.error is not None:
+        raise ViewError(tried.error)
+    return tried
