@@ -76,6 +76,12 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "frames": _counter("headrace_frames_fetched", "Frames fetched from the cluster."),
     "gaps": _counter("headrace_gaps_filled", "Times a missed frame announcement was filled in."),
     "rows": _counter("headrace_rows_ingested", "Rows taken into this process's windows."),
+    "view_calls": _counter(
+        "headrace_view_calls", "Live views' functions called (once per view per tick)."
+    ),
+    "view_renders": _counter(
+        "headrace_view_renders", "Live views rendered (once per view, again for a new key)."
+    ),
 }
 FANOUT_SECONDS = Histogram(
     "headrace_fanout_duration_seconds",

@@ -58,7 +58,16 @@ class Telemetry:
 
     def totals(self) -> dict[str, Any]:
         """The process's counters and gauges in one dict."""
-        return {**self.subscriber.stats, **self.fanout.info()}
+        from headrace.app.views.engine import engines
+
+        views = engines(self.fanout)
+        return {
+            **self.subscriber.stats,
+            **self.fanout.info(),
+            "views": len(views),
+            "view_calls": sum(e.calls.count for e in views),
+            "view_renders": sum(e.version for e in views),
+        }
 
     def record(self) -> dict[str, Any]:
         t = self.totals()

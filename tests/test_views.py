@@ -190,11 +190,16 @@ def test_a_users_app_feeds_every_glyph_of_every_session_from_one_call_per_tick()
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=600)
     parts = registry.reset(subscriber)
-    feed = Feed(subscriber, "pump")
+    feed, late = Feed(subscriber, "pump"), Feed(subscriber, "late")
     view = live.view(overlay, rows="pump")
-    feed.tick([0.1, 0.9])  # the stream exists before anyone opens the page
+    later = live.view(lambda rows: hv.Curve(rows, "time", "value"), rows="late")
+    feed.tick([0.1, 0.9])  # this stream exists before anyone opens the page; "late" not yet
     port = free_port()
-    app = {"app": lambda: pn.template.BootstrapTemplate(main=[LiveView(view, parts).panel])}
+    app = {
+        "app": lambda: pn.template.BootstrapTemplate(
+            main=[LiveView(view, parts).panel, LiveView(later, parts).panel]
+        )
+    }
     server = pn.serve(app, port=port, address="127.0.0.1", show=False, threaded=True)
     try:
         wait_http(port, "/static/js/bokeh.min.js", 30)
@@ -203,14 +208,21 @@ def test_a_users_app_feeds_every_glyph_of_every_session_from_one_call_per_tick()
         async def tick(values) -> None:
             feed.tick(values)
 
+        async def first(values) -> None:
+            late.tick(values)
+
         async def scenario():
             viewers = [await open_viewer(f"http://127.0.0.1:{port}/app") for _ in range(5)]
-            (e,) = [x for x in _engines(parts.fanout)]
+            e = next(x for x in _engines(parts.fanout) if x.view.streams == ["pump"])
             before = e.calls.count
+            await asyncio.sleep(0.5)
+            # A stream that appears after the pages opened: its plot comes, then its rows.
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(first([7.0]), loop))
             await asyncio.sleep(1.0)  # every document ready
             for i in range(10):
                 values = [0.1, 0.2, 0.95] if i % 2 else [0.3]
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(tick(values), loop))
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(first([8.0]), loop))
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)
             for v in viewers:
@@ -221,8 +233,10 @@ def test_a_users_app_feeds_every_glyph_of_every_session_from_one_call_per_tick()
         assert calls == 10  # five sessions, ten ticks: ten calls
         for v in viewers:
             got = {m: np.concatenate(chunks) for m, chunks in v.rows.values.items()}
-            assert sorted(len(x) for x in got.values()) == [5, 20]  # the spikes, the line
+            # The spikes, the late stream's line (its first row came with its plot), the line.
+            assert sorted(len(x) for x in got.values()) == [5, 10, 20], got
             assert np.concatenate(list(got.values())).tolist().count(0.95) == 10
+            assert np.concatenate(list(got.values())).tolist().count(8.0) == 10
     finally:
         server.stop()
         registry.reset()
