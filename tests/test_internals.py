@@ -327,6 +327,7 @@ def test_holoviews_plot_internals():
         assert list(data["v"]) == [2.0, 3.0]
     with relied_on_by(WIRE, "the style options an element plot looked up"):
         assert wire.leaf_option(leaf, "color") == "red"
+
     def colour() -> str:
         return hv.Store.lookup_options("bokeh", curve, "style").kwargs["color"]
 

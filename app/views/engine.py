@@ -45,6 +45,8 @@ from headrace.app.views.tree import label as path_label
 from headrace.app.views.tree import render as render_tree
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from headrace.app.live.fanout import Fanout
 
 log = logging.getLogger(__name__)
