@@ -163,21 +163,23 @@ def test_bad_views_say_which_view_stream_and_column_and_the_others_go_on(fanout,
     assert len(good.channels[line].window["value"]) == 8 * 5  # never interrupted
 
 
-def test_elements_that_cannot_stream_are_refused_with_what_to_use(fanout):
-    Feed(fanout.subscriber, "pump").tick()
-    hist = engine(
-        live.view(lambda rows: hv.Histogram(np.histogram(rows["value"])), rows="pump", name="h"),
-        fanout,
-    )
-    assert "hv.Histogram" in hist.error and "live.rows('pump').last(" in hist.error
-    dmap = engine(
-        live.view(lambda rows: hv.DynamicMap(lambda: hv.Curve([])), rows="pump", name="d"), fanout
-    )
-    assert "DynamicMap" in dmap.error and "return elements" in dmap.error
+def test_elements_that_cannot_stream_are_refused_as_declared_with_what_to_use(fanout):
+    with pytest.raises(live.ViewError, match=r"hv.Histogram .* live.rows\('pump'\).last\("):
+        live.view(lambda rows: hv.Histogram(np.histogram(rows["value"])), rows="pump", name="h")
+    with pytest.raises(live.ViewError, match="DynamicMap; return elements"):
+        live.view(lambda rows: hv.DynamicMap(lambda: hv.Curve([])), rows="pump", name="d")
     with pytest.raises(TypeError, match="give it a stream"):
         live.view(overlay)
     with pytest.raises(TypeError, match="input rows=3"):
         live.view(overlay, rows=3)
+    # A histogram of a window and of appended rows in one element: refused when drawn.
+    Feed(fanout.subscriber, "pump").tick()
+
+    def mixed(rows, recent):
+        return hv.Curve(pd.concat([rows, recent]), "time", "value")
+
+    both = engine(live.view(mixed, rows="pump", recent=live.rows("pump").last("1s")), fanout)
+    assert "from appended rows and from a window at once" in both.error
 
 
 @pytest.mark.timeout(120)

@@ -118,6 +118,7 @@ class View:
         self.follow = seconds(follow)
         self.history = history
         self.title = title
+        refuse_early(self)
 
     @property
     def streams(self) -> list[str]:
@@ -193,6 +194,45 @@ def view(
     if function is None:
         return lambda fn: View(fn, given, name, follow, history, title)
     return View(function, given, name, follow, history, title)
+
+
+_checked: set[str] = set()  # views checked in this process (a script runs per session)
+
+
+def refuse_early(view: View) -> None:
+    """Refuse, as it is declared, a view that could never stream (a ``DynamicMap``, or a
+    histogram of appended rows), by calling it once on rows with no rows.
+
+    Anything else (a column only the stream's real rows have) waits for those rows.
+    """
+    if view.name in _checked:
+        return
+    _checked.add(view.name)
+    from headrace.app.live.internals import data_only
+    from headrace.app.views.tree import SUMMARIES, ViewError, backend, elements
+    from headrace.etl.contract.frames import empty_frame
+
+    backend()
+    try:
+        with data_only():
+            result = view.function(**{argument: empty_frame() for argument in view.inputs})
+        found = list(elements(result, view.name))
+    except ViewError:
+        _checked.discard(view.name)
+        raise
+    except Exception:
+        return  # decided with real rows
+    appended = [r.stream for r in view.inputs.values() if r.appended]
+    if len(appended) == len(view.inputs):
+        for item in found:
+            kind = type(item.element).__name__
+            if kind in SUMMARIES:
+                _checked.discard(view.name)
+                raise ViewError(
+                    f"view {view.name}: hv.{kind} summarises many rows and cannot be streamed "
+                    "row by row; give it a window of rows as input instead, e.g. "
+                    f"live.rows({appended[0]!r}).last('60s')"
+                )
 
 
 def _qualname(function: ViewFunction) -> str:
