@@ -76,6 +76,12 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "frames": _counter("headrace_frames_fetched", "Frames fetched from the cluster."),
     "gaps": _counter("headrace_gaps_filled", "Times a missed frame announcement was filled in."),
     "rows": _counter("headrace_rows_ingested", "Rows taken into this process's windows."),
+    "builds": _counter(
+        "headrace_session_builds", "Pages built for a session (ours or a user's app)."
+    ),
+    "opened": _counter(
+        "headrace_session_opens", "Sessions whose browser loaded the page (reported ready)."
+    ),
     "view_calls": _counter(
         "headrace_view_calls", "Live views' functions called (once per view per tick)."
     ),

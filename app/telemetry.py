@@ -58,12 +58,14 @@ class Telemetry:
 
     def totals(self) -> dict[str, Any]:
         """The process's counters and gauges in one dict."""
+        from headrace.app.pages import template
         from headrace.app.views.engine import engines
 
         views = engines(self.fanout)
         return {
             **self.subscriber.stats,
             **self.fanout.info(),
+            "builds": template.builds,
             "views": len(views),
             "view_calls": sum(e.calls.count for e in views),
             "view_renders": sum(e.version for e in views),

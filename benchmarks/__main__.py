@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             from . import hvcost
 
             results["hv"] = hvcost.run(
-                updates=100 if args.quick else 300, repeats=2 if args.quick else 5
+                sessions=5 if args.quick else 20,
+                ticks=30 if args.quick else 100,
+                repeats=1 if args.quick else 3,
             )
         if "cluster" in args.only:
             from . import clustercost

@@ -80,6 +80,10 @@ def panel_command(
     cmd = [sys.executable, "-m", "panel", "serve", *pages, str(OPS)]
     cmd += ["--num-procs", str(num_procs), "--port", str(port), "--address", address]
     cmd += ["--plugins", "headrace.app.metrics", *access.args(extra)]
+    # The page's GET is answered from one session rendered per process and theme: only
+    # the websocket builds a session, in whichever process the kernel hands it to.
+    # Without it, every open built a page for the GET too (two builds per open).
+    cmd += ["--reuse-sessions"]
     if num_procs > 1:
         # Panel runs --setup in each child after the fork, on its loop; with one process it
         # would run before the loop exists, so there the first session starts the subscriber.

@@ -16,9 +16,12 @@ def test_parser_benchmark_runs_every_case():
 
 
 def test_hv_benchmark_runs_every_plot():
-    result = hvcost.run(updates=5, rows=2, repeats=1)
+    result = hvcost.run(sessions=2, ticks=5, repeats=1, opens=1)
     assert "error" not in result, result
-    assert result["headrace_ms"] > 0 and result["raw_ms"] > 0
+    assert result["view_ms"] > 0 and result["raw_ms"] > 0 and result["view_vs_raw"] > 0
+    assert result["open_ms"]["view"] > 0 and result["open_ms"]["dashboard"] > 0
+    assert result["derived_calls"] == result["ticks"] == 5  # once per tick, not per session
+    assert result["viewer_rows"]["view"] > 0 and result["viewer_rows"]["raw"] > 0
 
 
 @pytest.mark.slow

@@ -136,7 +136,11 @@ def test_demo_with_tls_and_logins_gives_nothing_without_credentials(tmp_path):
             timeout=60,
         )
         streams = json.loads(status.stdout)["streams"]
-        assert status.returncode == 0 and {s["stream"] for s in streams} == {"alpha", "beta"}
+        assert status.returncode == 0 and {s["stream"] for s in streams} == {
+            "alpha",
+            "beta",
+            "pumps",
+        }
 
         # A browser that logs in, on a network where only this machine answers.
         with sync_playwright() as playwright:

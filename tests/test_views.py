@@ -19,7 +19,8 @@ from headrace import live
 from headrace.app.live.channel import Replaced
 from headrace.app.live.fanout import Fanout
 from headrace.app.live.subscriber import Subscriber
-from headrace.app.views.engine import APPEND, REPLACE, Engine, engine
+from headrace.app.views.engine import APPEND, REPLACE, Engine
+from headrace.app.views.engine import engine as engine_of
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 
@@ -44,6 +45,24 @@ class Feed:
         self.seq += 1
         self.subscriber.ingest(self.stream, self.seq, frame)
         return frame
+
+
+class Watcher:
+    """Stands for a session showing the view: an engine nobody watches skips its ticks."""
+
+    changes = 0
+
+    def changed(self) -> None:
+        self.changes += 1
+
+
+WATCHER = Watcher()
+
+
+def engine(view, fanout: Fanout) -> Engine:
+    e = engine_of(view, fanout)
+    e.watch(WATCHER)
+    return e
 
 
 @pytest.fixture
@@ -161,6 +180,20 @@ def test_bad_views_say_which_view_stream_and_column_and_the_others_go_on(fanout,
     (line, _spikes) = sorted(good.channels, key=str)
     good.channels[line].advance()
     assert len(good.channels[line].window["value"]) == 8 * 5  # never interrupted
+
+
+def test_a_view_nobody_watches_costs_nothing_per_tick_and_is_drawn_again_when_watched(fanout):
+    feed = Feed(fanout.subscriber, "pump")
+    feed.tick([0.1] * 4)
+    e = engine_of(live.view(overlay, rows="pump"), fanout)  # made, then nobody watches it
+    calls, version = e.calls.count, e.version
+    for _ in range(5):
+        feed.tick([0.9] * 4)
+    assert e.calls.count == calls and e.idle
+    e.watch(WATCHER)  # a session opens: drawn again from the window, rows and spikes
+    assert e.version == version + 1 and not e.idle
+    line, spikes = (e.channels[p] for p in sorted(e.channels, key=str))
+    assert len(line.window["value"]) == 24 and len(spikes.window["value"]) == 20
 
 
 def test_elements_that_cannot_stream_are_refused_as_declared_with_what_to_use(fanout):

@@ -121,11 +121,14 @@ class Gate:
             return False
         if not self.ready:
             return True
-        due = [
-            (sink, channels[sink.stream])
-            for sink in self.sinks
-            if not sink.held and sink.next_index < channels[sink.stream].end
-        ]
+        due = sorted(  # in one order in every session: the key of the shared encoding
+            (
+                (sink, channels[sink.stream])
+                for sink in self.sinks
+                if not sink.held and sink.next_index < channels[sink.stream].end
+            ),
+            key=lambda due: due[0].model,
+        )
         if not due:
             return True
         targets = sockets(doc)
@@ -216,6 +219,7 @@ class Fanout:
         self._sinks: dict[Sink, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.registered = self.unregistered = 0
+        self.opened = 0  # sessions whose browser reported the document ready
         self.flushes = self.encodes = self.messages = self.sent_bytes = 0
         self.flush_seconds = 0.0
         # Told each flush's duration and the age of each stream's newest row it carried.
@@ -242,6 +246,7 @@ class Fanout:
         def ready(_event: Any) -> None:
             with self.lock:
                 gate.ready = True
+                self.opened += 1
             self.wake()
 
         doc.on_event(DocumentReady, ready)
@@ -383,5 +388,6 @@ class Fanout:
                 "sent_bytes": self.sent_bytes,
                 "flush_seconds": self.flush_seconds,
                 "registered": self.registered,
+                "opened": self.opened,
                 "unregistered": self.unregistered,
             }

@@ -63,11 +63,16 @@ def serve(template: pn.template.BaseTemplate, title: str) -> None:
         template.servable(title=title)
 
 
+builds = 0  # documents this process built a headrace page in (ours or a user's)
+
+
 def prepare(doc: Document) -> None:
     """What every page headrace serves needs, ours or a user's (once per document)."""
+    global builds
     if doc.template_variables.get("headrace"):
         return
     doc.template_variables["headrace"] = True
+    builds += 1
     # Panel points its stylesheets at this server only once it renders the HTML page; with
     # --num-procs the websocket (and so the session's document) may be another process's,
     # whose document would then point them at cdn.holoviz.org.

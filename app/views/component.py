@@ -62,9 +62,10 @@ class LiveView(Follower):
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, margin=(0, 10))
         self.body = pn.Column(sizing_mode="stretch_width")
         self.panel = pn.Column(self.title, self.alert, self.body, sizing_mode="stretch_width")
-        self._show()
         self.engine.watch(self)
+        self._show()
         pn.state.onload(lambda: self.board.add(self))
+        pn.state.on_session_destroyed(lambda _context: self.close())
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self.panel
@@ -236,3 +237,4 @@ class LiveView(Follower):
             self.fanout.unregister(sink)
         self.sinks = []
         self.board.remove(self)
+        self.engine.unwatch(self)

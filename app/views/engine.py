@@ -80,6 +80,7 @@ class Engine:
         self._tried = 0.0
         self._logged: set[str] = set()
         self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.idle = False  # no session watched: ticks skipped, drawn again on the next watch
         with self.lock:
             self.subscriber.add_listener(self._on_rows)
             self._prepare()
@@ -87,8 +88,20 @@ class Engine:
     # -- what sessions use ------------------------------------------------------------------
 
     def watch(self, watcher: Watcher) -> None:
+        """Tell ``watcher`` (a session's view) of new renderings and errors from now on.
+
+        A view nobody in this process watched for a while is drawn again first, from
+        the window: it skipped its ticks meanwhile.
+        """
         with self.lock:
             self._watchers.add(watcher)
+            if self.idle:
+                self.idle = False
+                self._prepare()
+
+    def unwatch(self, watcher: Watcher) -> None:
+        with self.lock:
+            self._watchers.discard(watcher)
 
     def feed(self, path: tuple) -> str:
         """The fan-out's name for the glyph at ``path`` of the current rendering."""
@@ -198,6 +211,9 @@ class Engine:
 
     def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
         if stream not in self.view.streams:
+            return
+        if not self._watchers and self.rendering is not None:
+            self.idle = True  # nobody shows it in this process: no work per tick
             return
         if self.rendering is None:
             if time.monotonic() - self._tried >= RETRY_SECONDS or self.error is None:
