@@ -281,3 +281,34 @@ def _engines(fanout: Fanout) -> list[Engine]:
     from headrace.app.views.engine import engines
 
     return engines(fanout)
+
+
+def test_each_kind_of_element_is_fed_the_way_it_can_be():
+    rows = pd.DataFrame(
+        {
+            "time": START + pd.to_timedelta(np.arange(40) * 25, unit="ms"),
+            "value": np.r_[np.full(39, 0.1), 0.9],
+        }
+    )
+
+    def kinds(rows):
+        return (
+            hv.Curve(rows, "time", "value")
+            * hv.Curve(rows, "time", "value").opts(interpolation="steps-mid")
+            * hv.Scatter(rows, "time", "value")
+            * hv.Points(rows, ["time", "value"])
+            * hv.Spikes(rows[rows["value"] > 0.5], "time", "value")
+            * hv.Area(rows, "time", "value")
+            * hv.VLine(START.tz_localize(None))
+            * hv.HLine(0.5)
+        )
+
+    fed = live.view(kinds, rows="alpha").check(alpha=rows)
+    assert fed == {
+        "Curve.I": "append",
+        "Curve.II": "append",
+        "Scatter.I": "append",
+        "Points.I": "append",
+        "Spikes.I": "append",
+        "Area.I": "redraw",  # its outline joins every row: drawn again from the window
+    }
