@@ -51,6 +51,7 @@ class Watcher:
     """Stands for a session showing the view: an engine nobody watches skips its ticks."""
 
     changes = 0
+    active = True
 
     def changed(self) -> None:
         self.changes += 1

@@ -10,6 +10,7 @@ board), and an alert shows the view's error while it has one.
 from __future__ import annotations
 
 import html
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from headrace.app.live.fanout import Sink
 
 LIVE, STALE = "#2e7d32", "#b26a00"
+LOADING = 30.0  # seconds a page may take to load before its view counts as unwatched
 
 # The renderings each document has shown: a second copy in one document needs new ids.
 _shown: weakref.WeakKeyDictionary[Document, set[tuple[int, int]]] = weakref.WeakKeyDictionary()
@@ -50,6 +52,7 @@ class LiveView(Follower):
         prepare(doc)
         self.fanout.open_session(doc)  # rows wait until the browser has the document
         self.sinks: list[Sink] = []
+        self.built = time.monotonic()
         self.version = 0
         self.root: Model | None = None  # this session's copy of the rendering
         self._copies: Copies | None = None
@@ -69,6 +72,15 @@ class LiveView(Follower):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self.panel
+
+    @property
+    def active(self) -> bool:
+        """A browser has this page, or is loading it: not the page Panel keeps per process
+        to answer GETs with (``--reuse-sessions``), which no browser ever loads."""
+        doc = self._doc()
+        if doc is None:
+            return False
+        return time.monotonic() - self.built < LOADING or self.fanout.session_ready(doc)
 
     # -- what a page does with it -----------------------------------------------------------
 

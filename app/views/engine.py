@@ -57,6 +57,10 @@ APPEND, REPLACE, REDRAW = "append", "replace", "redraw"  # how a glyph is fed
 
 
 class Watcher(Protocol):
+    @property
+    def active(self) -> bool:
+        """Whether a viewer is (or is about to be) looking at this view."""
+
     def changed(self) -> None:
         """The engine's rendering or error changed (called on the loop, under the lock)."""
 
@@ -212,7 +216,7 @@ class Engine:
     def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
         if stream not in self.view.streams:
             return
-        if not self._watchers and self.rendering is not None:
+        if self.rendering is not None and not any(w.active for w in list(self._watchers)):
             self.idle = True  # nobody shows it in this process: no work per tick
             return
         if self.rendering is None:
