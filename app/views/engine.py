@@ -39,6 +39,7 @@ from headrace.app.views.tree import (
     ViewError,
     elements,
     follow,
+    lighter,
     tag,
 )
 from headrace.app.views.tree import label as path_label
@@ -166,6 +167,7 @@ class Engine:
         with patch_curdoc(scratch):
             rendering = render_tree(whole, self.name)
             follow(rendering.root, self.view.follow or follow_seconds())
+            lighter(rendering.root)
             tag(rendering.root, self.name, self.view.streams)
         scratch.clear()
         shown = {e.path: e.element for e in elements(whole, self.name)}

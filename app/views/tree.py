@@ -233,3 +233,17 @@ def tag(root: Model, name: str, streams: list[str]) -> None:
     tags = [f"headrace.view:{name}", *(f"headrace.stream:{s}" for s in streams)]
     for plot in root.select({"type": Plot}):
         plot.tags = [*plot.tags, *tags]
+
+
+def lighter(root: Model) -> None:
+    """Fewer models per plot: every session copies, serialises and loads each of them.
+
+    HoloViews gives each glyph three more (selected, not selected, muted) that BokehJS
+    makes alike by itself when they are left as ``"auto"``.
+    """
+    from bokeh.models import GlyphRenderer
+
+    for renderer in root.select({"type": GlyphRenderer}):
+        renderer.selection_glyph = "auto"
+        renderer.nonselection_glyph = "auto"
+        renderer.muted_glyph = "auto"
