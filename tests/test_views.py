@@ -313,3 +313,21 @@ def test_each_kind_of_element_is_fed_the_way_it_can_be():
         "Spikes.I": "append",
         "Area.I": "redraw",  # its outline joins every row: drawn again from the window
     }
+
+
+def test_headrace_serve_takes_a_users_app_instead_of_the_dashboard(tmp_path):
+    from click.testing import CliRunner
+
+    from headrace.cluster.cli import main
+
+    app = tmp_path / "my_dashboard.py"
+    app.write_text("import panel as pn\npn.pane.Markdown('hi').servable()\n")
+    printed = CliRunner().invoke(main, ["serve", str(app), "--num-procs", "3", "--print-command"])
+    assert printed.exit_code == 0, printed.output
+    assert str(app) in printed.output and "pages/dashboard.py" not in printed.output
+    assert "ops.py" in printed.output and "--num-procs 3" in printed.output
+    assert "--setup" in printed.output and "--plugins headrace.app.metrics" in printed.output
+    missing = CliRunner().invoke(main, ["serve", str(tmp_path / "nope.py")])
+    assert (
+        missing.exit_code == 2 and "no app file" in missing.output and "nope.py" in missing.output
+    )
