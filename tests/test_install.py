@@ -134,8 +134,11 @@ def test_the_wheel_holds_one_package_headrace_as_real_files(built):
         links = [i.filename for i in infos if stat.S_ISLNK(i.external_attr >> 16)]
         assert not links, f"symlinks in the wheel: {links}"
     assert {n.split("/")[0] for n in names} == {"headrace", dist_info}
-    # Every file of etl/, app/ and cluster/ (modules and data) under headrace/, nothing else.
-    expected = {"headrace/__init__.py"} | {
+    # headrace/'s own modules and every file of etl/, app/ and cluster/ (modules and
+    # data) under headrace/, nothing else.
+    own = {f"headrace/{p.name}" for p in (ROOT / "headrace").glob("*.py")}
+    assert own >= {"headrace/__init__.py", "headrace/live.py"}
+    expected = own | {
         f"headrace/{f}" for f in files if f.split("/")[0] in FOLDERS and "__pycache__" not in f
     }
     package = {n for n in names if n.startswith("headrace/") and not n.endswith("/")}
