@@ -39,6 +39,26 @@ _shown: weakref.WeakKeyDictionary[Document, set[tuple[int, int]]] = weakref.Weak
 _pasts: weakref.WeakKeyDictionary[Engine, Past] = weakref.WeakKeyDictionary()  # per process
 
 
+class Lines(Follower):
+    """The freshness lines of every live view of one page, changed in one callback.
+
+    A page with several views would otherwise take a callback and a message per view
+    each time a stream's freshness changes: with hundreds of viewers, that is most of
+    a process's work.
+    """
+
+    def __init__(self, doc: Document) -> None:
+        self.follow(doc)
+        self.views: weakref.WeakSet[LiveView] = weakref.WeakSet()
+
+    def _apply(self, status: Status) -> None:
+        for view in list(self.views):
+            view.show_status(status)
+
+
+_lines: weakref.WeakKeyDictionary[Document, Lines] = weakref.WeakKeyDictionary()
+
+
 class LiveView(Follower):
     """One view in the current session; ``.panel`` is what goes into a layout."""
 
@@ -67,7 +87,13 @@ class LiveView(Follower):
         self.panel = pn.Column(self.title, self.alert, self.body, sizing_mode="stretch_width")
         self.engine.watch(self)
         self._show()
-        pn.state.onload(lambda: self.board.add(self))
+        lines = _lines.get(doc)
+        if lines is None:  # the page's first view: the board tells the page, once
+            lines = _lines[doc] = Lines(doc)
+            board = self.board
+            pn.state.onload(lambda: board.add(lines))
+        lines.views.add(self)
+        self._lines = lines
         pn.state.on_session_destroyed(lambda _context: self.close())
 
     def __panel__(self) -> pn.viewable.Viewable:
@@ -116,7 +142,7 @@ class LiveView(Follower):
     def changed(self) -> None:
         self.later(self._show)
 
-    def _apply(self, status: Status) -> None:
+    def show_status(self, status: Status) -> None:
         text = self._title(status)
         if text != self.title.object:  # unchanged text would still cost a message
             self.title.object = text
@@ -248,5 +274,5 @@ class LiveView(Follower):
         for sink in self.sinks:
             self.fanout.unregister(sink)
         self.sinks = []
-        self.board.remove(self)
+        self._lines.views.discard(self)
         self.engine.unwatch(self)
