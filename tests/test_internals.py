@@ -187,7 +187,6 @@ def test_other_bokeh_and_panel_functions_used():
             "from panel.io.resources import LOCAL_DIST",
             "import panel as pn; pn.state.rel_path",
         ],
-        "headrace.app.views.plots": ["from bokeh.io.doc import patch_curdoc"],
         "headrace.app.live.columns": [
             "from bokeh.util.serialization import convert_datetime_array"
         ],
@@ -336,3 +335,16 @@ def test_holoviews_plot_internals():
             assert curve.opts(color="blue") is curve and colour() == "red"  # not applied
         curve.opts(color="blue")
         assert colour() == "blue"
+
+
+def test_a_scratch_document_is_let_go_of_when_rendering_fails():
+    """Bokeh's ``patch_curdoc`` alone would leave a dead document as ``curdoc()``."""
+    from bokeh.io import curdoc
+    from bokeh.io import doc as bokeh_doc
+
+    before = curdoc()
+    with relied_on_by(WIRE, "bokeh.io.doc._PATCHED_CURDOCS and patch_curdoc"):
+        with pytest.raises(ZeroDivisionError), wire.scratch_document() as scratch:
+            assert curdoc() is scratch
+            1 / 0  # noqa: B018
+        assert bokeh_doc._PATCHED_CURDOCS == [] and curdoc() is before

@@ -11,6 +11,8 @@ on any release series but the ones below, which the lock file pins):
   figure's JSON (new models, same ids, same property values) without the JSON, the
   validation or the defaults nobody set. Equal ids are safe because ids need only be
   unique within a document (each session has its own).
+- **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
+  ``patch_curdoc`` leaves its document patched when its body raises.
 - **HoloViews' plots, read** (:func:`plot_leaves`, :func:`leaf_data`): which element
   each rendered glyph draws, its handles (source, glyph, renderer, figure), and the
   columns HoloViews would put in its source for another element (``get_data``).
@@ -124,6 +126,27 @@ class Copies:
         if isinstance(v, set):
             return {self.value(x) for x in v}
         return v  # immutable, or an array (shared)
+
+
+@contextmanager
+def scratch_document() -> Iterator[Any]:
+    """A new document as Bokeh's ``curdoc()`` inside, cleared after.
+
+    Bokeh's ``patch_curdoc`` pops its document only when its body returns: a body that
+    raises (a view HoloViews cannot render) would leave a dead document as every later
+    ``curdoc()`` of the process. This restores Bokeh's list of patched documents always.
+    """
+    from bokeh.document import Document
+    from bokeh.io import doc as bokeh_doc
+
+    depth = len(bokeh_doc._PATCHED_CURDOCS)
+    document = Document()
+    try:
+        with bokeh_doc.patch_curdoc(document):
+            yield document
+    finally:
+        del bokeh_doc._PATCHED_CURDOCS[depth:]
+        document.clear()
 
 
 # --- HoloViews' plots ---------------------------------------------------------------------

@@ -48,8 +48,13 @@ class Follower:
     def follow(self, doc: Any) -> None:
         self._doc = weakref.ref(doc)
         self.shown: Any = None
+        # Set when the session is destroyed: its document may live on a while, but a
+        # change to it would raise inside Bokeh's callback (and leave curdoc() patched).
+        self.closed = False
 
     def offer(self, status: Any) -> bool:
+        if self.closed:
+            return False
         if status == self.shown:
             return True
         doc = self._doc()
@@ -61,7 +66,7 @@ class Follower:
     def later(self, work: Callable[[], None]) -> bool:
         """Run ``work`` in the session's next tick, its document current; False if it is gone."""
         doc = self._doc()
-        if doc is None:
+        if doc is None or self.closed:
             return False
         try:
             doc.add_next_tick_callback(partial(self._run, work))
@@ -74,7 +79,7 @@ class Follower:
         from panel.io.state import set_curdoc
 
         doc = self._doc()
-        if doc is None:
+        if doc is None or self.closed:
             return
         # Panel builds new panes' models for its own notion of the current document,
         # which outside Panel's callbacks may be another session's.

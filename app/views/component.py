@@ -18,7 +18,7 @@ import panel as pn
 
 from headrace.app import registry
 from headrace.app.live.internals import Copies
-from headrace.app.pages.board import Follower, Status
+from headrace.app.pages.board import Board, Follower, Status
 from headrace.app.pages.template import prepare
 from headrace.app.views import freshness
 from headrace.app.views.engine import Engine, View, engine
@@ -54,6 +54,10 @@ class Lines(Follower):
     def _apply(self, status: Status) -> None:
         for view in list(self.views):
             view.show_status(status)
+
+    def close(self, board: Board) -> None:
+        self.closed = True
+        board.remove(self)
 
 
 _lines: weakref.WeakKeyDictionary[Document, Lines] = weakref.WeakKeyDictionary()
@@ -92,6 +96,7 @@ class LiveView(Follower):
             lines = _lines[doc] = Lines(doc)
             board = self.board
             pn.state.onload(lambda: board.add(lines))
+            pn.state.on_session_destroyed(lambda _context: lines.close(board))
         lines.views.add(self)
         self._lines = lines
         pn.state.on_session_destroyed(lambda _context: self.close())
@@ -274,5 +279,6 @@ class LiveView(Follower):
         for sink in self.sinks:
             self.fanout.unregister(sink)
         self.sinks = []
+        self.closed = True  # no more changes to its document
         self._lines.views.discard(self)
         self.engine.unwatch(self)

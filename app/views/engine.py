@@ -25,11 +25,10 @@ import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from bokeh.document import Document
-from bokeh.io.doc import patch_curdoc
 
 from headrace.app.live.channel import Channel, Replaced, length
 from headrace.app.live.columns import Columns, take
+from headrace.app.live.internals import scratch_document
 from headrace.app.settings import follow_seconds
 from headrace.app.views.calls import APPENDED, TAG, WINDOW, Calls, View
 from headrace.app.views.tree import (
@@ -163,13 +162,11 @@ class Engine:
 
     def _render(self) -> tuple[Rendering, dict[tuple, str], dict[tuple, Columns]]:
         whole = self.calls(self.calls.inputs(whole=True), styled=True)
-        scratch = Document()  # a document of its own: none of a session's change events
-        with patch_curdoc(scratch):
+        with scratch_document():  # a document of its own: none of a session's change events
             rendering = render_tree(whole, self.name)
             follow(rendering.root, self.view.follow or follow_seconds())
             lighter(rendering.root)
             tag(rendering.root, self.name, self.view.streams)
-        scratch.clear()
         shown = {e.path: e.element for e in elements(whole, self.name)}
         probes = {APPENDED: self._probe(APPENDED), WINDOW: self._probe(WINDOW)}
         kinds, data = {}, {}
