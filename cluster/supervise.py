@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 FIRST_DELAY = 1.0  # seconds before a restart; doubled while it keeps stopping at once
 MAX_DELAY = 15.0
 STEADY = 10.0  # a worker that ran this long stopped for a reason of the moment: no backoff
+FIRST_TRIES = 3  # failures at start, before it was ever up, before giving up
 
 
 def worker_command(args: Sequence[str]) -> list[str]:
@@ -33,8 +34,9 @@ def worker_command(args: Sequence[str]) -> list[str]:
 def supervise(command: Sequence[str], name: str = "dask worker") -> int:
     """Run ``command`` until SIGTERM/SIGINT, starting it again each time it exits.
 
-    Returns 0 once stopped; or the command's exit code if its first run fails before it
-    was steady (a usage error, a bad certificate): restarting would only repeat it.
+    Returns 0 once stopped; or the command's exit code if it failed :data:`FIRST_TRIES`
+    times at start before it was ever up (a usage error, a bad certificate): restarting
+    would only repeat it.
     """
     stop = threading.Event()
     proc = None
@@ -45,7 +47,8 @@ def supervise(command: Sequence[str], name: str = "dask worker") -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stopping)
-    delay, first = FIRST_DELAY, True
+    delay = FIRST_DELAY
+    failed_at_start: int | None = 0
     try:
         while not stop.is_set():
             started = time.monotonic()
@@ -56,14 +59,21 @@ def supervise(command: Sequence[str], name: str = "dask worker") -> int:
             if stop.is_set():
                 break
             ran = time.monotonic() - started
-            if first and proc.returncode != 0 and ran < STEADY:
-                log.error(
-                    "worker: %s failed at start (exit code %s, its log above); not restarting it",
-                    name,
-                    proc.returncode,
-                )
-                return proc.returncode
-            first = False
+            if failed_at_start is not None and proc.returncode != 0 and ran < STEADY:
+                # Never up yet: a usage error or a bad certificate fails every time, a
+                # scheduler that closed the registration (a busy machine) does not.
+                failed_at_start += 1
+                if failed_at_start >= FIRST_TRIES:
+                    log.error(
+                        "worker: %s failed at start %d times (exit code %s, its log above);"
+                        " not restarting it",
+                        name,
+                        failed_at_start,
+                        proc.returncode,
+                    )
+                    return proc.returncode
+            else:
+                failed_at_start = None  # it was up once: from now on, always started again
             if ran >= STEADY:
                 delay = FIRST_DELAY
             log.warning(
