@@ -259,8 +259,9 @@ class Engine:
         self._check_shape(glyph, columns)
         newest = self._last_x.get(path, -np.inf)
         x = columns[glyph.x]
-        if len(x) and x.dtype.kind == "f":
-            # Rows a lookback gave again, or that a function made older than drawn ones.
+        lookback = any(given.lookback for given in self.view.inputs.values())
+        if lookback and len(x) and x.dtype.kind == "f":
+            # Rows a lookback gave again (only then: equal times can be real rows).
             start = int(np.searchsorted(x, newest, side="right"))
             columns = take(columns, start) if start else columns
         n = length(columns)
