@@ -12,10 +12,24 @@ import numpy as np
 from headrace.app.live.columns import Columns, concat, take
 
 
-class Channel:
+class Projected:
+    """A window that sessions take with their sources' columns, projected once per window."""
+
+    __slots__ = ("_as", "window")
+
+    def window_as(self, columns: list[str]) -> Columns:
+        """The window with exactly ``columns``, made once per window for all sessions."""
+        key = tuple(columns)
+        projected = self._as.get(key)
+        if projected is None:
+            projected = self._as[key] = project(self.window, columns)
+        return projected
+
+
+class Channel(Projected):
     """One stream as every in-sync session has it: the newest ``rollover`` rows, wire form."""
 
-    __slots__ = ("_as", "end", "pending", "pending_end", "rollover", "stream", "window")
+    __slots__ = ("end", "pending", "pending_end", "rollover", "stream")
 
     def __init__(self, stream: str, window: Columns, end: int, rollover: int) -> None:
         self.stream = stream
@@ -56,14 +70,6 @@ class Channel:
         times = self.window.get("time")
         return float(times[-1]) if times is not None and len(times) else 0.0
 
-    def window_as(self, columns: list[str]) -> Columns:
-        """The window with exactly ``columns``, made once per window for all sessions."""
-        key = tuple(columns)
-        projected = self._as.get(key)
-        if projected is None:
-            projected = self._as[key] = project(self.window, columns)
-        return projected
-
     def since(self, index: int, columns: list[str]) -> Columns:
         """The window's rows from ``index`` on (all of it if ``index`` rolled out)."""
         rows = take(self.window, max(0, index - self.start))
@@ -83,7 +89,7 @@ def project(rows: Columns, columns: list[str]) -> Columns:
     return {c: rows[c] if c in rows else np.full(n, np.nan) for c in columns}
 
 
-class Replaced:
+class Replaced(Projected):
     """A source whose data is replaced each tick (a histogram of the last minute).
 
     The same interface as :class:`Channel` for the fan-out: ``end`` counts replacements,
@@ -91,7 +97,7 @@ class Replaced:
     ``ColumnDataChanged``, encoded once for every session that needs it).
     """
 
-    __slots__ = ("_as", "end", "pending", "stream", "window")
+    __slots__ = ("end", "pending", "stream")
     rollover = None  # replace, not stream
     start = 0  # nothing rolls out: a session is never told it skipped rows
 
@@ -115,13 +121,6 @@ class Replaced:
 
     def newest(self) -> float:
         return 0.0  # not a live row's time: kept out of the latency figures
-
-    def window_as(self, columns: list[str]) -> Columns:
-        key = tuple(columns)
-        projected = self._as.get(key)
-        if projected is None:
-            projected = self._as[key] = project(self.window, columns)
-        return projected
 
     def since(self, index: int, columns: list[str]) -> Columns:
         return self.window_as(columns)

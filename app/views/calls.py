@@ -54,6 +54,7 @@ class Calls:
         self.view = view
         self.subscriber = subscriber
         self.kinds = {a: WINDOW if g.span is not None else APPENDED for a, g in view.inputs.items()}
+        self.lookback = any(g.lookback for g in view.inputs.values())  # rows given again
         self.count = 0  # calls, for the whole process
         self._empties: dict[str, Columns] = {}
 

@@ -209,7 +209,7 @@ def refuse_early(view: View) -> None:
         return
     _checked.add(view.name)
     from headrace.app.live.internals import data_only
-    from headrace.app.views.tree import SUMMARIES, ViewError, backend, elements
+    from headrace.app.views.tree import ViewError, backend, elements, refuse_summary
     from headrace.etl.contract.frames import empty_frame
 
     backend()
@@ -224,15 +224,12 @@ def refuse_early(view: View) -> None:
         return  # decided with real rows
     appended = [r.stream for r in view.inputs.values() if r.appended]
     if len(appended) == len(view.inputs):
-        for item in found:
-            kind = type(item.element).__name__
-            if kind in SUMMARIES:
-                _checked.discard(view.name)
-                raise ViewError(
-                    f"view {view.name}: hv.{kind} summarises many rows and cannot be streamed "
-                    "row by row; give it a window of rows as input instead, e.g. "
-                    f"live.rows({appended[0]!r}).last('60s')"
-                )
+        try:
+            for item in found:
+                refuse_summary(view.name, type(item.element).__name__, appended)
+        except ViewError:
+            _checked.discard(view.name)
+            raise
 
 
 def _qualname(function: ViewFunction) -> str:

@@ -32,13 +32,13 @@ from headrace.app.live.internals import scratch_document
 from headrace.app.settings import follow_seconds
 from headrace.app.views.calls import APPENDED, TAG, WINDOW, Calls, View
 from headrace.app.views.tree import (
-    SUMMARIES,
     Glyph,
     Rendering,
     ViewError,
     elements,
     follow,
     lighter,
+    refuse_summary,
     tag,
 )
 from headrace.app.views.tree import label as path_label
@@ -188,7 +188,8 @@ class Engine:
                     "rows and from a window at once; draw each in an element of its own"
                 )
             if reads[APPENDED]:
-                self._check_streamable(glyph)
+                appended = [g.stream for g in self.view.inputs.values() if g.span is None]
+                refuse_summary(self.name, glyph.kind, appended)
                 kinds[path] = APPEND if glyph.streamed else REDRAW
             elif reads[WINDOW]:
                 kinds[path] = REPLACE
@@ -200,15 +201,6 @@ class Engine:
             return None
         result = self.calls(self.calls.inputs(whole=True, skip=skip))
         return {e.path: e.element for e in elements(result, self.name)}
-
-    def _check_streamable(self, glyph: Glyph) -> None:
-        if glyph.kind in SUMMARIES:
-            streams = [g.stream for g in self.view.inputs.values() if g.span is None]
-            raise ViewError(
-                f"view {self.name}: hv.{glyph.kind} summarises many rows and cannot be "
-                "streamed row by row; give it a window of rows as input instead, e.g. "
-                f"live.rows({streams[0]!r}).last('60s')"
-            )
 
     # -- every tick -------------------------------------------------------------------------
 
@@ -259,8 +251,7 @@ class Engine:
         self._check_shape(glyph, columns)
         newest = self._last_x.get(path, -np.inf)
         x = columns[glyph.x]
-        lookback = any(given.lookback for given in self.view.inputs.values())
-        if lookback and len(x) and x.dtype.kind == "f":
+        if self.calls.lookback and len(x) and x.dtype.kind == "f":
             # Rows a lookback gave again (only then: equal times can be real rows).
             start = int(np.searchsorted(x, newest, side="right"))
             columns = take(columns, start) if start else columns

@@ -124,6 +124,16 @@ class Rendering:
     glyphs: dict[Path, Glyph] = field(default_factory=dict)
 
 
+def refuse_summary(name: str, kind: str, streams: list[str]) -> None:
+    """Refuse an element of type ``kind`` drawn from appended rows if it summarises them."""
+    if kind in SUMMARIES:
+        raise ViewError(
+            f"view {name}: hv.{kind} summarises many rows and cannot be streamed row by row; "
+            "give it a window of rows as input instead, e.g. "
+            f"live.rows({streams[0]!r}).last('60s')"
+        )
+
+
 def backend() -> None:
     """HoloViews' Bokeh backend, as ``hv.extension("bokeh")`` selects it (options need it)."""
     global _selected
