@@ -348,3 +348,53 @@ def test_a_scratch_document_is_let_go_of_when_rendering_fails():
             assert curdoc() is scratch
             1 / 0  # noqa: B018
         assert bokeh_doc._PATCHED_CURDOCS == [] and curdoc() is before
+
+
+def _pulled(doc) -> str:
+    """A session's ``PULL-DOC`` reply for ``doc``: its JSON and buffers (ids by position)."""
+    from bokeh.protocol import Protocol
+
+    message = Protocol().create("PULL-DOC-REPLY", "1", doc)
+    text = message.content_json
+    for i, buffer in enumerate(message.buffers):
+        text = text.replace(f'"{buffer.ref["id"]}"', f'"buffer{i}"')
+    return text + "".join(buffer.to_bytes().hex() for buffer in message.buffers)
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_lean_serialisation_gives_bokehs_own_bytes(theme):
+    """A page serialised without computing defaults is Bokeh's own reply, byte for byte."""
+    import holoviews as hv
+    import pandas as pd
+    import panel as pn
+    from bokeh.core.has_props import HasProps
+    from bokeh.document import Document
+    from panel.io.state import set_curdoc
+
+    from headrace.app.views.tree import backend
+
+    backend()
+    wire.lean_serialisation()
+    lean = HasProps.query_properties_with_values
+    frame = pd.DataFrame({"time": pd.date_range("2026", periods=50, freq="25ms"), "v": 1.0})
+    doc = Document()
+    with set_curdoc(doc):
+        pn.template.BootstrapTemplate(
+            title="t",
+            sidebar=[pn.widgets.MultiChoice(options=["a", "b"]), pn.widgets.Button()],
+            main=[pn.pane.HoloViews(hv.Curve(frame, "time", "v") * hv.Scatter(frame)), "x"],
+            theme=theme,
+        ).server_doc(doc)
+
+    def bokehs() -> str:
+        HasProps.query_properties_with_values = lean.original
+        try:
+            return _pulled(doc)
+        finally:
+            HasProps.query_properties_with_values = lean
+
+    with relied_on_by(WIRE, "HasProps.query_properties_with_values(include_defaults=False)"):
+        assert getattr(lean, "headrace", False)
+        first = _pulled(doc)  # on fresh models, before Bokeh's own pass filled any default
+        assert len(doc.models) > 50 and first == bokehs()
+        assert _pulled(doc) == bokehs() == first

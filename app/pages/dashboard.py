@@ -20,7 +20,7 @@ import panel as pn
 
 from headrace.app import registry
 from headrace.app.pages.board import Follower, Status
-from headrace.app.pages.template import badge, page, serve
+from headrace.app.pages.template import Text, badge, page, serve
 from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
 from headrace.app.views.component import LiveView
@@ -63,7 +63,7 @@ class Dashboard(Follower):
         # Until the viewer picks, newly published streams are shown as they appear.
         self.follow_all, self._updating = True, False
         self.plots = pn.Column(sizing_mode="stretch_width")
-        self.line = pn.pane.HTML(status.line, sizing_mode="stretch_width", margin=(0, 10))
+        self.line = Text(status.line, sizing_mode="stretch_width")
         self.notice = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 10))
         self.picker.param.watch(self._picked, "value")
         self.span = pn.widgets.RadioButtonGroup(
@@ -77,7 +77,7 @@ class Dashboard(Follower):
         self.span.param.watch(self._windowed, "value")
         self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
         self.controls = pn.Column(self.picker, self.span, sizing_mode="stretch_width")
-        self.state = pn.pane.HTML(self._badge(status), margin=(12, 10))
+        self.state = Text(self._badge(status), margin=(12, 10))
         self._sync()  # streams known now go into the document the browser first receives
         # Changes made after the browser connected but before it reported the document
         # ready are dropped by Panel: status updates start once it has loaded.
@@ -92,7 +92,9 @@ class Dashboard(Follower):
         self.main = pn.Column(
             self.notice, self.plots, sizing_mode="stretch_width", tags=[f"pid:{os.getpid()}"]
         )
-        self.layout = page(TITLE, [self.main], [self.controls, self.line, about], self.state)
+        self.layout = page(
+            TITLE, [self.main], [self.controls, self.line.panel, about], self.state.panel
+        )
 
     def _loaded(self) -> None:
         self.board.add(self)
@@ -107,11 +109,8 @@ class Dashboard(Follower):
                     self.picker.value = known
             finally:
                 self._updating = False
-        if status.line != self.line.object:
-            self.line.object = status.line
-        state = self._badge(status)
-        if state != self.state.object:
-            self.state.object = state
+        self.line.html = status.line
+        self.state.html = self._badge(status)
 
     @staticmethod
     def _badge(status: Status) -> str:

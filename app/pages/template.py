@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import panel as pn
-from bokeh.models import CustomJS
+from bokeh.models import CustomJS, Div
+
+from headrace.app.live.internals import lean_serialisation
 
 if TYPE_CHECKING:
     from bokeh.document import Document
@@ -36,6 +38,32 @@ def badge(state: str, text: str) -> str:
         f'<span class="hr-badge" style="background:{colour};color:#fff;padding:2px 10px;'
         f'border-radius:10px;font-weight:600">{html.escape(text)}</span>'
     )
+
+
+class Text:
+    """A line of HTML on a page whose change costs one property change.
+
+    Panel's HTML pane sends all its properties on every change, its stylesheets among
+    them, and Bokeh then walks the session's whole model graph again (a status line
+    changing for hundreds of viewers was most of a process's CPU). A Bokeh ``Div`` whose
+    ``text`` alone changes is one small event. Make and change it in the session.
+    """
+
+    def __init__(self, html: str, margin: tuple[int, int] = (0, 10), **kwargs: object) -> None:
+        self.div = Div(text=html, margin=margin, **kwargs)
+        self.panel = pn.pane.Bokeh(self.div, margin=0, **kwargs)
+
+    @property
+    def html(self) -> str:
+        return self.div.text
+
+    @html.setter
+    def html(self, html: str) -> None:
+        if html != self.div.text:  # the same text would still cost every viewer a message
+            self.div.text = html
+
+    def __panel__(self) -> pn.pane.Bokeh:
+        return self.panel
 
 
 def dark() -> bool:
@@ -73,6 +101,7 @@ def prepare(doc: Document) -> None:
         return
     doc.template_variables["headrace"] = True
     builds += 1
+    lean_serialisation()  # the page's PULL-DOC reply, at a third of Bokeh's cost
     # Panel points its stylesheets at this server only once it renders the HTML page; with
     # --num-procs the websocket (and so the session's document) may be another process's,
     # whose document would then point them at cdn.holoviz.org.
@@ -112,7 +141,7 @@ def local_dist() -> str:
 
 
 def page(
-    title: str, main: Sequence[object], sidebar: Sequence[object], state: pn.pane.HTML
+    title: str, main: Sequence[object], sidebar: Sequence[object], state: object
 ) -> pn.template.BaseTemplate:
     """A served page: ``state`` in the header, ``sidebar`` and ``main`` as they are."""
     return pn.template.BootstrapTemplate(

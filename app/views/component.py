@@ -19,7 +19,7 @@ import panel as pn
 from headrace.app import registry
 from headrace.app.live.internals import Copies
 from headrace.app.pages.board import Board, Follower, Status
-from headrace.app.pages.template import prepare
+from headrace.app.pages.template import Text, prepare
 from headrace.app.views import freshness
 from headrace.app.views.engine import Engine, View, engine
 from headrace.app.views.lookback import LookBack, Window
@@ -83,12 +83,10 @@ class LiveView(Follower):
         self.lookback: LookBack | None = None
         self.window: Window | None = None  # None: live
         self._past: dict[tuple, GlyphRenderer] = {}  # history drawn under each live glyph
-        self.title = pn.pane.HTML(
-            self._title(self.board.status()), margin=(0, 10), sizing_mode="stretch_width"
-        )
+        self.title = Text(self._title(self.board.status()), sizing_mode="stretch_width")
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, margin=(0, 10))
         self.body = pn.Column(sizing_mode="stretch_width")
-        self.panel = pn.Column(self.title, self.alert, self.body, sizing_mode="stretch_width")
+        self.panel = pn.Column(self.title.panel, self.alert, self.body, sizing_mode="stretch_width")
         self.engine.watch(self)
         self._show()
         lines = _lines.get(doc)
@@ -148,9 +146,7 @@ class LiveView(Follower):
         self.later(self._show)
 
     def show_status(self, status: Status) -> None:
-        text = self._title(status)
-        if text != self.title.object:  # unchanged text would still cost a message
-            self.title.object = text
+        self.title.html = self._title(status)
 
     def _title(self, status: Status) -> str:
         texts = dict(status.freshness)
