@@ -67,6 +67,13 @@ BEHIND = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+WAITING = Gauge(
+    "headrace_session_opens_waiting",
+    "Session opens waiting for their turn to be built (admission control).",
+    LABELS,
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 COUNTERS = {  # fan-out / subscriber counter -> metric
     "messages": _counter("headrace_viewer_messages", "Row messages sent to sessions."),
     "sent_bytes": _counter("headrace_viewer_sent_bytes", "Bytes of row messages sent."),
@@ -78,6 +85,10 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "rows": _counter("headrace_rows_ingested", "Rows taken into this process's windows."),
     "builds": _counter(
         "headrace_session_builds", "Pages built for a session (ours or a user's app)."
+    ),
+    "refused": _counter(
+        "headrace_session_refused",
+        "Session opens refused because too many were waiting in the process.",
     ),
     "opened": _counter(
         "headrace_session_opens", "Sessions whose browser loaded the page (reported ready)."
@@ -121,6 +132,7 @@ class ProcessFigures:
                 self.seen[key] = value
         SESSIONS.labels(self.pid).set(totals.get("sessions", 0))
         BEHIND.labels(self.pid).set(totals.get("behind", 0))
+        WAITING.labels(self.pid).set(totals.get("waiting", 0))
 
     def flushed(self, seconds: float, lags: list[float]) -> None:
         """From the fan-out: a flush took ``seconds``, carrying rows ``lags`` seconds old."""

@@ -12,15 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from headrace.app.live.admission import Admission
 from headrace.app.live.fanout import Fanout
+from headrace.app.live.internals import gate_sessions
 from headrace.app.live.subscriber import Subscriber
 from headrace.app.pages.board import Board
 from headrace.app.pages.opsboard import OpsBoard
 from headrace.app.settings import history_url
 from headrace.app.telemetry import Telemetry
 from headrace.app.views.history import HistoryCache
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,18 +37,28 @@ class Registry:
     history: HistoryCache
     telemetry: Telemetry
     ops: OpsBoard
+    admission: Admission
 
     @classmethod
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
         history = history or HistoryCache(history_url())
         fanout = Fanout(subscriber)
-        telemetry = Telemetry(subscriber, fanout)
-        return cls(subscriber, fanout, Board(subscriber), history, telemetry, OpsBoard(subscriber))
+        admission = Admission()
+        fanout.observers.append(admission.flushed)
+        telemetry = Telemetry(subscriber, fanout, admission)
+        board, ops = Board(subscriber), OpsBoard(subscriber)
+        return cls(subscriber, fanout, board, history, telemetry, ops, admission)
 
     def start(self) -> None:
-        """Start the subscriber and the figures' timer on the running loop."""
+        """Start the subscriber and the figures' timer on the running loop; from now on
+        this process opens sessions in turn (:mod:`headrace.app.live.admission`)."""
         self.subscriber.start()
         self.telemetry.start()
+        gate_sessions(_admit)
+
+
+async def _admit(build: Callable[[], Awaitable[T]]) -> T:
+    return await get().admission.admit(build)
 
 
 _current: tuple[int, Registry] | None = None

@@ -22,6 +22,7 @@ from headrace.app.metrics import ProcessFigures
 if TYPE_CHECKING:
     from distributed import Client
 
+    from headrace.app.live.admission import Admission
     from headrace.app.live.fanout import Fanout
     from headrace.app.live.subscriber import Subscriber
 
@@ -34,8 +35,10 @@ KEY = ["headrace", "viewers"]
 
 
 class Telemetry:
-    def __init__(self, subscriber: Subscriber, fanout: Fanout) -> None:
-        self.subscriber, self.fanout = subscriber, fanout
+    def __init__(
+        self, subscriber: Subscriber, fanout: Fanout, admission: Admission | None = None
+    ) -> None:
+        self.subscriber, self.fanout, self.admission = subscriber, fanout, admission
         self.figures = ProcessFigures()
         self.ident = f"{socket.gethostname()}-{os.getpid()}"
         self._timer: Any = None
@@ -47,7 +50,7 @@ class Telemetry:
             return
         from tornado.ioloop import PeriodicCallback
 
-        self.fanout.observer = self.figures.flushed
+        self.fanout.observers.append(self.figures.flushed)
         self._timer = PeriodicCallback(self._tick, PERIOD_MS)
         self._timer.start()
 
@@ -66,6 +69,8 @@ class Telemetry:
             **self.subscriber.stats,
             **self.fanout.info(),
             "builds": template.builds,
+            "refused": self.admission.refused if self.admission else 0,
+            "waiting": self.admission.waiting if self.admission else 0,
             "views": len(views),
             "view_calls": sum(e.calls.count for e in views),
             "view_renders": sum(e.version for e in views),

@@ -84,6 +84,8 @@ def panel_command(
     # the websocket builds a session, in whichever process the kernel hands it to.
     # Without it, every open built a page for the GET too (two builds per open).
     cmd += ["--reuse-sessions"]
+    # A page waiting for its turn to open (headrace.app.live.admission) shows a spinner.
+    cmd += ["--global-loading-spinner"]
     if num_procs > 1:
         # Panel runs --setup in each child after the fork, on its loop; with one process it
         # would run before the loop exists, so there the first session starts the subscriber.

@@ -222,8 +222,8 @@ class Fanout:
         self.opened = 0  # sessions whose browser reported the document ready
         self.flushes = self.encodes = self.messages = self.sent_bytes = 0
         self.flush_seconds = 0.0
-        # Told each flush's duration and the age of each stream's newest row it carried.
-        self.observer: Callable[[float, list[float]], None] | None = None
+        # Told after each flush: its seconds and each moved stream's lag (telemetry, admission).
+        self.observers: list[Callable[[float, list[float]], None]] = []
         subscriber.add_listener(self._on_rows)
 
     def open_session(self, doc: Document, on_skip: Callable[[int], None] | None = None) -> None:
@@ -359,9 +359,10 @@ class Fanout:
             self.flushes += 1
         took = time.perf_counter() - started
         self.flush_seconds += took
-        if self.observer is not None:
-            now_ms = time.time() * 1000
-            self.observer(took, [(now_ms - c.newest()) / 1000 for c in moved if c.newest()])
+        now_ms = time.time() * 1000
+        lags = [(now_ms - c.newest()) / 1000 for c in moved if c.newest()]
+        for observe in self.observers:
+            observe(took, lags)
 
     def sinks(self, stream: str | None = None) -> int:
         with self.lock:

@@ -17,6 +17,9 @@ on any release series but the ones below, which the lock file pins):
   the defaults; a session's ``PULL-DOC`` reply was a fifth of its open. Looking at the
   set, unstable and themed values first gives the same JSON (``tests/test_internals.py``
   compares it byte for byte) at a sixth of the cost.
+- **Sessions opened in turn** (:func:`gate_sessions`): Bokeh's ``WSHandler._async_open``
+  (make the session, send the ACK) wrapped so that a process builds sessions one at a
+  time between flushes (:mod:`headrace.app.live.admission`).
 - **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
   ``patch_curdoc`` leaves its document patched when its body raises.
 - **HoloViews' plots, read** (:func:`plot_leaves`, :func:`leaf_data`): which element
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -174,6 +177,31 @@ def lean_serialisation() -> None:
     query_properties_with_values.headrace = True  # type: ignore[attr-defined]
     query_properties_with_values.original = original  # type: ignore[attr-defined]
     HasProps.query_properties_with_values = query_properties_with_values  # type: ignore[method-assign]
+
+
+def gate_sessions(admit: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> None:
+    """Open every websocket session of this process's Bokeh server through ``admit``.
+
+    ``admit(open)`` runs ``open()`` (Bokeh's own: make the session, send the ACK) when it
+    decides; :class:`~headrace.app.live.admission.Refused` from it closes the websocket
+    with code 1013 and its message. Installed once per process; later calls do nothing.
+    """
+    from bokeh.server.views.ws import WSHandler
+
+    from headrace.app.live.admission import Refused
+
+    if getattr(WSHandler._async_open, "headrace", False):
+        return
+    original = WSHandler._async_open
+
+    async def _async_open(self: WSHandler, token: str) -> None:
+        try:
+            await admit(lambda: original(self, token))
+        except Refused as refused:
+            self.close(1013, str(refused))
+
+    _async_open.headrace = True  # type: ignore[attr-defined]
+    WSHandler._async_open = _async_open  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -1,0 +1,115 @@
+"""Admission of new sessions: a crowd opening a page never stalls the viewers watching it.
+
+A session's build (the page's code, Panel's models, Bokeh's document) runs on the
+process's event loop, the one that feeds every open session; a hundred builds at once
+hold that loop for seconds, and every watcher's rows wait behind them. So a process
+builds one session at a time, each starting only when it fits before the next fan-out
+flush (by the recent time between flushes and the recent build times), else just after
+that flush (or once no flush has come for :data:`IDLE`), and keeps at most
+``limit`` opens waiting. Beyond that an open is refused: its websocket is closed with
+code 1013 ("try again later") and the reason, and the refusal is logged, rather than
+queued without end (500 opens in a second, or a page opened and closed in a loop, cost
+a waiting coroutine each, never the process's memory). While an open waits, its page
+shows Panel's loading spinner (``--global-loading-spinner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+LIMIT = 100  # opens waiting per process before new ones are refused
+IDLE = 0.3  # seconds to wait for a flush before building anyway (no rows are coming)
+FIRST_BUILD = 0.2  # seconds a build is taken to cost until one was measured
+SMOOTH = 0.2  # weight of the newest figure in the running estimates
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """An open refused because too many are waiting; the message is for the viewer."""
+
+
+class Admission:
+    """One process's gate for session builds (see the module's docstring)."""
+
+    def __init__(self, limit: int = LIMIT, idle: float = IDLE) -> None:
+        self.limit, self.idle = limit, idle
+        self.waiting = 0
+        self.admitted = self.refused = 0
+        self.flushed_at = float("-inf")  # time.monotonic() of the last flush's end
+        self.interval: float | None = None  # recent seconds between flushes
+        self.build_seconds = FIRST_BUILD  # recent seconds per build
+        self._flush: asyncio.Future[None] | None = None
+        self._turn: asyncio.Lock | None = None
+
+    def flushed(self, _seconds: float = 0.0, _lags: object = None) -> None:
+        """From the fan-out: a flush ended (a :class:`Fanout` observer)."""
+        now = time.monotonic()
+        gap = now - self.flushed_at
+        if gap < self.idle:  # rows are flowing; a longer gap is a pause, not a cadence
+            self.interval = gap if self.interval is None else _smooth(self.interval, gap)
+        self.flushed_at = now
+        if self._flush is not None and not self._flush.done():
+            self._flush.set_result(None)
+        self._flush = None
+
+    async def admit(self, build: Callable[[], Awaitable[T]]) -> T:
+        """Run ``build`` in this process's turn; raise :class:`Refused` if too many wait."""
+        if self.waiting >= self.limit:
+            self.refused += 1
+            log.info(
+                "session refused: %d opens already waiting in this process (limit %d); "
+                "%d refused so far",
+                self.waiting,
+                self.limit,
+                self.refused,
+            )
+            raise Refused(
+                f"headrace: {self.waiting} pages are opening on this server process; "
+                "reload in a few seconds"
+            )
+        self.waiting += 1
+        waiting = True
+        try:
+            if self._turn is None:
+                self._turn = asyncio.Lock()
+            async with self._turn:
+                self.waiting -= 1
+                waiting = False
+                await self._quiet()
+                self.admitted += 1
+                started = time.monotonic()
+                try:
+                    return await build()
+                finally:
+                    took = time.monotonic() - started
+                    self.build_seconds = _smooth(self.build_seconds, took)
+        finally:
+            if waiting:  # cancelled while waiting (the viewer left)
+                self.waiting -= 1
+
+    def fits(self) -> bool:
+        """Whether a build started now ends before the next flush is due (or none is)."""
+        now = time.monotonic()
+        if self.interval is None or now - self.flushed_at > self.idle:
+            return True
+        return now + self.build_seconds <= self.flushed_at + self.interval
+
+    async def _quiet(self) -> None:
+        """Until a build fits before the next flush: now, or just after that flush."""
+        if self.fits():
+            return
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):  # no rows are flowing: nobody to yield to
+            await asyncio.wait_for(asyncio.shield(self._flush), self.idle)
+
+
+def _smooth(estimate: float, figure: float) -> float:
+    return (1 - SMOOTH) * estimate + SMOOTH * figure
