@@ -29,14 +29,16 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from headrace.app.live import internals as wire
+from headrace.app.views import hvinternals
 
 TESTED = {
     "bokeh": wire.BOKEH_TESTED,
     "panel": wire.PANEL_TESTED,
-    "holoviews": wire.HOLOVIEWS_TESTED,
+    "holoviews": hvinternals.HOLOVIEWS_TESTED,
     "tornado": wire.TORNADO_TESTED,
 }
 CLONE = WIRE = "headrace.app.live.internals"
+HV = "headrace.app.views.hvinternals"
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock-linux-x86_64-py311.txt"
@@ -315,23 +317,23 @@ def test_holoviews_plot_internals():
     frame = pd.DataFrame({"time": pd.date_range("2026", periods=3, freq="s"), "v": [1.0, 2, 3]})
     curve = hv.Curve(frame, "time", "v").opts(color="red")
     scatter = hv.Scatter(frame, "time", "v")
-    with relied_on_by(WIRE, "HoloViews' plot tree (traverse, current_frame, handles)"):
+    with relied_on_by(HV, "HoloViews' plot tree (traverse, current_frame, handles)"):
         plot = hv.renderer("bokeh").get_plot(curve * scatter)
-        leaves = {id(h["element"]): (leaf, h) for leaf, h in wire.plot_leaves(plot)}
+        leaves = {id(h["element"]): (leaf, h) for leaf, h in hvinternals.plot_leaves(plot)}
         leaf, handles = leaves[id(curve)]
         assert {"source", "glyph", "glyph_renderer", "plot"} <= set(handles)
         assert handles["glyph_renderer"].data_source is handles["source"]
-    with relied_on_by(WIRE, "ElementPlot.get_data(element, ranges, style)"):
-        data = wire.leaf_data(leaf, curve.clone(data=frame.iloc[1:]))
+    with relied_on_by(HV, "ElementPlot.get_data(element, ranges, style)"):
+        data = hvinternals.leaf_data(leaf, curve.clone(data=frame.iloc[1:]))
         assert list(data["v"]) == [2.0, 3.0]
-    with relied_on_by(WIRE, "the style options an element plot looked up"):
-        assert wire.leaf_option(leaf, "color") == "red"
+    with relied_on_by(HV, "the style options an element plot looked up"):
+        assert hvinternals.leaf_option(leaf, "color") == "red"
 
     def colour() -> str:
         return hv.Store.lookup_options("bokeh", curve, "style").kwargs["color"]
 
-    with relied_on_by(WIRE, "holoviews.core.accessors.Opts.__call__"):
-        with wire.data_only():
+    with relied_on_by(HV, "holoviews.core.accessors.Opts.__call__"):
+        with hvinternals.data_only():
             assert curve.opts(color="blue") is curve and colour() == "red"  # not applied
         curve.opts(color="blue")
         assert colour() == "blue"

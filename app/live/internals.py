@@ -22,14 +22,6 @@ on any release series but the ones below, which the lock file pins):
   time between flushes (:mod:`headrace.app.live.admission`).
 - **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
   ``patch_curdoc`` leaves its document patched when its body raises.
-- **HoloViews' plots, read** (:func:`plot_leaves`, :func:`leaf_data`): which element
-  each rendered glyph draws, its handles (source, glyph, renderer, figure), and the
-  columns HoloViews would put in its source for another element (``get_data``).
-- **A view's function called for its data only** (:func:`data_only`). A live view's
-  function runs once per process per tick, and its elements are only read for their
-  data (the glyphs' style comes from the rendering made once). HoloViews' ``.opts()``
-  is most of such a call's cost (8 of 11 ms for the dashboard's plot): inside
-  :func:`data_only` it returns the element as it is.
 - **Streamed rows as protocol bytes, encoded once** (:func:`encode`, :class:`Socket`,
   :func:`sockets`). Bokeh encodes a ``PATCH-DOC`` per session: for ``cds.stream`` the
   JSON names the source by model id and the buffers are the rows. Sessions whose
@@ -66,7 +58,6 @@ if TYPE_CHECKING:
 # tests/test_internals.py fails on any other version (pyproject.toml caps bokeh and panel).
 BOKEH_TESTED = "3.9"
 PANEL_TESTED = "1.9"
-HOLOVIEWS_TESTED = "1.23"
 TORNADO_TESTED = "6.6"
 
 TEXT, BINARY = 0x1, 0x2
@@ -223,57 +214,6 @@ def scratch_document() -> Iterator[Any]:
     finally:
         del bokeh_doc._PATCHED_CURDOCS[depth:]
         document.clear()
-
-
-# --- HoloViews' plots ---------------------------------------------------------------------
-
-
-def plot_leaves(plot: Any) -> list[tuple[Any, dict[str, Any]]]:
-    """Each element plot under ``plot`` (HoloViews' rendering) with the element it drew
-    and its Bokeh handles (``source``, ``glyph``, ``glyph_renderer``, ``plot``...)."""
-    from holoviews.plotting.plot import GenericElementPlot
-
-    return [
-        (leaf, {"element": leaf.current_frame, **leaf.handles})
-        for leaf in plot.traverse(lambda p: p, [GenericElementPlot])
-    ]
-
-
-def leaf_data(leaf: Any, element: Any) -> dict[str, Any]:
-    """The columns ``leaf`` (an element plot) would give its source for ``element``."""
-    from holoviews.core.util import match_spec
-
-    ranges = match_spec(element, leaf.current_ranges or {})
-    data, _mapping, _style = leaf.get_data(element, ranges, leaf.style[leaf.cyclic_index])
-    return data
-
-
-def leaf_option(leaf: Any, name: str) -> Any:
-    """The style option ``name`` HoloViews looked up for the leaf's element."""
-    return leaf.lookup_options(leaf.current_frame, "style").kwargs.get(name)
-
-
-# --- a view's function, called for its data ----------------------------------------------
-
-
-@contextmanager
-def data_only() -> Iterator[None]:
-    """HoloViews' ``.opts(...)`` does nothing inside: elements made for their data only.
-
-    Call on one thread at a time (the server's loop): the accessor is patched on its class.
-    """
-    from holoviews.core.accessors import Opts
-
-    original = Opts.__call__
-    Opts.__call__ = _unchanged
-    try:
-        yield
-    finally:
-        Opts.__call__ = original
-
-
-def _unchanged(self: Any, *args: Any, **kwargs: Any) -> Any:
-    return self._obj
 
 
 # --- rows as protocol bytes, written to websockets ----------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from headrace.app.live.columns import Columns, take
-from headrace.app.live.internals import data_only
+from headrace.app.views.hvinternals import data_only
 from headrace.app.views.tree import ViewError, backend
 
 if TYPE_CHECKING:

@@ -208,7 +208,7 @@ def refuse_early(view: View) -> None:
     if view.name in _checked:
         return
     _checked.add(view.name)
-    from headrace.app.live.internals import data_only
+    from headrace.app.views.hvinternals import data_only
     from headrace.app.views.tree import ViewError, backend, elements, refuse_summary
     from headrace.etl.contract.frames import empty_frame
 

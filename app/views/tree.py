@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headrace.app.live.columns import Columns, to_wire
-from headrace.app.live.internals import leaf_data, leaf_option, plot_leaves
+from headrace.app.views.hvinternals import leaf_data, leaf_option, plot_leaves
 
 if TYPE_CHECKING:
     from bokeh.models import ColumnDataSource, Model
