@@ -74,6 +74,13 @@ WAITING = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+PREPARED = Gauge(
+    "headrace_sessions_prepared",
+    "Sessions built ahead and waiting for an open of their page.",
+    LABELS,
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 COUNTERS = {  # fan-out / subscriber counter -> metric
     "messages": _counter("headrace_viewer_messages", "Row messages sent to sessions."),
     "sent_bytes": _counter("headrace_viewer_sent_bytes", "Bytes of row messages sent."),
@@ -89,6 +96,10 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "refused": _counter(
         "headrace_session_refused",
         "Session opens refused because too many were waiting in the process.",
+    ),
+    "adopted": _counter(
+        "headrace_session_prepared_opens",
+        "Session opens that took a session built ahead (no build while the viewer waited).",
     ),
     "opened": _counter(
         "headrace_session_opens", "Sessions whose browser loaded the page (reported ready)."
@@ -133,6 +144,7 @@ class ProcessFigures:
         SESSIONS.labels(self.pid).set(totals.get("sessions", 0))
         BEHIND.labels(self.pid).set(totals.get("behind", 0))
         WAITING.labels(self.pid).set(totals.get("waiting", 0))
+        PREPARED.labels(self.pid).set(totals.get("prepared", 0))
 
     def flushed(self, seconds: float, lags: list[float]) -> None:
         """From the fan-out: a flush took ``seconds``, carrying rows ``lags`` seconds old."""

@@ -14,19 +14,18 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 from headrace.app.live.admission import Admission
 from headrace.app.live.fanout import Fanout
 from headrace.app.live.internals import gate_sessions
+from headrace.app.live.prepared import Prepared
 from headrace.app.live.subscriber import Subscriber
 from headrace.app.pages.board import Board
 from headrace.app.pages.opsboard import OpsBoard
-from headrace.app.settings import history_url
+from headrace.app.settings import history_url, prepared_sessions
 from headrace.app.telemetry import Telemetry
 from headrace.app.views.history import HistoryCache
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ class Registry:
     telemetry: Telemetry
     ops: OpsBoard
     admission: Admission
+    prepared: Prepared
 
     @classmethod
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
@@ -45,20 +45,27 @@ class Registry:
         fanout = Fanout(subscriber)
         admission = Admission()
         fanout.observers.append(admission.flushed)
-        telemetry = Telemetry(subscriber, fanout, admission)
+        prepared = Prepared(admission, prepared_sessions())
+        telemetry = Telemetry(subscriber, fanout)
+        telemetry.sources += [admission.info, prepared.info]
         board, ops = Board(subscriber), OpsBoard(subscriber)
-        return cls(subscriber, fanout, board, history, telemetry, ops, admission)
+        return cls(subscriber, fanout, board, history, telemetry, ops, admission, prepared)
 
     def start(self) -> None:
         """Start the subscriber and the figures' timer on the running loop; from now on
-        this process opens sessions in turn (:mod:`headrace.app.live.admission`)."""
+        this process opens sessions in turn (:mod:`headrace.app.live.admission`), or
+        prepared ahead (:mod:`headrace.app.live.prepared`)."""
         self.subscriber.start()
         self.telemetry.start()
-        gate_sessions(_admit)
+        gate_sessions(_open)
 
 
-async def _admit(build: Callable[[], Awaitable[T]]) -> T:
-    return await get().admission.admit(build)
+async def _open(handler: Any, token: str, open_: Callable[[], Awaitable[None]]) -> None:
+    current = _current  # none after reset() (tests): Bokeh's own open, as if never gated
+    if current is None or current[0] != os.getpid():
+        await open_()
+    else:
+        await current[1].prepared.open(handler, token, open_)
 
 
 _current: tuple[int, Registry] | None = None

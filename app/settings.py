@@ -4,7 +4,8 @@
 cluster's address; ``HEADRACE_WINDOW``: seconds of data kept per stream;
 ``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following;
 ``HEADRACE_HISTORY``: the SQLAlchemy URL of the history database, for looking back;
-``HEADRACE_SPIKES``: the value above which the dashboard marks a row as a spike.
+``HEADRACE_SPIKES``: the value above which the dashboard marks a row as a spike;
+``HEADRACE_PREPARED``: sessions kept built ahead per page and process (0: none).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ FOLLOW_ENV = "HEADRACE_FOLLOW"
 DEFAULT_FOLLOW = 60.0
 HISTORY_ENV = "HEADRACE_HISTORY"
 SPIKES_ENV = "HEADRACE_SPIKES"
+PREPARED_ENV = "HEADRACE_PREPARED"
+DEFAULT_PREPARED = 8
 
 
 def scheduler_address() -> str:
@@ -59,6 +62,16 @@ def spike_threshold() -> float | None:
     except ValueError:
         log.warning("%s=%r is not a number: no spike markers", SPIKES_ENV, raw)
         return None
+
+
+def prepared_sessions() -> int:
+    """Sessions each Panel process keeps built ahead per page (0: every open builds)."""
+    raw = os.environ.get(PREPARED_ENV)
+    try:
+        return max(0, int(raw)) if raw else DEFAULT_PREPARED
+    except ValueError:
+        log.warning("%s=%r is not a whole number: using %d", PREPARED_ENV, raw, DEFAULT_PREPARED)
+        return DEFAULT_PREPARED
 
 
 def history_url() -> str | None:

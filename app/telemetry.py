@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from headrace.app.metrics import ProcessFigures
@@ -22,7 +23,6 @@ from headrace.app.metrics import ProcessFigures
 if TYPE_CHECKING:
     from distributed import Client
 
-    from headrace.app.live.admission import Admission
     from headrace.app.live.fanout import Fanout
     from headrace.app.live.subscriber import Subscriber
 
@@ -35,10 +35,9 @@ KEY = ["headrace", "viewers"]
 
 
 class Telemetry:
-    def __init__(
-        self, subscriber: Subscriber, fanout: Fanout, admission: Admission | None = None
-    ) -> None:
-        self.subscriber, self.fanout, self.admission = subscriber, fanout, admission
+    def __init__(self, subscriber: Subscriber, fanout: Fanout) -> None:
+        self.subscriber, self.fanout = subscriber, fanout
+        self.sources: list[Callable[[], dict[str, Any]]] = []  # more counts (session opens)
         self.figures = ProcessFigures()
         self.ident = f"{socket.gethostname()}-{os.getpid()}"
         self._timer: Any = None
@@ -65,16 +64,18 @@ class Telemetry:
         from headrace.app.views.engine import engines
 
         views = engines(self.fanout)
-        return {
+        totals = {
             **self.subscriber.stats,
             **self.fanout.info(),
             "builds": template.builds,
-            "refused": self.admission.refused if self.admission else 0,
-            "waiting": self.admission.waiting if self.admission else 0,
+            **{k: v for source in self.sources for k, v in source().items()},
             "views": len(views),
             "view_calls": sum(e.calls.count for e in views),
             "view_renders": sum(e.version for e in views),
         }
+        # Sessions built ahead have nobody watching yet: viewers are the others.
+        totals["sessions"] = max(0, totals.get("sessions", 0) - totals.get("prepared", 0))
+        return totals
 
     def record(self) -> dict[str, Any]:
         t = self.totals()

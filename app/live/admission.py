@@ -59,6 +59,10 @@ class Admission:
             self._flush.set_result(None)
         self._flush = None
 
+    def info(self) -> dict[str, int]:
+        """Counts for metrics and tests."""
+        return {"waiting": self.waiting, "refused": self.refused, "admitted": self.admitted}
+
     async def admit(self, build: Callable[[], Awaitable[T]]) -> T:
         """Run ``build`` in this process's turn; raise :class:`Refused` if too many wait."""
         if self.waiting >= self.limit:

@@ -1,0 +1,81 @@
+"""Everything headrace takes from Bokeh's, Panel's and Tornado's private internals.
+
+Two things a session costs far less with, kept in this one sub-package so that an upgrade of
+those libraries has one place to re-check (``tests/test_internals.py`` fails, naming it,
+on any release series but the ones below, which the lock file pins):
+
+- **Copies of a rendered figure** (:func:`clone`, :class:`Copies`). Rendering a HoloViews
+  element costs a session 35-125 ms (Bokeh's property machinery fills every default of
+  ~50 models, in a live document with change events); a copy of a figure rendered once
+  per process costs ~1.5 ms. A copy is what Bokeh's deserializer would build from the
+  figure's JSON (new models, same ids, same property values) without the JSON, the
+  validation or the defaults nobody set. Equal ids are safe because ids need only be
+  unique within a document (each session has its own).
+- **A document serialised without the defaults nobody set** (:func:`lean_serialisation`).
+  Bokeh's ``query_properties_with_values`` computes and validates every declared
+  property's value (a dashboard page: ~4,000 properties, ~500 set) and only then drops
+  the defaults; a session's ``PULL-DOC`` reply was a fifth of its open. Looking at the
+  set, unstable and themed values first gives the same JSON (``tests/test_internals.py``
+  compares it byte for byte) at a sixth of the cost.
+- **Sessions opened in turn, or prepared ahead** (:func:`gate_sessions`,
+  :func:`prepare_session`, :func:`adopt_session`): Bokeh's ``WSHandler._async_open``
+  (make the session, send the ACK) wrapped so that a process builds sessions one at a
+  time between flushes (:mod:`headrace.app.live.admission`), and an open takes a
+  session built ahead for the same page, arguments and user, renamed to its id
+  (:mod:`headrace.app.live.prepared`).
+- **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
+  ``patch_curdoc`` leaves its document patched when its body raises.
+- **Streamed rows as protocol bytes, encoded once** (:func:`encode`, :class:`Socket`,
+  :func:`sockets`). Bokeh encodes a ``PATCH-DOC`` per session: for ``cds.stream`` the
+  JSON names the source by model id and the buffers are the rows. Sessions whose
+  sources have the same id (copies) and that are at the same row get the very same
+  message, so :func:`encode` builds it once with Bokeh's own ``Serializer`` and
+  :class:`Socket` writes its websocket frames in one write per connection, through the
+  attributes Panel's ``unlocked()`` uses: a session's connections
+  (``ServerSession._subscribed_connections``), a connection's handler, its write lock
+  (held while Bokeh is in the middle of sending a message: frames must not interleave)
+  and the Tornado stream under it.
+"""
+
+from headrace.app.live.internals.models import (
+    Copies,
+    clone,
+    lean_serialisation,
+    scratch_document,
+)
+from headrace.app.live.internals.sessions import (
+    adopt_session,
+    gate_sessions,
+    prepare_session,
+    release_session,
+    session_key,
+)
+from headrace.app.live.internals.wire import BINARY, TEXT, Encoded, Socket, encode, frame, sockets
+
+# The release series the private attributes used here were checked against:
+# tests/test_internals.py fails on any other version (pyproject.toml caps bokeh and panel).
+BOKEH_TESTED = "3.9"
+PANEL_TESTED = "1.9"
+TORNADO_TESTED = "6.6"
+
+__all__ = [
+    "BINARY",
+    "BOKEH_TESTED",
+    "PANEL_TESTED",
+    "TEXT",
+    "TORNADO_TESTED",
+    "Copies",
+    "Encoded",
+    "Socket",
+    "adopt_session",
+    "clone",
+    "encode",
+    "frame",
+    "gate_sessions",
+    "lean_serialisation",
+    "prepare_session",
+    "release_session",
+    "scratch_document",
+    "session_key",
+    "sockets",
+]

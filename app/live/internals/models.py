@@ -1,0 +1,137 @@
+"""Bokeh models copied, serialised lean, rendered in a scratch document (see the package)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from bokeh.core.has_props import HasProps
+from bokeh.core.property.wrappers import PropertyValueContainer
+from bokeh.model import Model
+
+M = TypeVar("M", bound=Model)
+
+
+def clone(root: M) -> M:
+    """A copy of ``root`` and every model it references, detached from any document.
+
+    Numpy arrays (a source's columns) are shared, not copied: replace a copy's data
+    rather than change the arrays in place.
+    """
+    return Copies()(root)
+
+
+class Copies:
+    """Copies made together: a model referenced from several roots is copied once."""
+
+    def __init__(self, renew: bool = False) -> None:
+        # With renew, copies get new ids: for a document that holds copies already.
+        self.renew = renew
+        self.done: dict[str, Model] = {}  # by the original's id
+
+    def __call__(self, m: M) -> M:
+        return self.model(m)
+
+    def model(self, m: Any) -> Any:
+        new = self.done.get(m.id)
+        if new is not None:
+            return new
+        cls = type(m)
+        # How Bokeh's Deserializer makes a model of a given id (None: a new one).
+        new = cls.__new__(cls, id=None if self.renew else m.id)
+        self.done[m.id] = new
+        super(HasProps, new).__init__()  # the callback managers and document ref, as HasProps does
+        new._property_values = self._values(new, m._property_values)
+        new._unstable_default_values = self._values(new, m._unstable_default_values)
+        new._unstable_themed_values = dict(m._unstable_themed_values)
+        new._initialized = True
+        return new
+
+    def _values(self, owner: Model, values: dict[str, Any]) -> dict[str, Any]:
+        copied = {}
+        for name, value in values.items():
+            new = self.value(value)
+            if isinstance(value, PropertyValueContainer):
+                # Wrapped as a property setter does, so changes to the copy notify the copy.
+                descriptor = owner.lookup(name)
+                new = descriptor.property.wrap(new)
+                new._register_owner(owner, descriptor)
+            copied[name] = new
+        return copied
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, Model):
+            return self.model(v)
+        if isinstance(v, dict):
+            return {k: self.value(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(self.value(x) for x in v)
+        if isinstance(v, set):
+            return {self.value(x) for x in v}
+        return v  # immutable, or an array (shared)
+
+
+def lean_serialisation() -> None:
+    """Serialise models without computing the defaults that are left out anyway.
+
+    Installed once per process (every page headrace serves does it); idempotent.
+    """
+    if getattr(HasProps.query_properties_with_values, "headrace", False):
+        return
+    original = HasProps.query_properties_with_values
+
+    def query_properties_with_values(
+        self: HasProps,
+        query: Any,
+        *,
+        include_defaults: bool = True,
+        include_undefined: bool = False,
+    ) -> dict[str, Any]:
+        if include_defaults or include_undefined:
+            return original(
+                self, query, include_defaults=include_defaults, include_undefined=include_undefined
+            )
+        # Bokeh's own selection (set, unstable defaults, themed), in its order.
+        themed = self.themed_values() or {}
+        unstable = self._unstable_default_values
+        selected = self._property_values.keys() | unstable.keys() | themed.keys()
+        result = {}
+        for key in self.properties(_with_props=True):
+            if key not in selected:
+                continue
+            descriptor = self.lookup(key)
+            if not query(descriptor):
+                continue
+            value = descriptor.get_value(self)
+            if key not in themed and key in unstable and isinstance(value, PropertyValueContainer):
+                continue  # an unmodified container default, as Bokeh weeds out
+            result[key] = value
+        return result
+
+    query_properties_with_values.headrace = True  # type: ignore[attr-defined]
+    query_properties_with_values.original = original  # type: ignore[attr-defined]
+    HasProps.query_properties_with_values = query_properties_with_values  # type: ignore[method-assign]
+
+
+@contextmanager
+def scratch_document() -> Iterator[Any]:
+    """A new document as Bokeh's ``curdoc()`` inside, cleared after.
+
+    Bokeh's ``patch_curdoc`` pops its document only when its body returns: a body that
+    raises (a view HoloViews cannot render) would leave a dead document as every later
+    ``curdoc()`` of the process. This restores Bokeh's list of patched documents always.
+    """
+    from bokeh.document import Document
+    from bokeh.io import doc as bokeh_doc
+
+    depth = len(bokeh_doc._PATCHED_CURDOCS)
+    document = Document()
+    try:
+        with bokeh_doc.patch_curdoc(document):
+            yield document
+    finally:
+        del bokeh_doc._PATCHED_CURDOCS[depth:]
+        document.clear()
