@@ -265,7 +265,8 @@ async def open_viewer(url: str, timeout: float = 60.0, rcvbuf: int | None = None
     """
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
-    token = await get_token(host, port, path, timeout)
+    query = f"?{parts.query}" if parts.query else ""  # the page's arguments ride in the token
+    token = await get_token(host, port, path + query, timeout)
     loop = asyncio.get_running_loop()
     sock = None
     if rcvbuf is not None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from distributed import LocalCluster
-from helpers import Publisher, free_port, publishing, wait_for, wait_http
+from helpers import Publisher, async_wait_for, free_port, publishing, wait_for, wait_http
 
 from headrace.app.live.admission import Admission, Refused
 
@@ -144,3 +144,60 @@ def test_a_burst_of_opens_over_the_limit_is_refused_with_1013_and_the_reason(clu
     assert refused and all(code == 1013 and "are opening" in reason for _, code, reason in refused)
     assert len(acked) >= 4, results  # one building and the three allowed to wait, at least
     assert parts.admission.refused == len(refused)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_open_takes_a_session_prepared_for_its_page_and_theme(cluster_options):
+    """The second viewer of the dark page gets a dark session built ahead, renamed to its
+    id, and its rows; a viewer of the light page is not given one of those."""
+    import panel as pn
+    from bokeh.util.token import get_session_id
+    from test_app_sessions import server_sessions
+
+    from benchmarks.viewer import open_viewer
+    from headrace.app import registry
+    from headrace.app.live.subscriber import Subscriber
+    from headrace.app.pages.dashboard import build
+
+    with LocalCluster(**cluster_options) as cluster:
+        publisher = Publisher("ahead", interval=0.1)
+        parts = registry.reset(Subscriber(cluster.scheduler_address, window=30))
+        parts.prepared.size = 2
+        port = free_port()
+        with publishing(publisher, cluster.scheduler_address):
+            thread = pn.serve(
+                {"dashboard": build}, port=port, address="127.0.0.1", show=False, threaded=True
+            )
+            try:
+                url = f"http://127.0.0.1:{port}/dashboard"
+                wait_http(port)
+                wait_for(lambda: parts.subscriber.started, 30, "the subscriber")
+
+                async def viewers() -> list[tuple[str, float | None]]:
+                    opened = []
+                    for theme in ("dark", "dark", "default"):
+                        if opened:  # the first open made the page wanted: sessions get built
+                            await async_wait_for(
+                                lambda: parts.prepared.info()["prepared"] >= 2, 30, "prepared"
+                            )
+                        t0 = time.time()
+                        viewer = await open_viewer(f"{url}?theme={theme}")
+                        opened.append((viewer, await viewer.first_row(t0), parts.prepared.adopted))
+                    for viewer, *_ in opened:
+                        viewer.close()
+                    return [(v.token, first, adopted) for v, first, adopted in opened]
+
+                results = asyncio.run(viewers())
+                sessions = {s.id: s for s in server_sessions(thread)}
+            finally:
+                thread.stop()
+                registry.reset()
+    (_, first0, adopted0), (token1, first1, adopted1), (_, first2, adopted2) = results
+    assert (adopted0, adopted1, adopted2) == (0, 1, 1), results  # only the second dark open
+    assert None not in (first0, first1, first2), results  # every viewer got live rows
+    session = sessions[get_session_id(token1)]  # the prepared session, under the viewer's id
+    assert session.document.session_context.id == session.id
+    assert session.document.session_context.request.arguments["theme"] == [b"dark"]
+    texts = [getattr(m, "text", "") or "" for m in session.document.models]
+    assert any("light theme" in t for t in texts)  # a dark page links to the light one

@@ -8,6 +8,7 @@ a key per row).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,25 @@ def test_every_example_shows_live_rows_in_every_glyph(tmp_path, cluster_options)
             finally:
                 browser.close()
     log = (tmp_path / "panel.log").read_text()
-    assert "Traceback" not in log, log
+    assert not unexpected_tracebacks(log), log
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """The log's entries with a traceback, but for a page closed while Panel wrote to it.
+
+    Panel's ``_dispatch_msgs`` and Tornado's ``write_message`` leave the
+    ``WebSocketClosedError`` of a page closed mid-write unretrieved, which asyncio logs.
+    """
+    entries = re.split(r"(?m)^(?=\d{4}-\d\d-\d\d )", log)
+    return [
+        e
+        for e in entries
+        if "Traceback" in e
+        and not (
+            e.split("\n", 1)[0].endswith("Task exception was never retrieved")
+            and e.rstrip().endswith("tornado.websocket.WebSocketClosedError")
+        )
+    ]
 
 
 def _check(browser, url: str, shot: Path) -> None:

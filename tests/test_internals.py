@@ -400,3 +400,20 @@ def test_lean_serialisation_gives_bokehs_own_bytes(theme):
         first = _pulled(doc)  # on fresh models, before Bokeh's own pass filled any default
         assert len(doc.models) > 50 and first == bokehs()
         assert _pulled(doc) == bokehs() == first
+
+
+def test_a_document_serialised_ahead_is_sent_as_it_was_unless_it_changed():
+    from bokeh.document import Document
+    from bokeh.models import ColumnDataSource, Div
+
+    doc = Document()
+    doc.add_root(Div(text="a"))
+    doc.add_root(ColumnDataSource(data={"x": np.arange(3.0)}))
+    fresh = _pulled(doc)
+    with relied_on_by(WIRE, "Document.to_json, on_change, remove_on_change"):
+        wire.serialise_ahead(doc)
+        assert _pulled(doc) == fresh  # the reply made ahead
+        assert "to_json" not in vars(doc)  # once: then Bokeh's own again
+        wire.serialise_ahead(doc)
+        doc.roots[0].text = "b"  # the page changed while it waited
+        assert '"b"' in _pulled(doc) and _pulled(doc) != fresh

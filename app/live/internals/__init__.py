@@ -22,7 +22,8 @@ on any release series but the ones below, which the lock file pins):
   (make the session, send the ACK) wrapped so that a process builds sessions one at a
   time between flushes (:mod:`headrace.app.live.admission`), and an open takes a
   session built ahead for the same page, arguments and user, renamed to its id
-  (:mod:`headrace.app.live.prepared`).
+  (:mod:`headrace.app.live.prepared`); its ``PULL-DOC`` reply serialised while it
+  waited (:func:`serialise_ahead`, a ``to_json`` on the document instance).
 - **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
   ``patch_curdoc`` leaves its document patched when its body raises.
 - **Streamed rows as protocol bytes, encoded once** (:func:`encode`, :class:`Socket`,
@@ -42,6 +43,7 @@ from headrace.app.live.internals.models import (
     clone,
     lean_serialisation,
     scratch_document,
+    serialise_ahead,
 )
 from headrace.app.live.internals.sessions import (
     adopt_session,
@@ -76,6 +78,7 @@ __all__ = [
     "prepare_session",
     "release_session",
     "scratch_document",
+    "serialise_ahead",
     "session_key",
     "sockets",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bokeh.core.has_props import HasProps
 from bokeh.core.property.wrappers import PropertyValueContainer
 from bokeh.model import Model
+
+if TYPE_CHECKING:
+    from bokeh.document import Document
 
 M = TypeVar("M", bound=Model)
 
@@ -114,6 +117,23 @@ def lean_serialisation() -> None:
     query_properties_with_values.headrace = True  # type: ignore[attr-defined]
     query_properties_with_values.original = original  # type: ignore[attr-defined]
     HasProps.query_properties_with_values = query_properties_with_values  # type: ignore[method-assign]
+
+
+def serialise_ahead(doc: Document) -> None:
+    """Serialise ``doc`` now; its next ``to_json()`` (a PULL-DOC reply) returns that,
+    unless the document changed in between. Once: later calls serialise as usual."""
+    from bokeh.document import Document
+
+    ahead = doc.to_json()
+    changed: list[object] = []
+
+    def to_json(*, deferred: bool = True) -> Any:
+        del doc.to_json  # Bokeh's own again
+        doc.remove_on_change(changed.append)
+        return ahead if deferred and not changed else Document.to_json(doc, deferred=deferred)
+
+    doc.on_change(changed.append)
+    doc.to_json = to_json  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from headrace.app.live.internals.models import serialise_ahead
+
 Opener = Callable[[Any, str, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
@@ -49,7 +51,8 @@ def session_key(handler: Any, token: str) -> tuple[str, tuple, str | None]:
 
 
 async def prepare_session(handler: Any, token: str) -> Any:
-    """A session built now, as ``handler``'s own would be, kept until adopted.
+    """A session built now, as ``handler``'s own would be, kept until adopted, its
+    document serialised ahead.
 
     Bokeh's own ``create_session_if_needed`` under a new id, with the request and token of
     ``handler`` (an open of the same key); expiration blocked, so that Bokeh's cleanup of
@@ -61,6 +64,7 @@ async def prepare_session(handler: Any, token: str) -> Any:
     session_id = generate_session_id()
     session = await context.create_session_if_needed(session_id, handler.request, token)
     session.block_expiration()
+    serialise_ahead(session.document)  # the PULL-DOC reply, unless the page changes
     return session
 
 
