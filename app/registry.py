@@ -19,11 +19,11 @@ from typing import Any
 from headrace.app.live.admission import Admission
 from headrace.app.live.fanout import Fanout
 from headrace.app.live.internals import gate_sessions
-from headrace.app.live.prepared import Prepared
+from headrace.app.live.prepared import MAX_AGE, Prepared
 from headrace.app.live.subscriber import Subscriber
 from headrace.app.pages.board import Board
 from headrace.app.pages.opsboard import OpsBoard
-from headrace.app.settings import history_url, prepared_sessions
+from headrace.app.settings import history_url, prepared_sessions, window_seconds
 from headrace.app.telemetry import Telemetry
 from headrace.app.views.history import HistoryCache
 
@@ -45,7 +45,8 @@ class Registry:
         fanout = Fanout(subscriber)
         admission = Admission()
         fanout.observers.append(admission.flushed)
-        prepared = Prepared(admission, prepared_sessions())
+        # Within half a stream's window, a prepared session's catch-up is an ordinary one.
+        prepared = Prepared(admission, prepared_sessions(), min(MAX_AGE, window_seconds() / 2))
         telemetry = Telemetry(subscriber, fanout)
         telemetry.sources += [admission.info, prepared.info]
         board, ops = Board(subscriber), OpsBoard(subscriber)

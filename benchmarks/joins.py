@@ -3,8 +3,11 @@
 Both run on the headrace stack with the load generator's ``--join``
 (:func:`benchmarks.loadgen.join`): ``idle`` has one watcher and joiners one second
 apart; ``storm`` has ``watchers`` watching while ``joiners`` open the page within
-``joiners`` x 20 ms. Reported: the joiners' time from ``GET`` to their first live row,
-and the watchers' latency over the whole window (row's period close -> arrival).
+``joiners`` x 20 ms, once the server's sessions built ahead stopped growing (a crowd
+comes to a server that had a quiet while, not to one still opening its watchers'
+pages; how many were ready is reported). Reported: the joiners' time from ``GET`` to
+their first live row, and the watchers' latency over the whole window (row's period
+close -> arrival).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def run(stack: Stack, feed: Feed, work: Path, quick: bool = False) -> dict:
         3.0,
         join=joiners,
         join_spacing=0.02,
+        prepared=True,
     )
     storm.update(_first_rows(storm))
     log(

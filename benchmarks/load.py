@@ -69,6 +69,7 @@ def run_phase(
     keep: bool = False,
     join: int = 0,
     join_spacing: float = 0.02,
+    prepared: bool = False,
 ) -> dict:
     """One N: connect, measure, disconnect; returns the figures of the phase.
 
@@ -79,6 +80,8 @@ def run_phase(
     stack.check_alive()
     rows_path = work / f"rows-{stack.name}-{n}.npz"
     extra = ["--join", str(join), "--join-spacing", str(join_spacing)] if join else []
+    if prepared:  # the window starts once the server had time to build sessions ahead
+        extra += ["--prepared-from", stack.url.rsplit("/", 1)[0] + "/metrics"]
     lg = subprocess.Popen(
         loadgen_argv(stack.url, n, settle, duration, grace, rows_path, extra),
         stdout=subprocess.PIPE,
@@ -105,6 +108,12 @@ def run_phase(
                     f"{stack.name} N={n}: {event['viewers']} connected in {event['seconds']}s,"
                     f" {event['failed']} failed; per process {phase['sessions_per_process']}"
                 )
+            elif kind == "watching":
+                phase["watching_s"] = event["seconds"]
+                log(f"{stack.name} N={n}: every viewer had live rows after {event['seconds']}s")
+            elif kind == "prepared":
+                phase["prepared_sessions"] = event["sessions"]
+                log(f"{stack.name} N={n}: {event['sessions']:.0f} sessions built ahead")
             elif kind == "window_start":
                 stats = ProcStats(
                     {**stack.roles(), "loadgen": [lg.pid]}, solo={"ftp": [os.getpid()]}

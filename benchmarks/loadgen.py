@@ -31,8 +31,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
+import urllib.request
 
 import numpy as np
 
@@ -92,6 +94,27 @@ async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
     return first, failed
 
 
+async def _prepared_settled(metrics_url: str, timeout: float = 120.0) -> float:
+    """Wait until the server's sessions built ahead stop growing (as after a quiet while:
+    the crowd comes to a server that had time to prepare); return how many there are."""
+    loop = asyncio.get_running_loop()
+    pattern = re.compile(r"^headrace_sessions_prepared\{[^}]*\} (\S+)$", re.M)
+
+    def read() -> float:
+        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+            return sum(float(x) for x in pattern.findall(reply.read().decode()))
+
+    deadline, last, since = time.time() + timeout, -1.0, time.time()
+    while time.time() < deadline:
+        now = await loop.run_in_executor(None, read)
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= 4:  # two telemetry periods without change
+            break
+        await asyncio.sleep(1.0)
+    return last
+
+
 async def run(args: argparse.Namespace) -> None:
     viewers: list[Viewer | None] = [None] * args.viewers
     errors: list[str] = []
@@ -116,6 +139,14 @@ async def run(args: argparse.Namespace) -> None:
         # By viewer index (None if it failed), to find which server process holds it.
         local_ports=[v._transport.get_extra_info("sockname")[1] if v else None for v in viewers],
     )
+    # Watchers watch before the window starts: each has its document and live rows.
+    # (A server that admits opens in turn upgrades a websocket at once and builds later.)
+    deadline = time.time() + 180
+    while any(not v.rows.streamed for v in ok) and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    _say(event="watching", seconds=round(time.time() - t_connect, 2))
+    if args.prepared_from:
+        _say(event="prepared", sessions=await _prepared_settled(args.prepared_from))
     await asyncio.sleep(args.settle)
     t0 = time.time()
     _say(event="window_start", t=t0)
@@ -161,6 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--join", type=int, default=0, help="viewers that join during the window")
     p.add_argument("--join-spacing", type=float, default=0.02, help="seconds between joins")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--prepared-from",
+        default=None,
+        help="/metrics URL: before the window, wait until its prepared sessions stop growing",
+    )
     args = p.parse_args(argv)
     # The viewers stand for browsers on other machines: on a small shared machine they
     # should not queue behind the servers they measure (needs root; harmless without).

@@ -5,7 +5,8 @@ process's event loop, the one that feeds every open session; a hundred builds at
 hold that loop for seconds, and every watcher's rows wait behind them. So a process
 builds one session at a time, each starting only when it fits before the next fan-out
 flush (by the recent time between flushes and the recent build times), else just after
-that flush (or once no flush has come for :data:`IDLE`), and keeps at most
+that flush (or once no flush has come for :data:`IDLE`), resting as long as the last
+build took before the next (:data:`REST`), and keeps at most
 ``limit`` opens waiting. Beyond that an open is refused: its websocket is closed with
 code 1013 ("try again later") and the reason, and the refusal is logged, rather than
 queued without end (500 opens in a second, or a page opened and closed in a loop, cost
@@ -28,6 +29,10 @@ LIMIT = 100  # opens waiting per process before new ones are refused
 IDLE = 0.3  # seconds to wait for a flush before building anyway (no rows are coming)
 FIRST_BUILD = 0.2  # seconds a build is taken to cost until one was measured
 SMOOTH = 0.2  # weight of the newest figure in the running estimates
+# After a build of b seconds the next starts no sooner than REST * b later: a crowd's
+# builds take at most half of a process's time, and the machine's cores stay free enough
+# for the flushes (of every process on it) that watchers wait for.
+REST = 1.0
 T = TypeVar("T")
 
 
@@ -38,13 +43,15 @@ class Refused(Exception):
 class Admission:
     """One process's gate for session builds (see the module's docstring)."""
 
-    def __init__(self, limit: int = LIMIT, idle: float = IDLE) -> None:
+    def __init__(self, limit: int = LIMIT, idle: float = IDLE, rest: float = REST) -> None:
         self.limit, self.idle = limit, idle
         self.waiting = 0
         self.admitted = self.refused = 0
         self.flushed_at = float("-inf")  # time.monotonic() of the last flush's end
         self.interval: float | None = None  # recent seconds between flushes
         self.build_seconds = FIRST_BUILD  # recent seconds per build
+        self.rest = rest
+        self.rest_until = 0.0  # no build starts before (time.monotonic())
         self._flush: asyncio.Future[None] | None = None
         self._turn: asyncio.Lock | None = None
 
@@ -92,8 +99,9 @@ class Admission:
                 try:
                     return await build()
                 finally:
-                    took = time.monotonic() - started
-                    self.build_seconds = _smooth(self.build_seconds, took)
+                    ended = time.monotonic()
+                    self.build_seconds = _smooth(self.build_seconds, ended - started)
+                    self.rest_until = ended + self.rest * (ended - started)
         finally:
             if waiting:  # cancelled while waiting (the viewer left)
                 self.waiting -= 1
@@ -107,6 +115,9 @@ class Admission:
 
     async def _quiet(self) -> None:
         """Until a build fits before the next flush: now, or just after that flush."""
+        rest = self.rest_until - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
         if self.fits():
             return
         if self._flush is None or self._flush.done():

@@ -3,7 +3,8 @@
 Building a session (the page's code, Panel's models, Bokeh's document) is most of what
 opening a page costs a Panel process. So each process keeps a few sessions of each page
 that was opened recently, built ahead in the quiet between fan-out flushes
-(:class:`~headrace.app.live.admission.Admission`, after any open that waits), and an
+(:class:`~headrace.app.live.admission.Admission`, after any open that waits, and only
+once opens paused for :data:`QUIET`: during a crowd, builds are for its viewers), and an
 open takes one: Bokeh's session is renamed to the id the browser asked for and given
 its request (:func:`~headrace.app.live.internals.adopt_session`). Everything else is
 the usual path: the browser pulls the document, reports it ready, and the fan-out sends
@@ -37,9 +38,12 @@ from headrace.app.live.internals import (
 log = logging.getLogger(__name__)
 
 KEYS = 4  # pages kept ready per process, the most recently opened
-MAX_AGE = 60.0  # seconds a prepared session waits before it is let go and built again
+# Seconds a prepared session waits before it is let go and built again: its sources are
+# as old, and the fan-out sends it the rows since (well inside a stream's window).
+MAX_AGE = 300.0
 WANTED = 600.0  # seconds after its last open that a page is still kept ready
 CHECK = 0.5  # seconds between looks at what needs building
+QUIET = 2.0  # seconds without opens before building ahead: a crowd's opens come first
 
 
 @dataclass
@@ -60,11 +64,13 @@ class Prepared:
         self.size, self.max_age = size, max_age
         self.pages: OrderedDict[tuple, Page] = OrderedDict()
         self.adopted = self.built = self.expired = 0
+        self.last_open = float("-inf")  # time.monotonic() of the last open
         self._building = False
         self._timer: asyncio.TimerHandle | None = None
 
     async def open(self, handler: Any, token: str, open_: Callable[[], Awaitable[None]]) -> None:
         """Open the websocket session ``token`` names: a prepared one if there is one."""
+        self.last_open = time.monotonic()
         key = session_key(handler, token) if self.size else None
         page = self.pages.get(key) if key is not None else None
         session = self._take(page) if page is not None else None
@@ -91,7 +97,7 @@ class Prepared:
         else:
             page.handler, page.token, page.opened = handler, token, time.monotonic()
             self.pages.move_to_end(key)
-        self._soon(0.0)
+        self._soon(QUIET)
 
     def _soon(self, delay: float) -> None:
         if self._timer is None:
@@ -111,7 +117,8 @@ class Prepared:
             else:
                 self._expire(page)
         page = next((p for p in self.pages.values() if len(p.ready) < self.size), None)
-        if page is None:
+        quiet = time.monotonic() - self.last_open >= QUIET
+        if page is None or not quiet:
             if self.pages:
                 self._soon(CHECK)
             return
