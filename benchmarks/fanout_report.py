@@ -21,7 +21,12 @@ def joins_table(r: dict) -> list[str]:
         ("idle", "1 watcher; joiners 1 s apart"),
         (
             "storm",
-            f"{r['watchers']} watchers; {r['joiners']} joiners within {r['joiners'] * 0.02:.1f} s",
+            f"{r['watchers']} watchers; {r['joiners']} joiners within {r['joiners'] * 0.02:.1f} s"
+            + (
+                f" ({r['storm']['prepared_sessions']:.0f} sessions built ahead)"
+                if r["storm"].get("prepared_sessions") is not None
+                else ""
+            ),
         ),
     ):
         p = r[name]

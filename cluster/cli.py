@@ -212,6 +212,13 @@ def demo(**options: Any) -> None:
     help="Mark rows above this value on the dashboard's plots (default: HEADRACE_SPIKES).",
 )
 @click.option(
+    "--prepared",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Sessions each Panel process keeps built ahead per page, so that opening one "
+    "costs a rename, not a build (default: HEADRACE_PREPARED, else 32; 0: none).",
+)
+@click.option(
     "--print-command",
     is_flag=True,
     help="Print the `panel serve` command (and its environment) instead of running it.",
@@ -230,6 +237,7 @@ def serve(
     state_dir: str,
     metrics_token_file: str | None,
     spikes: float | None,
+    prepared: int | None,
     print_command: bool,
     extra: tuple[str, ...],
     **tls: Any,
@@ -257,7 +265,7 @@ def serve(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if print_command:
-        env = serve_env(scheduler, window, history, spikes=spikes)
+        env = serve_env(scheduler, window, history, spikes=spikes, prepared=prepared)
         shown = {k: env[k] for k in sorted(env) if k.startswith(("DASK_", "HEADRACE_", "BOKEH_"))}
         cmd = panel_command(num_procs, port, address, rest, access, apps)
         click.echo(
@@ -278,6 +286,7 @@ def serve(
         tls=files,
         apps=apps,
         spikes=spikes,
+        prepared=prepared,
     )
     raise SystemExit(code)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from headrace.app import pages
 from headrace.app.metrics import MULTIPROC_ENV
-from headrace.app.settings import HISTORY_ENV, SPIKES_ENV, WINDOW_ENV
+from headrace.app.settings import HISTORY_ENV, PREPARED_ENV, SPIKES_ENV, WINDOW_ENV
 from headrace.cluster import processes
 from headrace.cluster.security.access import Access
 from headrace.cluster.security.tls import TLSFiles, environ
@@ -107,6 +107,7 @@ def serve_env(
     history: str | None = None,
     port: int | None = None,
     spikes: float | None = None,
+    prepared: int | None = None,
 ) -> dict[str, str]:
     """The environment for the panel processes: scheduler, window, and ``app`` importable.
 
@@ -127,6 +128,8 @@ def serve_env(
         env[HISTORY_ENV] = history
     if spikes is not None:
         env[SPIKES_ENV] = str(spikes)
+    if prepared is not None:
+        env[PREPARED_ENV] = str(prepared)
     return env
 
 
@@ -143,6 +146,7 @@ def serve_command(
     tls: TLSFiles | None = None,
     apps: Sequence[Path] = (),
     spikes: float | None = None,
+    prepared: int | None = None,
     **popen: object,
 ) -> subprocess.Popen | int:
     """Run the dashboard in ``num_procs`` Panel processes on ``address:port``.
@@ -160,7 +164,7 @@ def serve_command(
     access.check(extra)
     cmd = panel_command(num_procs, port, address, extra, access, apps)
     env = {
-        **serve_env(scheduler, window, history, port, spikes),
+        **serve_env(scheduler, window, history, port, spikes, prepared),
         **access.env(extra),
         **environ(tls),
     }

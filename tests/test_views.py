@@ -327,6 +327,12 @@ def test_headrace_serve_takes_a_users_app_instead_of_the_dashboard(tmp_path):
     assert str(app) in printed.output and "pages/dashboard.py" not in printed.output
     assert "ops.py" in printed.output and "--num-procs 3" in printed.output
     assert "--setup" in printed.output and "--plugins headrace.app.metrics" in printed.output
+    # Pages waiting for their turn show a spinner; sessions built ahead are configurable.
+    assert "--reuse-sessions" in printed.output and "--global-loading-spinner" in printed.output
+    prepared = CliRunner().invoke(main, ["serve", "--prepared", "4", "--print-command"])
+    assert prepared.exit_code == 0 and "HEADRACE_PREPARED=4" in prepared.output, prepared.output
+    wrong = CliRunner().invoke(main, ["serve", "--prepared", "-1", "--print-command"])
+    assert wrong.exit_code == 2 and "--prepared" in wrong.output
     missing = CliRunner().invoke(main, ["serve", str(tmp_path / "nope.py")])
     assert (
         missing.exit_code == 2 and "no app file" in missing.output and "nope.py" in missing.output

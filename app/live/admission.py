@@ -70,8 +70,11 @@ class Admission:
         """Counts for metrics and tests."""
         return {"waiting": self.waiting, "refused": self.refused, "admitted": self.admitted}
 
-    async def admit(self, build: Callable[[], Awaitable[T]]) -> T:
-        """Run ``build`` in this process's turn; raise :class:`Refused` if too many wait."""
+    async def admit(self, build: Callable[[], Awaitable[T]], rest: float | None = None) -> T:
+        """Run ``build`` in this process's turn; raise :class:`Refused` if too many wait.
+
+        ``rest``: this build's rest, in place of :attr:`rest` (longer for work ahead).
+        """
         if self.waiting >= self.limit:
             self.refused += 1
             log.info(
@@ -101,7 +104,8 @@ class Admission:
                 finally:
                     ended = time.monotonic()
                     self.build_seconds = _smooth(self.build_seconds, ended - started)
-                    self.rest_until = ended + self.rest * (ended - started)
+                    factor = self.rest if rest is None else rest
+                    self.rest_until = ended + factor * (ended - started)
         finally:
             if waiting:  # cancelled while waiting (the viewer left)
                 self.waiting -= 1

@@ -43,7 +43,10 @@ KEYS = 4  # pages kept ready per process, the most recently opened
 MAX_AGE = 300.0
 WANTED = 600.0  # seconds after its last open that a page is still kept ready
 CHECK = 0.5  # seconds between looks at what needs building
-QUIET = 2.0  # seconds without opens before building ahead: a crowd's opens come first
+QUIET = 0.5  # seconds without opens before building ahead: a crowd's opens come first
+# A build ahead rests four times as long as it took before the next build: refilling
+# after a crowd takes a fifth of the process's time, so watchers' flushes are seldom late.
+REST = 4.0
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Page:
     token: str
     opened: float
     ready: deque[tuple[float, Any]] = field(default_factory=deque)  # (built, session)
+    building: asyncio.Future[None] | None = None  # a session of this page being built now
 
 
 class Prepared:
@@ -74,6 +78,10 @@ class Prepared:
         key = session_key(handler, token) if self.size else None
         page = self.pages.get(key) if key is not None else None
         session = self._take(page) if page is not None else None
+        if session is None and page is not None and page.building is not None:
+            # One is being built ahead right now: take it rather than build another.
+            await asyncio.shield(page.building)
+            session = self._take(page)
         if key is not None:
             self._want(key, handler, token)
         if session is not None:
@@ -125,7 +133,7 @@ class Prepared:
         self._building = True
         try:
             if self.admission.waiting == 0:  # opens waiting come first
-                await self.admission.admit(lambda: self._build(page))
+                await self.admission.admit(lambda: self._build(page), rest=REST)
         except Exception as exc:  # a page that fails to build fails its viewers' opens too
             log.warning("prepared sessions: building %s failed: %s", page.handler.request.path, exc)
         finally:
@@ -135,9 +143,14 @@ class Prepared:
     async def _build(self, page: Page) -> None:
         if self.admission.waiting:  # an open arrived while this waited: it goes first
             return
-        session = await prepare_session(page.handler, page.token)
-        page.ready.append((time.monotonic(), session))
-        self.built += 1
+        page.building = building = asyncio.get_running_loop().create_future()
+        try:
+            session = await prepare_session(page.handler, page.token)
+            page.ready.append((time.monotonic(), session))
+            self.built += 1
+        finally:
+            page.building = None
+            building.set_result(None)
 
     def _expire(self, page: Page) -> None:
         now = time.monotonic()
