@@ -106,5 +106,7 @@ def reset(
     global _current
     registry = Registry.around(subscriber, history) if subscriber is not None else None
     with _lock:
+        if _current is not None:
+            _current[1].prepared.stop()
         _current = (os.getpid(), registry) if registry is not None else None
     return registry

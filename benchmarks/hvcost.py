@@ -169,6 +169,8 @@ class Bench:
 
         self.parts = registry.reset(subscriber(), HistoryCache(None))
         self.dash = registry.Registry.around(subscriber(), HistoryCache(None))
+        # Every open builds its session while measured: none prepared ahead.
+        self.parts.prepared.size = self.dash.prepared.size = 0
         self.raw = Raw(subscriber())
         self.subs = {"view": self.parts.subscriber, "raw": self.raw.subscriber}
         self.subs["dashboard"] = self.dash.subscriber

@@ -152,6 +152,7 @@ def test_sessions_share_encodings_and_a_stalled_viewer_slows_nobody():
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=600)
     parts = registry.reset(subscriber)
+    parts.prepared.size = 0  # every board is a viewer's: none built ahead, waiting unfed
     fanout = parts.fanout
     boards: list[Dashboard] = []
 

@@ -71,6 +71,7 @@ class Prepared:
         self.last_open = float("-inf")  # time.monotonic() of the last open
         self._building = False
         self._timer: asyncio.TimerHandle | None = None
+        self.stopped = False
 
     async def open(self, handler: Any, token: str, open_: Callable[[], Awaitable[None]]) -> None:
         """Open the websocket session ``token`` names: a prepared one if there is one."""
@@ -108,14 +109,21 @@ class Prepared:
         self._soon(QUIET)
 
     def _soon(self, delay: float) -> None:
-        if self._timer is None:
-            loop = asyncio.get_running_loop()
+        if self._timer is None and not self.stopped:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # the server's loop is closing: nothing more to build
+                return
             self._timer = loop.call_later(delay, lambda: asyncio.ensure_future(self._fill()))
+
+    def stop(self) -> None:
+        """Build no more (the server stops, or this process's parts were replaced)."""
+        self.stopped = True
 
     async def _fill(self) -> None:
         """Build one missing session (in the admission's turn), then look again later."""
         self._timer = None
-        if self._building:
+        if self._building or self.stopped:
             return
         now = time.monotonic()
         for key, page in list(self.pages.items()):

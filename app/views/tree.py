@@ -155,10 +155,12 @@ def label(path: Path) -> str:
 def render(obj: Any, name: str) -> Rendering:
     """Render ``obj`` with HoloViews' Bokeh backend; map each element to its glyph."""
     import holoviews as hv
+    from bokeh.document import Document
 
     backend()
     found = list(elements(obj, name))
-    plot = hv.renderer("bokeh").get_plot(obj)
+    # A document of its own: the current one may be a server session's (its lock not held).
+    plot = hv.renderer("bokeh").get_plot(obj, doc=Document())
     by_id = {id(e.element): e for e in found}
     rendering = Rendering(plot.state)
     for leaf, handles in plot_leaves(plot):
