@@ -1,11 +1,11 @@
 """Cost of the cluster: the Dask part of a tick, from submit to a subscriber holding the frame.
 
 In one process, as the embedded setup runs it: a ``LocalCluster`` with two single-thread
-worker processes, the loop's ``StreamRunner`` for one demo stream (40 lines/s on the
+worker processes, the loop's ``Ticker`` of one demo stream (40 lines/s on the
 benchmark's FTP server) and a second client acting as a Panel process's subscriber
 (``headrace.etl.contract.subscribe_all``, then ``FrameStream.read`` of the announced seq). Per tick:
 
-- ``submit -> published``: from ``tick()`` being called (extract and transform submitted)
+- ``submit -> published``: from ``tick()`` being called (the tick's task submitted)
   to the subscriber receiving the frame's event; split into ``extract+transform``
   (to the event's ``published`` stamp, taken just before publishing) and
   ``publish+notify`` (dataset, head, event);
@@ -31,7 +31,9 @@ async def _measure(url: str, state_dir: Path, ticks: int, interval: float, warmu
     from distributed import Client, LocalCluster
 
     from headrace.etl import contract
+    from headrace.etl.contract.batch import TickPublisher
     from headrace.etl.loop.runner import StreamRunner
+    from headrace.etl.loop.ticks import Ticker
     from headrace.etl.store.state import StateStore
     from headrace.etl.streams import Stream
     from headrace.etl.transforms import Resample
@@ -71,13 +73,16 @@ async def _measure(url: str, state_dir: Path, ticks: int, interval: float, warmu
         contract.subscribe_all(sub_client, on_event)
         await asyncio.sleep(0.5)  # the subscription must reach the scheduler first
         store = StateStore(state_dir)
-        runner = StreamRunner(loop_client, stream, store, ring=64)
+        runner = StreamRunner(stream, store)
+        ticker = Ticker(loop_client, [runner], store, TickPublisher(loop_client, 64), interval)
         submits: dict[int, float] = {}
         try:
             for i in range(ticks + warmup):
                 t = time.time()
-                seq = await runner.tick()
-                if seq is not None and i >= warmup:
+                before = runner.health.published
+                await ticker.tick()
+                seq = runner.health.published
+                if seq != before and i >= warmup:
                     submits[seq] = t
                 await asyncio.sleep(max(0.0, interval - (time.time() - t)))
             await asyncio.sleep(1.0)

@@ -19,8 +19,10 @@ from distributed import Client
 from headrace.cluster import writer
 from headrace.cluster.connection import LocalSpec, connect
 from headrace.etl import contract
+from headrace.etl.contract.batch import report_health
 from headrace.etl.loop.metrics import LoopMetrics
-from headrace.etl.loop.runner import StreamRunner, backoff, run_streams, sleep_unless_stopped
+from headrace.etl.loop.runner import StreamRunner, backoff, sleep_unless_stopped
+from headrace.etl.loop.ticks import run_streams
 from headrace.etl.store.deadletter import DeadLetterStore
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.store.state import StateStore
@@ -159,7 +161,7 @@ async def _run_connected(
     ticking = asyncio.create_task(
         run_streams(client, streams, store, ring, session, runners, metrics, dead)
     )
-    reporter = asyncio.create_task(_report_health(runners, session))
+    reporter = asyncio.create_task(_report_health(client, runners, session))
     status = client.status
     while not session.is_set():
         await sleep_unless_stopped(stop, 0.5)
@@ -174,18 +176,16 @@ async def _run_connected(
     await asyncio.gather(ticking, reporter)
 
 
-async def _report_health(runners: list[StreamRunner], stop: asyncio.Event) -> None:
+async def _report_health(client: Client, runners: list[StreamRunner], stop: asyncio.Event) -> None:
     """Keep each stream's health in the scheduler's metadata, for operators and the app.
 
     Once more after ``stop``: the last second before a stop is reported too.
     """
     while True:
         stopping = stop.is_set()
-        for r in runners:
-            try:
-                await r.frames.report_health(r.record())
-            except Exception:  # the scheduler is away; the ticks report that already
-                break
+        if runners:
+            with contextlib.suppress(Exception):  # the scheduler is away; the ticks say so
+                await report_health(client, [r.record() for r in runners])
         if stopping:
             return
         await sleep_unless_stopped(stop, HEALTH_EVERY)

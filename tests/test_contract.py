@@ -19,7 +19,7 @@ from headrace.app.live.subscriber import Subscriber
 from headrace.etl import contract
 from headrace.etl.contract.health import HealthRecord, Sample, statuses
 from headrace.etl.contract.version import SchemaVersionError
-from headrace.etl.loop.runner import Health
+from headrace.etl.loop.health import Health
 from headrace.etl.parse.parser import Malformed
 
 
@@ -173,7 +173,7 @@ def test_an_unknown_schema_version_is_refused(what, read, msg):
         read({**msg, "v": 99})
     text = str(refused.value)
     assert text.startswith(f"refused {what} of stream 'cpu': schema version 99"), text
-    assert "reads version(s) 1 only" in text and "newer headrace" in text, text
+    assert "reads version(s) 1, 2 only" in text and "newer headrace" in text, text
     assert "upgrade headrace in this process" in text, text
     assert isinstance(refused.value, ValueError)
     for unknown in (0, "1", None):

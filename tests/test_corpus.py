@@ -21,7 +21,7 @@ from faultreport import record
 
 from headrace.etl import contract
 from headrace.etl.loop import pipeline
-from headrace.etl.loop.runner import run_streams
+from headrace.etl.loop.ticks import run_streams
 from headrace.etl.parse.lines import drop_nul_padding
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import Chunk, Cursor

@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster
 
 from headrace.etl import contract
 from headrace.etl.config import load
-from headrace.etl.loop.runner import run_streams
+from headrace.etl.loop.ticks import run_streams
 from headrace.etl.store.state import StateStore
 from headrace.etl.transforms import Carry
 

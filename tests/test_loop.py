@@ -14,7 +14,8 @@ from helpers import wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
-from headrace.etl.loop.runner import StreamRunner, run_streams
+from headrace.etl.loop.runner import StreamRunner
+from headrace.etl.loop.ticks import run_streams
 from headrace.etl.parse.parser import take_lines
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.store.state import StateStore
@@ -323,8 +324,10 @@ def test_truncation_and_rotation_restart_at_byte_zero(cluster, ftp_server, ftp_r
     assert values == [[0.0, 0.1, 0.2], [1.0 + i / 10 for i in range(len(new))]]
 
 
-def test_task_names_name_their_stream_in_the_dashboard(cluster, ftp_server, ftp_root, tmp_path):
-    """Dask groups tasks by key_split: every valid stream name must survive it, distinct."""
+def test_tasks_are_named_for_the_server_they_read_in_the_dashboard(
+    cluster, ftp_server, ftp_root, tmp_path
+):
+    """One task per tick reads a server's files; Dask's key_split keeps its name whole."""
     from dask.utils import key_split
 
     from headrace.etl.loop.runner import task_key
@@ -342,12 +345,13 @@ def test_task_names_name_their_stream_in_the_dashboard(cluster, ftp_server, ftp_
         )
     )
     prefixes = set(cluster.scheduler.task_prefixes)
-    for name in names:
-        for step in ("extract", "transform"):
-            shown = key_split(task_key(step, name, 7, "ab12c3"))
-            assert shown == f"{step}({name.replace('-', chr(0x2011))})"
-            assert shown in prefixes, (shown, sorted(prefixes))
-    assert len({key_split(task_key("extract", n, 1, "a1")) for n in names}) == len(names)
+    server = streams[0].source.server.split("://", 1)[1]
+    shown = key_split(task_key("tick", server, 7, "ab12c3"))
+    assert shown == f"tick({server})"
+    assert shown in prefixes, (shown, sorted(prefixes))
+    assert not any(p.startswith(("extract", "transform")) for p in prefixes), prefixes
+    # Names with hyphens (a stream's, a host's) survive key_split whole, and stay distinct.
+    assert len({key_split(task_key("tick", n, 1, "a1")) for n in names}) == len(names)
 
 
 def test_health_totals_continue_across_restarts(cluster, ftp_server, ftp_root, tmp_path, caplog):

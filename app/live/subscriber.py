@@ -2,11 +2,12 @@
 
 A Panel process holds many sessions; all of them read from the process's single
 :class:`Subscriber`, created lazily on the running event loop (``panel serve --num-procs``
-forks after importing the app, and a Dask client does not survive a fork). The
-subscriber keeps one asynchronous ``distributed.Client``, listens to
-``headrace.etl.contract`` events, fetches each announced frame with ``FrameStream.read`` exactly
-once, appends its rows to the stream's :class:`~headrace.app.live.window.Window`, and passes the new
-rows to listeners (the fan-out to sessions).
+forks after importing the app, and a Dask client does not survive a fork). The subscriber
+keeps one asynchronous ``distributed.Client``, listens to ``headrace.etl.contract``
+events, fetches each announced frame exactly once (the frames of every stream announced
+together in one call, ``contract.read_many``), appends its rows to the stream's
+:class:`~headrace.app.live.window.Window`, and passes the new rows to listeners (the
+fan-out to sessions).
 
 A poll every second reads the heads: it finds streams, catches events lost while
 (re)subscribing, and notices a new scheduler behind the same address (after a restart
@@ -58,7 +59,6 @@ class Feed:
     interval: float = 0.0
     ring: int = contract.DEFAULT_RING
     reset: bool = False  # head went backwards: drop rows not newer than what we have
-    task: asyncio.Task | None = None
 
 
 class Subscriber:
@@ -85,6 +85,8 @@ class Subscriber:
         self._listeners: list[Listener] = []
         self._scheduler_id: str | None = None
         self._task: asyncio.Task | None = None
+        self._fetcher: asyncio.Task | None = None  # fetching the frames of _due streams
+        self._due: set[str] = set()
         self._closed = False
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -94,7 +96,7 @@ class Subscriber:
                 "catch_ups",  # polls that found the head ahead of every event
                 "frames",  # frames fetched and ingested
                 "rows",  # rows ingested
-                "fetches",  # read_frames calls
+                "fetches",  # calls fetching frames (of every stream due at once)
                 "missing",  # announced frames that could not be fetched
                 "late_rows",  # rows dropped for being older than the newest row
                 "connects",  # clients created
@@ -103,8 +105,6 @@ class Subscriber:
             ),
             0,
         )
-
-    # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def started(self) -> bool:
@@ -119,8 +119,7 @@ class Subscriber:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [self._task] if self._task else []
-        tasks += [s.task for s in self._streams.values() if s.task is not None]
+        tasks = [t for t in (self._task, self._fetcher) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -178,7 +177,7 @@ class Subscriber:
             log.info("subscribed to %s on %s (pid %d)", contract.TOPIC, self.address, os.getpid())
         return True
 
-    # -- events and heads ------------------------------------------------------------------
+    # -- events and heads: all on the client's loop ------------------------------------------
 
     def _on_event(self, event: contract.Event) -> None:
         # Runs inside the client's message stream: never await here, only schedule.
@@ -242,48 +241,55 @@ class Subscriber:
         return feed
 
     def _schedule(self, feed: Feed) -> None:
-        # One fetch task per stream at a time: that is what makes every frame fetched once.
-        if feed.task is None or feed.task.done():
-            feed.task = asyncio.create_task(self._catch_up(feed), name=f"fetch-{feed.name}")
+        # One fetching task at a time: that is what makes every frame fetched once. The
+        # events of one tick arrive together, so their frames come in one call.
+        self._due.add(feed.name)
+        if self._fetcher is None or self._fetcher.done():
+            self._fetcher = asyncio.create_task(self._fetch_due(), name="headrace-fetch")
 
-    async def _catch_up(self, feed: Feed) -> None:
-        while feed.target > feed.seq and not self._closed:
-            client, until = self.client, feed.target
-            # Frames older than the ring are gone anyway; asking for them costs names.
-            after = max(feed.seq, until - feed.ring)
+    async def _fetch_due(self) -> None:
+        while self._due and not self._closed:
+            due, self._due = self._due, set()
+            ranges = {}
+            for name in due:
+                feed = self._streams[name]
+                if feed.target > feed.seq:
+                    # Frames older than the ring are gone anyway; asking for them costs names.
+                    ranges[name] = (max(feed.seq, feed.target - feed.ring), feed.target)
+            if not ranges:
+                continue
             self.stats["fetches"] += 1
             try:
-                frames = await asyncio.wait_for(
-                    contract.FrameStream(feed.name, client).read(after, until),
-                    FETCH_TIMEOUT,
-                )
+                got = await asyncio.wait_for(contract.read_many(self.client, ranges), FETCH_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Leave seq where it is: the next poll (possibly on a new client) retries.
                 self.stats["errors"] += 1
                 log.info(
-                    "fetch failed: stream %s seqs %d-%d: %s",
-                    feed.name,
-                    after + 1,
-                    until,
+                    "fetch failed: streams %s: %s",
+                    ", ".join(f"{n} seqs {a + 1}-{u}" for n, (a, u) in sorted(ranges.items())),
                     _short(exc),
                 )
                 return
-            got = {seq for seq, _ in frames}
-            missing = [s for s in range(feed.seq + 1, until + 1) if s not in got]
-            if missing:
-                self.stats["missing"] += len(missing)
-                log.info(
-                    "gap: stream %s frames %s not available (left the ring or lost with the "
-                    "scheduler): skipped",
-                    feed.name,
-                    _ranges(missing),
-                )
-            for seq, frame in frames:
-                if seq > feed.seq:
-                    self.ingest(feed.name, seq, frame)
-            feed.seq = max(feed.seq, until)
+            for name, (_, until) in ranges.items():
+                self._take(self._streams[name], until, got[name])
+
+    def _take(self, feed: Feed, until: int, frames: list[tuple[int, pd.DataFrame]]) -> None:
+        seqs = {seq for seq, _ in frames}
+        missing = [s for s in range(feed.seq + 1, until + 1) if s not in seqs]
+        if missing:
+            self.stats["missing"] += len(missing)
+            log.info(
+                "gap: stream %s frames %s not available (left the ring or lost with the "
+                "scheduler): skipped",
+                feed.name,
+                _ranges(missing),
+            )
+        for seq, frame in sorted(frames, key=lambda f: f[0]):
+            if seq > feed.seq:
+                self.ingest(feed.name, seq, frame)
+        feed.seq = max(feed.seq, until)
 
     def ingest(self, stream: str, seq: int, frame: pd.DataFrame | None) -> None:
         """Take frame ``seq`` of ``stream`` (fetching does this): window, then listeners.
@@ -329,8 +335,6 @@ class Subscriber:
         self.stats["late_rows"] += late
         log.info("stream %s: dropped %d rows not newer than the newest row", feed.name, late)
         return take(columns, late)
-
-    # -- what sessions use -----------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(stream, rows, first_index)`` on the loop for every batch of new rows."""
@@ -380,8 +384,7 @@ class Subscriber:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:200]
+    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"[:200]
 
 
 def _ranges(seqs: list[int]) -> str:

@@ -15,7 +15,9 @@ On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+`
 - metadata ``["headrace", "health", s]``: the loop's health record of the stream, a
   :class:`~headrace.etl.contract.health.HealthRecord` as a dict.
 - topic ``headrace.frames``: one msgpack-able dict per frame, an :class:`Event`
-  (``stream, seq, rows, first, last, published, v``).
+  (``stream, seq, rows, first, last, published, v``), or (``v`` 2) one per tick of many
+  streams, ``{"v": 2, "published": t, "frames": [[stream, seq, rows, first, last], ...]}``,
+  which readers take as one :class:`Event` per frame (:func:`events_of`).
 
 ``v`` is the schema version of the writer (absent: 1). A reader refuses a message of a
 version it does not know with :class:`SchemaVersionError` (see
@@ -46,15 +48,16 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from distributed import Future
 
 from headrace.etl.contract.health import HealthRecord
+from headrace.etl.contract.messages import Event, Head, Span, events_of
 from headrace.etl.contract.version import SCHEMA_VERSION as SCHEMA_VERSION
 from headrace.etl.contract.version import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
-from headrace.etl.contract.version import SchemaVersionError, check_message, log_refused
+from headrace.etl.contract.version import SchemaVersionError, log_refused
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,63 +110,6 @@ def _key(kind: str, stream: str | None = None) -> list[str]:
     return [PREFIX, kind] + ([stream] if stream is not None else [])
 
 
-@dataclass(frozen=True)
-class Span:
-    """The rows of a frame: how many, and the ns since the epoch of the first and last."""
-
-    rows: int
-    first: int
-    last: int
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame) -> Span:
-        if not len(frame):
-            return cls(0, 0, 0)
-        times = frame["time"].to_numpy(dtype="datetime64[ns]").view("int64")
-        return cls(len(frame), int(times[0]), int(times[-1]))
-
-
-@dataclass(frozen=True)
-class Event:
-    """Announces one published frame; small and msgpack-serialisable."""
-
-    stream: str
-    seq: int
-    rows: int
-    first: int  # ns since the epoch of the first row's time
-    last: int  # ns since the epoch of the last row's time
-    published: float  # wall-clock seconds when the loop published it
-    v: int = SCHEMA_VERSION
-
-    def to_message(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> Event:
-        """The event in ``msg``; SchemaVersionError if its ``v`` is not one this code reads."""
-        check_message("event", str(msg.get("stream", "?")), msg)
-        return cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
-
-
-@dataclass(frozen=True)
-class Head:
-    """The newest frame of a stream, as kept in the scheduler's metadata."""
-
-    seq: int
-    ring: int
-    published: float
-    interval: float = 0.0  # the stream's tick interval in seconds, so readers can judge staleness
-
-    # No ``v`` is written into heads at version 1, so that readers from before ``v`` was
-    # checked (which take the dict as keyword arguments) can read them; a later version
-    # writes its ``v``, which readers check here.
-    @classmethod
-    def from_message(cls, stream: str, msg: dict[str, Any]) -> Head:
-        """The head of ``stream`` in ``msg``; SchemaVersionError for a version not read here."""
-        check_message("head", stream, msg)
-        return cls(**{k: msg[k] for k in cls.__dataclass_fields__ if k in msg})
-
-
 EventHandler = Callable[[Event], None]
 # Per client: handlers by stream (None: every stream). A client has one handler per topic,
 # so one dispatcher per client serves every FrameStream and subscribe_all on it.
@@ -180,12 +126,13 @@ def _listen(client: Client, stream: str | None, handler: EventHandler) -> None:
 
     def dispatch(message: tuple[float, dict[str, Any]]) -> None:
         try:
-            event = Event.from_message(message[1])
+            events = events_of(message[1])
         except SchemaVersionError as exc:  # a newer loop's stream: the others go on
             log_refused(exc)
             return
-        for h in [*table.get(event.stream, ()), *table.get(None, ())]:
-            h(event)
+        for event in events:
+            for h in [*table.get(event.stream, ()), *table.get(None, ())]:
+                h(event)
 
     # Sent to the scheduler every time: after a scheduler restart this subscribes again.
     client.subscribe_topic(TOPIC, dispatch)
@@ -275,24 +222,7 @@ class FrameStream:
             if head is None:
                 return []
             until = head.seq
-        seqs = list(range(after + 1, until + 1))
-        if not seqs:
-            return []
-        names = [dataset_name(self.name, s) for s in seqs]
-        values = await self.client.get_dataset(names, default=None)
-        found = [(s, v) for s, v in zip(seqs, values, strict=True) if v is not None]
-        futures = {s: v for s, v in found if isinstance(v, Future)}
-        if futures:
-            gathered = await self._gather(futures)
-            found = [(s, gathered.get(s) if s in futures else v) for s, v in found]
-        return [(s, v) for s, v in found if v is not None]
-
-    async def _gather(self, futures: dict[int, Future]) -> dict[int, pd.DataFrame | None]:
-        try:
-            return dict(zip(futures, await self.client.gather(list(futures.values())), strict=True))
-        except Exception:
-            # One lost frame (its worker died) must not hide the others.
-            return {s: await _result_or_none(f) for s, f in futures.items()}
+        return (await read_many(self.client, {self.name: (after, until)}))[self.name]
 
     def subscribe(self, handler: EventHandler) -> None:
         """Call ``handler(Event)`` for every frame of this stream announced from now on.
@@ -316,6 +246,35 @@ class FrameStream:
     async def _health(self) -> HealthRecord | None:
         raw = await self.client.get_metadata(_key("health", self.name), default=None)
         return HealthRecord.from_message({"stream": self.name, **raw}) if raw else None
+
+
+async def read_many(
+    client: Client, ranges: dict[str, tuple[int, int]]
+) -> dict[str, list[tuple[int, pd.DataFrame]]]:
+    """Frames of many streams in one scheduler call: ``{stream: (after, until)}`` →
+    ``{stream: [(seq, DataFrame), ...]}`` as :meth:`FrameStream.read` gives them (with an
+    asynchronous client; frames left in worker memory are gathered in one more call).
+    """
+    wanted = [(name, s) for name, (a, u) in ranges.items() for s in range(a + 1, u + 1)]
+    if not wanted:
+        return {name: [] for name in ranges}
+    values = await client.get_dataset([dataset_name(n, s) for n, s in wanted], default=None)
+    found = {k: v for k, v in zip(wanted, values, strict=True) if v is not None}
+    futures = {k: v for k, v in found.items() if isinstance(v, Future)}
+    if futures:
+        found.update(await _gather(client, futures))
+    out: dict[str, list[tuple[int, pd.DataFrame]]] = {name: [] for name in ranges}
+    for (name, seq), value in found.items():
+        if value is not None:
+            out[name].append((seq, value))
+    return out
+
+
+async def _gather(client: Client, futures: dict[T, Future]) -> dict[T, pd.DataFrame | None]:
+    try:
+        return dict(zip(futures, await client.gather(list(futures.values())), strict=True))
+    except Exception:  # one lost frame (its worker died) must not hide the others
+        return {k: await _result_or_none(f) for k, f in futures.items()}
 
 
 async def _result_or_none(future: Future) -> pd.DataFrame | None:

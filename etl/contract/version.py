@@ -16,8 +16,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # the version this code writes
-SUPPORTED_VERSIONS = (1,)  # the versions this code reads
+SCHEMA_VERSION = 1  # the version this code writes in events, heads and health records
+# Version 2 added the tick message (several frames announced in one event): written with
+# ``v`` 2 (see headrace.etl.contract.batch), so that a reader of version 1 only refuses it.
+TICK_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # the versions this code reads
 FIRST_VERSION = 1  # what a message without ``v`` is
 
 # (what, stream, version) already logged by log_refused

@@ -1,4 +1,4 @@
-"""What runs on Dask workers each tick: extract, then parse and transform.
+"""What runs on Dask workers each tick: extract, then parse and transform, for many streams.
 
 Functions here are submitted as tasks; they take and return plain picklable
 objects, hold no state of their own (the FTP connection pool lives in
@@ -73,3 +73,35 @@ def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) ->
     summary.samples = parsed.samples
     summary.late, summary.carried, summary.carry = step.late, step.carried, step.carry
     return Result(frame, summary)
+
+
+@dataclass
+class Work:
+    """One stream's part of a tick: where to read, how to parse and transform, its carry."""
+
+    stream: str
+    source: Source
+    cursor: Cursor
+    limit: int | None  # the byte a replayed tick ends at
+    parser: Parser
+    transform: Transform
+    carry: Any
+
+
+def tick(works: list[Work]) -> list[Result]:
+    """Extract and transform each stream's chunk, in order: one task for many streams.
+
+    The loop gives a task the streams of one server (their reads share a connection).
+    A stream whose parse or transform raises gets its error in its summary, as one whose
+    source cannot be read does: it fails alone, and the others' results come back.
+    """
+    results = []
+    for work in works:
+        try:
+            chunk = extract(work.source, work.cursor, work.limit)
+            results.append(transform(chunk, work.parser, work.transform, work.carry))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            summary = Summary(work.cursor, 0, 0, None, error=error)
+            results.append(Result(empty_frame(), summary))
+    return results

@@ -127,7 +127,10 @@ class Files(Protocol):
 
 
 class Source(Protocol):
-    display: str
+    display: str  # the source as logs and pages name it, never with a password
+    # What reading it shares with other sources (a server and login): the loop reads the
+    # files of one server together, in one task on one connection.
+    server: str
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk: ...
 

@@ -132,6 +132,7 @@ class FTPSource:
         )
         who = "" if self.user == "anonymous" else f"{self.user}@"
         self.display = f"{scheme}://{who}{place}"
+        self.server = f"{scheme}://{who}{host}:{port}"  # its files share a login (a tick's task)
         self.tls: TLSSettings | None = None
         if scheme == "ftps":
             self.tls = TLSSettings.of(verify, ca_file, self.display)
@@ -179,9 +180,11 @@ class FTPSource:
         # credentials never borrows a connection someone else logged in.
         # The TLS settings too: an ftp:// source must never get an ftps:// one's
         # connection, nor an unverified one a verified one's, or the other way round.
+        # Not the path: the files of one server share its login (one call at a time), so
+        # a tick that reads a hundred files of a server costs no hundred logins.
         digest = hashlib.sha256(self._password.encode()).hexdigest()[:16]
         tls = self.tls.key() if self.tls is not None else None
-        return (self.scheme, tls, self.host, self.port, self.user, self.path, digest)
+        return (self.scheme, tls, self.host, self.port, self.user, digest)
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
         return self._with_connection(

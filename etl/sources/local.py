@@ -21,6 +21,7 @@ class FileSource:
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         self.path = os.fspath(path)
         self.display = str(Path(self.path).absolute())
+        self.server = "file://"  # streams read together: every local file
         try:
             self.options = TailOptions.of(**options)
         except ValueError as e:

@@ -144,23 +144,34 @@ class StateStore:
 
         Both in one transaction: a frame is queued exactly when its stream moves past it.
         """
-        c = state.cursor
-        carry = pickles.dumps(state.carry) if state.carry is not None else None
-        totals = json.dumps(state.totals)
-        row = (name, c.offset, c.line, c.tail, c.fingerprint, c.head, c.phase, c.mtime, c.inode)
+        self.save_many([(name, state, queue)], updated)
+
+    def save_many(self, states: list[tuple[str, Checkpoint, bytes | None]], updated: float) -> None:
+        """:meth:`save` of many streams' ``(name, state, queue)``, all in one transaction."""
+        rows, queued = [], []
+        for name, state, queue in states:
+            c = state.cursor
+            carry = pickles.dumps(state.carry) if state.carry is not None else None
+            cursor = (c.offset, c.line, c.tail, c.fingerprint, c.head, c.phase, c.mtime, c.inode)
+            totals = json.dumps(state.totals)
+            rows.append(
+                (name, *cursor, state.next_seq, carry, state.pending_until, updated, totals)
+            )
+            if queue is not None:
+                queued.append((name, state.next_seq - 1, queue, updated))
         with self._lock:
             try:
                 self._db.execute("BEGIN")
-                self._db.execute(
+                self._db.executemany(
                     f"INSERT OR REPLACE INTO streams (name, {', '.join(_CURSOR)},"
                     " next_seq, carry, pending_until, updated, totals)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, state.next_seq, carry, state.pending_until, updated, totals),
+                    rows,
                 )
-                if queue is not None:
-                    self._db.execute(
+                if queued:
+                    self._db.executemany(
                         "INSERT INTO backlog (stream, seq, frame, added) VALUES (?, ?, ?, ?)",
-                        (name, state.next_seq - 1, queue, updated),
+                        queued,
                     )
                 self._db.execute("COMMIT")
             except BaseException as exc:

@@ -1,0 +1,255 @@
+"""Many streams: the stream-ticks per second the loop sustains, and how late their frames are.
+
+``python -m benchmarks.streams [--streams 10,50,200,1000] [--intervals 0.2,1] [--workers 2]
+[--rate 5] [--duration 30] [--code DIR] [--source ftp|local] [--out FILE]``
+
+Per number of streams N and tick interval: a feed process (the FTP server, and a writer
+appending ``--rate`` demo lines a second to each of N files), then the measured
+processes: ``dask scheduler``, ``dask worker --nworkers W --nthreads 1`` and ``headrace
+etl`` (N streams, one file each, ``resample 25ms max``, no history sink). A client of
+this process hears every frame's event. Over ``--duration`` seconds it reports:
+
+- stream-ticks per second: frames published, all streams (ideal: N / interval), and the
+  share of the ideal;
+- close → published: from the end of a frame's last 25 ms period to its publication, p50
+  and p95 (a frame waits up to one interval for its tick, by design);
+- CPU of the scheduler, the workers and the loop (cores), and the CPU per stream-tick of
+  the three together.
+
+``--code DIR`` runs the scheduler, workers and loop from another checkout of headrace
+(``PYTHONPATH=DIR``: e.g. the design before issue 23, for figures side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import common
+from .common import HOST, log, percentiles
+
+PERIOD_S = 0.025
+
+
+def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
+    """The feed process: FTP server and writer, until killed."""
+    from headrace.cluster.demo.ftpserver import FTPServer
+    from headrace.cluster.demo.logwriter import LogWriter
+
+    paths = [root / f"s{i:04d}.log" for i in range(n)]
+    for p in paths:
+        p.touch()
+    server = FTPServer(root, port=port).start() if source == "ftp" else None
+    writer = LogWriter(paths, rate=rate, seed=1, flush_each_line=False).start()
+    print("feeding", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        writer.stop()
+        if server is not None:
+            server.stop()
+
+
+def _config(work: Path, n: int, interval: float, port: int, source: str) -> Path:
+    lines = [f"state_dir: {work / 'state'}", "ring: 16", "streams:"]
+    for i in range(n):
+        path = work / "feed" / f"s{i:04d}.log"
+        url = f"ftp://{HOST}:{port}/s{i:04d}.log" if source == "ftp" else str(path)
+        lines += [
+            f"  s{i:04d}:",
+            f"    source: {url}",
+            f"    interval: {interval}",
+            "    transform: {resample: 25ms, agg: max}",
+        ]
+    config = work / "headrace.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+async def _listen(address: str, n: int, duration: float, settle: float) -> dict:
+    """Events heard: wait until every stream published (or ``settle`` s), then measure."""
+    from distributed import Client
+
+    from headrace.etl import contract
+
+    heard: list[tuple[str, float, int]] = []
+    async with Client(address, asynchronous=True) as client:
+        contract.subscribe_all(client, lambda e: heard.append((e.stream, e.published, e.last)))
+        deadline = time.monotonic() + settle
+        while len({s for s, _, _ in heard}) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        seen = len({s for s, _, _ in heard})
+        await asyncio.sleep(2.0)  # past the start-up's first, larger frames
+        t0 = time.time()
+        start = len(heard)
+        await asyncio.sleep(duration)
+        t1 = time.time()
+        window = [h for h in heard[start:] if t0 <= h[1] <= t1]
+    lags = [published - (last / 1e9 + PERIOD_S) for _, published, last in window]
+    p50, p95 = percentiles(lags, (50, 95))
+    return dict(
+        streams_started=seen,
+        frames=len(window),
+        streams_published=len({s for s, _, _ in window}),
+        span=t1 - t0,
+        close_to_published_p50_ms=None if p50 is None else round(p50 * 1000),
+        close_to_published_p95_ms=None if p95 is None else round(p95 * 1000),
+    )
+
+
+def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> dict:
+    """One stack of ``n`` streams ticking every ``interval`` seconds, measured."""
+    (work / "feed").mkdir(parents=True, exist_ok=True)
+    ftp_port, sched_port = common.free_port(), common.free_port()
+    address = f"tcp://{HOST}:{sched_port}"
+    env = {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None
+    bin_ = common.VENV_BIN
+    feed = common.start(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.streams",
+            "--feed",
+            work / "feed",
+            "--n",
+            n,
+            "--rate",
+            args.rate,
+            "--port",
+            ftp_port,
+            "--source",
+            args.source,
+        ],
+        work / "feed.log",
+    )
+    config = _config(work, n, interval, ftp_port, args.source)
+    procs: dict[str, object] = {}
+    with common.stopping(feed):
+        if args.source == "ftp":
+            common.wait_port(ftp_port, 60, feed)
+        procs["scheduler"] = common.start(
+            [
+                bin_ / "dask",
+                "scheduler",
+                "--host",
+                HOST,
+                "--port",
+                sched_port,
+                "--dashboard-address",
+                f"{HOST}:{common.free_port()}",
+            ],
+            work / "scheduler.log",
+            env,
+        )
+        with common.stopping(procs["scheduler"]):
+            common.wait_port(sched_port, 60, procs["scheduler"])
+            procs["workers"] = common.start(
+                [
+                    bin_ / "dask",
+                    "worker",
+                    address,
+                    "--nworkers",
+                    args.workers,
+                    "--nthreads",
+                    1,
+                    "--host",
+                    HOST,
+                    "--no-dashboard",
+                ],
+                work / "workers.log",
+                env,
+            )
+            procs["loop"] = common.start(
+                [
+                    bin_ / "headrace",
+                    "etl",
+                    "--config",
+                    config,
+                    "--scheduler",
+                    address,
+                    "--metrics-port",
+                    "0",
+                ],
+                work / "loop.log",
+                env,
+            )
+            with common.stopping(procs["loop"], procs["workers"]):
+                roots = {role: [p.pid] for role, p in procs.items()}
+                stats = common.ProcStats(roots=roots)
+                settle = 60 + n * 0.2
+                with stats:
+                    heard = asyncio.run(_listen(address, n, args.duration, settle))
+    roles = common.by_role(stats.result())
+    cpu = {role: roles.get(role, {}).get("cpu_per_s", 0.0) for role in procs}
+    ticks_per_s = heard["frames"] / heard["span"]
+    total_cpu = sum(cpu.values())
+    return dict(
+        streams=n,
+        interval=interval,
+        workers=args.workers,
+        stream_ticks_per_s=round(ticks_per_s, 1),
+        ideal_per_s=round(n / interval, 1),
+        share=round(ticks_per_s * interval / n, 3),
+        cpu=cpu,
+        cpu_ms_per_stream_tick=round(1000 * total_cpu / ticks_per_s, 2) if ticks_per_s else None,
+        machine=stats.machine(),
+        **heard,
+    )
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| streams | tick s | stream-ticks/s (ideal) | share | close→published p50 / p95 ms "
+        "| CPU scheduler / workers / loop (cores) | CPU ms per stream-tick |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["cpu"]
+        rows.append(
+            f"| {r['streams']} | {r['interval']:g} | {r['stream_ticks_per_s']:g} "
+            f"({r['ideal_per_s']:g}) | {r['share']:.0%} | {r['close_to_published_p50_ms']} / "
+            f"{r['close_to_published_p95_ms']} | {c['scheduler']:.2f} / {c['workers']:.2f} / "
+            f"{c['loop']:.2f} | {r['cpu_ms_per_stream_tick']} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.streams", description=__doc__)
+    p.add_argument("--streams", default="10,50,200,1000")
+    p.add_argument("--intervals", default="0.2,1")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=5.0, help="lines per second per stream")
+    p.add_argument("--duration", type=float, default=30.0)
+    p.add_argument("--source", choices=("ftp", "local"), default="ftp")
+    p.add_argument("--code", default=None, help="run the cluster and loop from this checkout")
+    p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.add_argument("--feed", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.feed is not None:
+        return _feed(args.feed, args.n, args.rate, args.port, args.source)
+    results = []
+    for interval in [float(i) for i in args.intervals.split(",")]:
+        for n in [int(s) for s in args.streams.split(",")]:
+            log(f"streams: {n} streams every {interval:g}s, {args.workers} workers")
+            with tempfile.TemporaryDirectory(prefix="headrace-streams-") as tmp:
+                result = run_one(n, interval, args, Path(tmp))
+            log(f"streams: {json.dumps(result)}")
+            results.append(result)
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

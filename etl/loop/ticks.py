@@ -1,0 +1,265 @@
+"""The tick loop: every interval, all streams' ticks together on the cluster, published at once.
+
+Streams with the same interval tick together (:class:`Ticker`). Each tick costs a few calls
+whatever the number of streams: one task per worker and server for the extracts and
+transforms (the files of one server read on one connection; the streams split into as
+many shares as there are workers, by rendezvous hashing, and the scheduler places the
+shares' tasks, so that a worker added with ``dask worker`` takes a share at the next
+tick and one that leaves gives its share back), one state commit
+before publishing (write-ahead), one publish of every frame
+(:class:`~headrace.etl.contract.batch.TickPublisher`), one commit after it with the frames
+queued for history. A stream's cursor and carry travel with its work, so a stream can tick
+on any worker.
+
+A stream fails alone: its error, backoff and health are its own
+(:class:`~headrace.etl.loop.runner.StreamRunner`). A task that has not finished when half
+an interval has passed (a server that hangs) does not hold the others back: they are
+published, and its streams are settled at a later tick, when it ends. Each stream has at
+most one tick in flight; a tick that overruns its interval delays the next, which then
+takes everything written since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from distributed import Client
+
+from headrace.etl import contract
+from headrace.etl.contract.batch import Outgoing, TickPublisher
+from headrace.etl.loop import pipeline
+from headrace.etl.loop.runner import Step, StreamRunner, next_slot, sleep_unless_stopped, task_key
+from headrace.etl.store.sink import encode
+from headrace.etl.store.state import StateStore
+from headrace.etl.streams import Stream
+
+if TYPE_CHECKING:
+    from headrace.etl.loop.metrics import LoopMetrics
+    from headrace.etl.store.deadletter import DeadLetterStore
+
+log = logging.getLogger(__name__)
+
+WAIT = 0.5  # of an interval: how long a tick waits for its slowest task before publishing
+WORKERS_EVERY = 1.0  # seconds between looks at which workers are present
+
+Outcome = pipeline.Result | BaseException
+
+
+def owner(stream: str, workers: list[str]) -> str | None:
+    """The worker a stream's work goes to: the same while that worker stays (rendezvous)."""
+    if not workers:
+        return None
+    # A well-mixed hash: CRC32's linearity skews shares of similar names.
+    return max(
+        workers, key=lambda w: hashlib.blake2b(f"{stream}|{w}".encode(), digest_size=8).digest()
+    )
+
+
+class Ticker:
+    """Ticks ``runners`` (streams of one interval) together; see the module's docstring."""
+
+    def __init__(
+        self,
+        client: Client,
+        runners: list[StreamRunner],
+        store: StateStore,
+        publisher: TickPublisher,
+        interval: float,
+    ) -> None:
+        self.client, self.runners, self.store = client, runners, store
+        self.publisher, self.interval = publisher, interval
+        self.count = 0  # ticks so far, in task keys
+        self.flying: dict[asyncio.Future, tuple[list[StreamRunner], float]] = {}
+        self.busy: set[str] = set()  # streams with a tick in flight
+        self.workers: list[str] = []
+        self.owners: dict[str, str | None] = {}
+        self._looked = float("-inf")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick at every multiple of the interval (Unix time) until ``stop`` is set."""
+        for r in self.runners:
+            log.info(
+                "stream %s: ticking every %.3gs from %s, next seq %d at byte %d, %d lines so far",
+                r.name,
+                self.interval,
+                r.stream.source.display,
+                r.state.next_seq,
+                r.state.cursor.offset,
+                r.health.lines,
+            )
+        next_at = next_slot(self.interval)
+        while not stop.is_set():
+            await sleep_unless_stopped(stop, next_at - time.time())
+            if stop.is_set():
+                break
+            started = time.time()
+            try:
+                await self.tick()
+            except Exception:  # a bug of the loop's own: said, and the next tick tries again
+                log.exception("tick of %d streams failed", len(self.runners))
+            next_at = max(next_slot(self.interval, after=started), time.time())
+        for task in self.flying:  # not settled: read again at the next start
+            task.cancel()
+        await asyncio.gather(*self.flying, return_exceptions=True)
+        for r in self.runners:
+            h = r.health
+            log.info("stream %s: stopped at seq %d; %s", r.name, h.published, h.summary())
+
+    async def tick(self) -> None:
+        """One tick of the streams due now; settles whatever has finished by its end."""
+        started = time.time()
+        due = [r for r in self.runners if r.name not in self.busy and r.retry_at <= started]
+        new = await self._submit(due, started) if due else []
+        if new:
+            await asyncio.wait(new, timeout=self.interval * WAIT)
+        outcomes: list[tuple[StreamRunner, Outcome, float]] = []
+        for task in [t for t in self.flying if t.done()]:
+            runners, submitted = self.flying.pop(task)
+            self.busy.difference_update(r.name for r in runners)
+            try:
+                results: list[Outcome] = list(task.result())
+            except Exception as exc:  # the task failed (a lost worker, the scheduler away)
+                results = [exc] * len(runners)
+            outcomes += [(r, o, submitted) for r, o in zip(runners, results, strict=True)]
+        if outcomes:
+            await self._settle([(r, o) for r, o, _ in outcomes])
+        for r, _, submitted in outcomes:
+            r.ticked(submitted, self.interval)
+
+    async def _submit(self, due: list[StreamRunner], started: float) -> list[asyncio.Future]:
+        await self._look_at_workers()
+        groups: dict[tuple[str | None, str], list[StreamRunner]] = {}
+        for r in due:
+            if r.name not in self.owners:
+                self.owners[r.name] = owner(r.name, self.workers)
+            place = (self.owners[r.name], r.stream.source.server)
+            groups.setdefault(place, []).append(r)
+        self.count += 1
+        new = []
+        for (_, server), runners in groups.items():
+            # A token per task: one server's streams in two shares are two tasks.
+            token = uuid.uuid4().hex[:6]
+            # No worker restrictions: the scheduler spreads the shares' tasks over the
+            # workers (a task restricted to a worker that died with no other present
+            # would wait for that worker for ever).
+            future = self.client.submit(
+                pipeline.tick,
+                [r.work() for r in runners],
+                key=task_key("tick", server.split("://", 1)[-1] or "local", self.count, token),
+                pure=False,
+            )
+            task = asyncio.ensure_future(future)
+            self.flying[task] = (runners, started)
+            self.busy.update(r.name for r in runners)
+            new.append(task)
+        return new
+
+    async def _look_at_workers(self) -> None:
+        if time.monotonic() - self._looked < WORKERS_EVERY:
+            return
+        self._looked = time.monotonic()
+        try:
+            workers = [str(i) for i in range(len(await self.client.ncores()) or 1)]
+        except Exception:  # the scheduler is away: the tick's tasks will say so
+            return
+        if workers != self.workers:
+            if self.workers:
+                log.info(
+                    "streams in %d shares now (were %d): one a worker",
+                    len(workers),
+                    len(self.workers),
+                )
+            self.workers, self.owners = workers, {}
+
+    async def _settle(self, outcomes: list[tuple[StreamRunner, Outcome]]) -> None:
+        """Commit, publish and commit again for every stream whose tick ended."""
+        steps: list[Step] = []
+        for runner, outcome in outcomes:
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                steps.append(runner.step(outcome))
+            except Exception as exc:
+                runner.failed(exc)
+        ahead = [(s.runner.name, s.ahead, None) for s in steps if s.ahead is not None]
+        if ahead:
+            try:
+                await asyncio.to_thread(self.store.save_many, ahead, time.time())
+            except Exception as exc:  # disk full, read-only: every stream's tick again later
+                _fail(steps, exc)
+                return
+            for s in steps:
+                if s.ahead is not None:
+                    s.runner.committed(s.ahead)
+        publishing = [s for s in steps if s.frame is not None]
+        if publishing:
+            frames = [
+                Outgoing(s.runner.name, s.seq, s.frame, s.summary.span, s.runner.stream.interval)
+                for s in publishing
+            ]
+            try:
+                published = await self.publisher.publish(frames)
+                await asyncio.to_thread(self._commit_published, publishing)
+            except Exception as exc:
+                _fail(publishing, exc)
+                steps = [s for s in steps if s.frame is None]
+            else:
+                for s in publishing:
+                    s.runner.published(s, published)
+        for s in steps:
+            s.runner.succeeded()
+        if any(s.summary.samples for s in steps):
+            await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
+
+    def _commit_published(self, steps: list[Step]) -> None:
+        # The history sink gets each frame through the backlog, queued with this commit.
+        states = [
+            (s.runner.name, s.done, encode(s.frame) if s.runner.stream.sink is not None else None)
+            for s in steps
+        ]
+        self.store.save_many(states, time.time())
+        for s in steps:
+            s.runner.committed(s.done)
+
+
+def _fail(steps: list[Step], exc: BaseException) -> None:
+    for s in steps:
+        s.runner.failed(exc)
+
+
+async def run_streams(
+    client: Client,
+    streams: Iterable[Stream],
+    store: StateStore,
+    ring: int = contract.DEFAULT_RING,
+    stop: asyncio.Event | None = None,
+    runners: list[StreamRunner] | None = None,
+    metrics: LoopMetrics | None = None,
+    dead: DeadLetterStore | None = None,
+) -> list[StreamRunner]:
+    """Tick every stream until ``stop`` is set; ``runners`` (if given) is filled as they start.
+
+    ``metrics`` (if given) observes every tick and serves the runners' health;
+    ``dead`` keeps the malformed lines.
+    """
+    stop = stop or asyncio.Event()
+    runners = runners if runners is not None else []
+    runners.extend(StreamRunner(s, store, metrics, dead) for s in streams)
+    if metrics is not None:
+        metrics.healths = lambda: [(r.name, r.health) for r in runners]
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stream names must be unique, got {names}")
+    publisher = TickPublisher(client, ring)
+    by_interval: dict[float, list[StreamRunner]] = {}
+    for r in runners:
+        by_interval.setdefault(r.stream.interval, []).append(r)
+    tickers = [Ticker(client, rs, store, publisher, i) for i, rs in by_interval.items()]
+    await asyncio.gather(*(t.run(stop) for t in tickers))
+    return runners

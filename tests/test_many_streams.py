@@ -1,0 +1,226 @@
+"""Many streams on one loop: a tick's work per worker and server, one publish, one commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import msgpack
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster, Worker, get_task_stream
+
+from headrace.etl import contract
+from headrace.etl.contract.batch import Outgoing, TickPublisher, report_health
+from headrace.etl.contract.health import HealthRecord
+from headrace.etl.contract.version import SchemaVersionError
+from headrace.etl.loop.runner import StreamRunner
+from headrace.etl.loop.ticks import Ticker, owner, run_streams
+from headrace.etl.store.state import Checkpoint, StateStore
+from headrace.etl.streams import Stream
+
+
+def frame(start: str, n: int) -> pd.DataFrame:
+    times = pd.date_range(start, periods=n, freq="25ms", tz="UTC", unit="ns")
+    return pd.DataFrame({"time": times, "value": np.arange(n, dtype=float)})
+
+
+def test_a_stream_stays_on_its_worker_while_that_worker_stays():
+    streams = [f"s{i}" for i in range(400)]
+    two = ["tcp://a:1", "tcp://b:1"]
+    three = [*two, "tcp://c:1"]
+    before = {s: owner(s, two) for s in streams}
+    after = {s: owner(s, three) for s in streams}
+    moved = [s for s in streams if before[s] != after[s]]
+    assert all(after[s] == "tcp://c:1" for s in moved)  # only to the new worker
+    assert 100 < len(moved) < 170  # about its third
+    assert 150 < sum(1 for s in streams if before[s] == "tcp://a:1") < 250  # spread evenly
+    assert owner("s1", []) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_tick_of_many_streams_is_published_in_one_message(cluster_options):
+    async def main():
+        async with (
+            LocalCluster(**cluster_options, asynchronous=True) as cluster,
+            Client(cluster, asynchronous=True) as client,
+            Client(cluster, asynchronous=True) as raw,  # a client has one handler per topic
+        ):
+            messages, events = [], []
+            raw.subscribe_topic(contract.TOPIC, lambda m: messages.append(m[1]))
+            contract.subscribe_all(client, events.append)
+            await asyncio.sleep(0.3)
+            publisher = TickPublisher(client, ring=2)
+            names = [f"s{i}" for i in range(50)]
+            for seq in (1, 2, 3):
+                frames = [frame(f"2026-01-01 00:00:0{seq}", seq) for _ in names]
+                out = [
+                    Outgoing(n, seq, f, contract.Span.of(f), 0.2)
+                    for n, f in zip(names, frames, strict=True)
+                ]
+                await publisher.publish(out)
+            await asyncio.sleep(0.5)
+            heads = await contract.heads(client)
+            read = await contract.read_many(client, {"s7": (0, 3), "s8": (2, 3)})
+            return messages, events, heads, read
+
+    messages, events, heads, read = asyncio.run(main())
+    assert len(messages) == 3  # one per tick, whatever the number of streams
+    assert all(m["v"] == 2 and len(m["frames"]) == 50 for m in messages)
+    assert len(events) == 150 and {e.seq for e in events if e.stream == "s3"} == {1, 2, 3}
+    assert all(h.seq == 3 and h.ring == 2 and h.interval == 0.2 for h in heads.values())
+    assert len(heads) == 50
+    assert [s for s, _ in read["s7"]] == [2, 3]  # seq 1 left the ring of 2
+    assert [len(f) for _, f in read["s8"]] == [3]
+
+
+def test_a_reader_of_version_1_refuses_a_tick_message_and_says_so():
+    msg = {"v": 2, "published": 1.0, "frames": [["a", 1, 2, 3, 4]]}
+    assert contract.events_of(msg) == [contract.Event("a", 1, 2, 3, 4, 1.0)]
+    assert msgpack.unpackb(msgpack.packb(msg)) == msg
+    with pytest.raises(SchemaVersionError, match="schema version 3"):
+        contract.events_of({**msg, "v": 3})
+    with pytest.raises(SchemaVersionError, match="refused tick"):
+        contract.events_of({**msg, "v": 1})  # a tick message is never version 1
+
+
+@pytest.mark.timeout(60)
+def test_health_records_of_every_stream_go_in_one_call(cluster_options):
+    async def main():
+        async with (
+            LocalCluster(**cluster_options, asynchronous=True) as cluster,
+            Client(cluster, asynchronous=True) as client,
+        ):
+            await report_health(client, [HealthRecord("a", ticks=3), HealthRecord("b", ticks=4)])
+            return await contract.health_records(client), await contract.FrameStream(
+                "b", client
+            ).health()
+
+    every, b = asyncio.run(main())
+    assert {s: r.ticks for s, r in every.items()} == {"a": 3, "b": 4}
+    assert b.ticks == 4
+
+
+def test_many_states_are_saved_in_one_transaction(tmp_path):
+    store = StateStore(tmp_path)
+    states = [(f"s{i}", Checkpoint(next_seq=i + 2), b"frame" if i % 2 else None) for i in range(5)]
+    store.save_many(states, time.time())
+    assert [store.load(f"s{i}").next_seq for i in range(5)] == [2, 3, 4, 5, 6]
+    assert [(q.stream, q.seq) for q in store.queued(10)] == [("s1", 2), ("s3", 4)]
+    with pytest.raises(Exception):  # noqa: B017 - a frame that is not bytes: all rolled back
+        store.save_many([("s9", Checkpoint(next_seq=9), None), ("s1", Checkpoint(), object())], 0)
+    assert store.load("s9").next_seq == 1 and store.load("s1").next_seq == 3
+    store.close()
+
+
+def _lines(n: int, start: int = 0) -> bytes:
+    base = pd.Timestamp("2026-11-23T09:00:00Z")
+    return b"".join(
+        f"{(base + pd.Timedelta(seconds=i)).isoformat()} {i}\n".encode()
+        for i in range(start, start + n)
+    )
+
+
+class Exploding:
+    """A parser whose own code raises (not a line it reports as malformed)."""
+
+    def parse(self, data: bytes, first_line: int = 1, source: str = "") -> object:
+        raise RuntimeError("this parser fails on every line")
+
+
+@pytest.mark.timeout(120)
+def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
+    cluster_options, ftp_server, ftp_root, tmp_path, caplog
+):
+    """Twenty streams on one FTP server and two workers: at most two tasks a tick."""
+    caplog.set_level(logging.INFO, logger="headrace")
+    names = [f"s{i:02d}" for i in range(20)]
+    for name in names:
+        (ftp_root / f"{name}.log").write_bytes(_lines(3))
+    streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.1) for n in names]
+    streams.append(Stream("bad", ftp_server.url("s00.log"), parser=Exploding(), interval=0.1))
+
+    async def main():
+        opts = {**cluster_options, "n_workers": 2, "threads_per_worker": 1}
+        async with (
+            LocalCluster(**opts, asynchronous=True) as cluster,
+            Client(cluster, asynchronous=True) as client,
+        ):
+            store, stop, runners = StateStore(tmp_path / "state"), asyncio.Event(), []
+            async with get_task_stream(client) as ts:
+                task = asyncio.create_task(run_streams(client, streams, store, 100, stop, runners))
+                deadline, appended = time.monotonic() + 60, False
+                while time.monotonic() < deadline:
+                    by = {r.name: r for r in runners}
+                    done = len(by) == 21 and all(by[n].health.published == 2 for n in names)
+                    if done and by["bad"].health.failures >= 2:
+                        break
+                    ready = len(by) == 21 and all(by[n].health.published == 1 for n in names)
+                    if ready and not appended:
+                        appended = True
+                        for n in names:
+                            with open(ftp_root / f"{n}.log", "ab") as f:
+                                f.write(_lines(2, start=3))
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await task
+            store.close()
+            read = await contract.read_many(client, {n: (0, 5) for n in names})
+            return {r.name: r for r in runners}, ts.data, read
+
+    runners, tasks, read = asyncio.run(main())
+    per_tick = defaultdict(list)
+    for t in tasks:
+        if t["key"].startswith("tick("):
+            per_tick[t["key"].split("-")[1]].append(t["worker"])
+    assert per_tick and max(len(ws) for ws in per_tick.values()) <= 2, per_tick
+    assert len({w for ws in per_tick.values() for w in ws}) == 2  # both workers had a share
+    for n in names:
+        assert [len(f) for _, f in read[n]] == [3, 2], n  # every line once, in order
+        assert runners[n].health.failures == 0
+    bad = runners["bad"].health
+    assert bad.published == 0 and "this parser fails on every line" in bad.error
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "stream bad" in errors[0], errors
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_added_takes_its_share_at_the_next_ticks(
+    cluster_options, ftp_server, ftp_root, tmp_path
+):
+    names = [f"w{i:02d}" for i in range(12)]
+    for name in names:
+        (ftp_root / f"{name}.log").write_bytes(_lines(1))
+    streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.1) for n in names]
+
+    async def main():
+        opts = {**cluster_options, "n_workers": 1, "threads_per_worker": 1, "processes": False}
+        async with (
+            LocalCluster(**opts, asynchronous=True) as cluster,
+            Client(cluster, asynchronous=True) as client,
+        ):
+            store = StateStore(tmp_path / "state")
+            runners = [StreamRunner(s, store) for s in streams]
+            ticker = Ticker(client, runners, store, TickPublisher(client, 16), 0.1)
+            first = (await client.ncores()).keys()
+            async with get_task_stream(client) as before:
+                for _ in range(3):
+                    await ticker.tick()
+            async with Worker(cluster.scheduler_address, nthreads=1) as added:
+                await asyncio.sleep(1.1)  # the ticker looks at the workers once a second
+                async with get_task_stream(client) as after:
+                    for _ in range(3):
+                        await ticker.tick()
+                        await asyncio.sleep(0.1)
+                added_address = added.address
+            store.close()
+            return set(first), before.data, after.data, added_address, runners
+
+    first, before, after, added, runners = asyncio.run(main())
+    assert {t["worker"] for t in before if t["key"].startswith("tick(")} <= first
+    workers_after = [t["worker"] for t in after if t["key"].startswith("tick(")]
+    assert added in workers_after and set(workers_after) - {added}  # both have a share now
+    assert all(r.health.published == 1 and r.health.failures == 0 for r in runners)
