@@ -60,6 +60,54 @@ def start(
     return proc
 
 
+def dask_scheduler(
+    port: int, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``dask scheduler`` on ``port`` (its dashboard on a free one), listening when returned."""
+    proc = start(
+        [
+            VENV_BIN / "dask",
+            "scheduler",
+            "--host",
+            HOST,
+            "--port",
+            port,
+            "--dashboard-address",
+            f"{HOST}:{free_port()}",
+        ],
+        log_path,
+        env,
+    )
+    try:
+        wait_port(port, 60, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def dask_workers(
+    address: str, n: int, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``dask worker`` with ``n`` single-thread worker processes, no dashboards."""
+    return start(
+        [
+            VENV_BIN / "dask",
+            "worker",
+            address,
+            "--nworkers",
+            n,
+            "--nthreads",
+            1,
+            "--host",
+            HOST,
+            "--no-dashboard",
+        ],
+        log_path,
+        env,
+    )
+
+
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """SIGTERM the child's process group, then SIGKILL what is left of it."""
     if proc is None:

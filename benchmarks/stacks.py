@@ -170,39 +170,8 @@ def start_headrace(feed: Feed, num_procs: int, work: Path, ring: int = 64) -> St
         "headrace", f"http://{HOST}:{panel_port}/dashboard", panel_port, scheduler=address
     )
     try:
-        stack.procs["scheduler"] = [
-            common.start(
-                [
-                    bin_ / "dask",
-                    "scheduler",
-                    "--host",
-                    HOST,
-                    "--port",
-                    sched_port,
-                    "--dashboard-address",
-                    f"{HOST}:{common.free_port()}",
-                ],
-                work / "scheduler.log",
-            )
-        ]
-        common.wait_port(sched_port, 60, stack.procs["scheduler"][0])
-        stack.procs["workers"] = [
-            common.start(
-                [
-                    bin_ / "dask",
-                    "worker",
-                    address,
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    HOST,
-                    "--no-dashboard",
-                ],
-                work / "workers.log",
-            )
-        ]
+        stack.procs["scheduler"] = [common.dask_scheduler(sched_port, work / "scheduler.log")]
+        stack.procs["workers"] = [common.dask_workers(address, 2, work / "workers.log")]
         stack.procs["loop"] = [
             common.start(
                 [bin_ / "headrace", "etl", "--config", config, "--scheduler", address, *NO_METRICS],

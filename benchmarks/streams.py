@@ -134,38 +134,9 @@ def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> di
     with common.stopping(feed):
         if args.source == "ftp":
             common.wait_port(ftp_port, 60, feed)
-        procs["scheduler"] = common.start(
-            [
-                bin_ / "dask",
-                "scheduler",
-                "--host",
-                HOST,
-                "--port",
-                sched_port,
-                "--dashboard-address",
-                f"{HOST}:{common.free_port()}",
-            ],
-            work / "scheduler.log",
-            env,
-        )
+        procs["scheduler"] = common.dask_scheduler(sched_port, work / "scheduler.log", env)
         with common.stopping(procs["scheduler"]):
-            common.wait_port(sched_port, 60, procs["scheduler"])
-            procs["workers"] = common.start(
-                [
-                    bin_ / "dask",
-                    "worker",
-                    address,
-                    "--nworkers",
-                    args.workers,
-                    "--nthreads",
-                    1,
-                    "--host",
-                    HOST,
-                    "--no-dashboard",
-                ],
-                work / "workers.log",
-                env,
-            )
+            procs["workers"] = common.dask_workers(address, args.workers, work / "workers.log", env)
             procs["loop"] = common.start(
                 [
                     bin_ / "headrace",

@@ -286,7 +286,7 @@ class Subscriber:
                 feed.name,
                 _ranges(missing),
             )
-        for seq, frame in sorted(frames, key=lambda f: f[0]):
+        for seq, frame in frames:  # oldest first, as read_many gives them
             if seq > feed.seq:
                 self.ingest(feed.name, seq, frame)
         feed.seq = max(feed.seq, until)

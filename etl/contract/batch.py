@@ -46,7 +46,6 @@ class TickPublisher:
     def __init__(self, client: Client, ring: int) -> None:
         self.client, self.ring = client, ring
         self.heads: dict[str, dict[str, Any]] | None = None
-        self.ticks = 0
 
     async def publish(self, frames: list[Outgoing]) -> float:
         """Publish ``frames`` (at most one per stream); returns when they were published.
@@ -75,7 +74,6 @@ class TickPublisher:
         stale = [dataset_name(f.stream, f.seq - self.ring) for f in frames if f.seq > self.ring]
         if stale:
             await client.unpublish_dataset(stale)
-        self.ticks += 1
         return now
 
 

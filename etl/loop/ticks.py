@@ -1,7 +1,7 @@
 """The tick loop: every interval, all streams' ticks together on the cluster, published at once.
 
 Streams with the same interval tick together (:class:`Ticker`). Each tick costs a few calls
-whatever the number of streams: one task per worker and server for the extracts and
+whatever the number of streams: one task per share (a worker's) and server for the extracts and
 transforms (the files of one server read on one connection; the streams split into as
 many shares as there are workers, by rendezvous hashing, and the scheduler places the
 shares' tasks, so that a worker added with ``dask worker`` takes a share at the next
@@ -51,13 +51,16 @@ WORKERS_EVERY = 1.0  # seconds between looks at which workers are present
 Outcome = pipeline.Result | BaseException
 
 
-def owner(stream: str, workers: list[str]) -> str | None:
-    """The worker a stream's work goes to: the same while that worker stays (rendezvous)."""
-    if not workers:
+def owner(stream: str, shares: list[str]) -> str | None:
+    """The share a stream's work goes to: the same while that share stays (rendezvous).
+
+    Adding a share moves only the streams that go to the new one, about their share.
+    """
+    if not shares:
         return None
     # A well-mixed hash: CRC32's linearity skews shares of similar names.
     return max(
-        workers, key=lambda w: hashlib.blake2b(f"{stream}|{w}".encode(), digest_size=8).digest()
+        shares, key=lambda w: hashlib.blake2b(f"{stream}|{w}".encode(), digest_size=8).digest()
     )
 
 
@@ -77,7 +80,7 @@ class Ticker:
         self.count = 0  # ticks so far, in task keys
         self.flying: dict[asyncio.Future, tuple[list[StreamRunner], float]] = {}
         self.busy: set[str] = set()  # streams with a tick in flight
-        self.workers: list[str] = []
+        self.shares: list[str] = []  # one per worker present
         self.owners: dict[str, str | None] = {}
         self._looked = float("-inf")
 
@@ -137,7 +140,7 @@ class Ticker:
         groups: dict[tuple[str | None, str], list[StreamRunner]] = {}
         for r in due:
             if r.name not in self.owners:
-                self.owners[r.name] = owner(r.name, self.workers)
+                self.owners[r.name] = owner(r.name, self.shares)
             place = (self.owners[r.name], r.stream.source.server)
             groups.setdefault(place, []).append(r)
         self.count += 1
@@ -165,17 +168,17 @@ class Ticker:
             return
         self._looked = time.monotonic()
         try:
-            workers = [str(i) for i in range(len(await self.client.ncores()) or 1)]
+            shares = [str(i) for i in range(len(await self.client.ncores()) or 1)]
         except Exception:  # the scheduler is away: the tick's tasks will say so
             return
-        if workers != self.workers:
-            if self.workers:
+        if shares != self.shares:
+            if self.shares:
                 log.info(
                     "streams in %d shares now (were %d): one a worker",
-                    len(workers),
-                    len(self.workers),
+                    len(shares),
+                    len(self.shares),
                 )
-            self.workers, self.owners = workers, {}
+            self.shares, self.owners = shares, {}
 
     async def _settle(self, outcomes: list[tuple[StreamRunner, Outcome]]) -> None:
         """Commit, publish and commit again for every stream whose tick ended."""
