@@ -315,6 +315,25 @@ def test_each_kind_of_element_is_fed_the_way_it_can_be():
     }
 
 
+def test_a_view_renders_apart_from_the_current_document_of_a_server_session():
+    # In a server process curdoc() may be a session's document, whose changes need its lock.
+    from bokeh.document import Document
+    from bokeh.io.doc import patch_curdoc
+
+    from headrace.app.views.tree import render
+
+    rows = pd.DataFrame({"time": [START], "value": [1.0]})
+    page = hv.render(hv.Curve(rows, "time", "value"), backend="bokeh")  # themed models
+    session_doc = Document()
+    session_doc.add_root(page)
+    changes = []
+    session_doc.on_change(changes.append)
+    with patch_curdoc(session_doc):
+        rendering = render(hv.Curve(rows, "time", "value"), "curve")
+    assert changes == [] and session_doc.roots == [page]
+    assert rendering.glyphs, "the curve was rendered and its glyph found"
+
+
 def test_headrace_serve_takes_a_users_app_instead_of_the_dashboard(tmp_path):
     from click.testing import CliRunner
 

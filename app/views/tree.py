@@ -156,11 +156,15 @@ def render(obj: Any, name: str) -> Rendering:
     """Render ``obj`` with HoloViews' Bokeh backend; map each element to its glyph."""
     import holoviews as hv
     from bokeh.document import Document
+    from bokeh.io.doc import patch_curdoc
 
     backend()
     found = list(elements(obj, name))
-    # A document of its own: the current one may be a server session's (its lock not held).
-    plot = hv.renderer("bokeh").get_plot(obj, doc=Document())
+    # A document of its own: curdoc() may be a server session's, whose lock is not held here.
+    # HoloViews takes `doc` only in server mode; otherwise it themes curdoc(), so patch that.
+    doc = Document()
+    with patch_curdoc(doc):
+        plot = hv.renderer("bokeh").get_plot(obj, doc=doc)
     by_id = {id(e.element): e for e in found}
     rendering = Rendering(plot.state)
     for leaf, handles in plot_leaves(plot):
