@@ -15,7 +15,9 @@ streams:
     password_env: CPU_FTP_PASSWORD # or put it in ~/.netrc; never in this file if you can help it
     interval: 0.2
     parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601, max_future: 1h}
-    transform: {resample: 25ms, agg: max}    # or none, or "package.module:function"
+    transform: {resample: 25ms, agg: max}    # or none, or "package.module:function", or
+    # {window: tumbling|hopping|session, size: 1s, step: 250ms, gap: 5s,
+    #  agg: [max, mean] or m4, grace: 2s, idle_close: 1s}
     sink: {retention: 7d}                    # overrides the defaults below; none: no history
   secure:
     source: ftps://reader@ftp.example/app.log  # explicit FTPS (AUTH TLS), data connections too
@@ -43,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from headrace.etl import windows
 from headrace.etl.contract import DEFAULT_RING
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import TailOptions
@@ -227,10 +230,13 @@ def _transform(spec: Any) -> Any:
         return None
     if isinstance(spec, str):
         return _import(spec)
+    if isinstance(spec, dict) and "window" in spec:
+        return windows.from_config(spec)
     if isinstance(spec, dict):
         spec = dict(spec)
         period = spec.pop("resample", "25ms")
         return Resample(period, **spec)
     raise TypeError(
-        f"expected {{resample: 25ms, agg: mean}}, none or 'module:function', got {spec!r}"
+        "expected {resample: 25ms, agg: mean}, {window: tumbling, size: 1s, ...}, none or "
+        f"'module:function', got {spec!r}"
     )

@@ -15,6 +15,10 @@ and, in any other process with a Dask client::
     cpu.head()  # Head(seq=812, ring=64, published=..., interval=0.2)
     cpu.read(after=800)  # [(801, DataFrame), ..., (812, DataFrame)]
 
+Windows over event time (:mod:`headrace.etl.windows`): ``headrace.Tumbling("1s",
+agg=["max", "mean"], grace="2s")``, ``headrace.Hopping("10s", "2s")``,
+``headrace.Session("30s", idle_close=5)``.
+
 The parts live in three sub-packages: :mod:`headrace.etl` (sources, parsers,
 transforms, the tick loop, the contract), :mod:`headrace.app` (the Panel side) and
 :mod:`headrace.cluster` (the processes and the ``headrace`` command). Names here are
@@ -42,6 +46,9 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from headrace.etl.transforms import Resample as Resample
     from headrace.etl.transforms import Step as Step
     from headrace.etl.transforms import Transform as Transform
+    from headrace.etl.windows import Hopping as Hopping
+    from headrace.etl.windows import Session as Session
+    from headrace.etl.windows import Tumbling as Tumbling
 
 _EXPORTS = {
     "ConfigError": ("headrace.etl.streams", "ConfigError"),
@@ -55,6 +62,9 @@ _EXPORTS = {
     "Step": ("headrace.etl.transforms", "Step"),
     "Stream": ("headrace.etl.streams", "Stream"),
     "Transform": ("headrace.etl.transforms", "Transform"),
+    "Tumbling": ("headrace.etl.windows", "Tumbling"),
+    "Hopping": ("headrace.etl.windows", "Hopping"),
+    "Session": ("headrace.etl.windows", "Session"),
     "heads": ("headrace.etl.contract", "heads"),
     "load_config": ("headrace.etl.config", "load"),
     "run": ("headrace.cluster.service", "run"),
@@ -66,13 +76,16 @@ __all__ = [
     "Event",
     "FrameStream",
     "FunctionParser",
+    "Hopping",
     "Map",
     "Parser",
     "RegexParser",
     "Resample",
+    "Session",
     "Step",
     "Stream",
     "Transform",
+    "Tumbling",
     "heads",
     "load_config",
     "run",

@@ -251,6 +251,49 @@ def dask_worker(address: str, log) -> subprocess.Popen:
     return spawn([*cmd, "--nthreads", "2", "--no-dashboard"], log)
 
 
+async def tail(
+    address: str,
+    streams: list,
+    path: Path,
+    pieces: list[bytes],
+    state_dir: Path,
+    linger: float = 0.0,
+):
+    """Run the tick loop; append the next piece once every stream has read the file so far.
+
+    ``linger``: seconds the loop goes on ticking after the last piece was read.
+    """
+    from headrace.etl.loop.ticks import run_streams
+    from headrace.etl.store.deadletter import DeadLetterStore
+    from headrace.etl.store.state import StateStore
+
+    store, dead = StateStore(state_dir), DeadLetterStore(state_dir)
+    async with Client(address, asynchronous=True) as client:
+        stop, runners = asyncio.Event(), []
+        loop = run_streams(client, streams, store, 100_000, stop, runners, dead=dead)
+        task = asyncio.create_task(loop)
+        deadline, left = time.monotonic() + 90, list(pieces)
+        while time.monotonic() < deadline:
+            if task.done():
+                task.result()
+            size = path.stat().st_size
+            if len(runners) == len(streams) and all(r.state.cursor.offset == size for r in runners):
+                if not left:
+                    await asyncio.sleep(linger)
+                    break
+                with open(path, "ab") as f:
+                    f.write(left.pop(0))
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        frames = {s.name: await contract.FrameStream(s.name, client).read() for s in streams}
+    letters = {s.name: dead.recent(s.name, limit=10_000) for s in streams}
+    store.close()
+    dead.close()
+    assert not left, f"{len(left)} pieces never written: the loop did not keep up"
+    return {r.stream.name: r for r in runners}, frames, letters
+
+
 def wait_http(port: int, path: str = "/dashboard", timeout: float = 60, proc=None) -> None:
     import urllib.error
     import urllib.request

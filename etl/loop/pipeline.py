@@ -18,6 +18,7 @@ from headrace.etl.contract.frames import empty_frame
 from headrace.etl.parse.parser import Malformed, Parser
 from headrace.etl.sources.base import Chunk, Cursor, Source, SourceError
 from headrace.etl.transforms import Transform
+from headrace.etl.windows.late import late_letters
 
 
 def extract(source: Source, cursor: Cursor, limit: int | None = None) -> Chunk:
@@ -45,6 +46,7 @@ class Summary:
     malformed: int = 0
     samples: list[Malformed] = field(default_factory=list)
     late: int = 0
+    late_letters: list[Malformed] = field(default_factory=list)  # late rows, reason "late"
     carried: int = 0
     carry: Any = None  # the transform's carry, opaque to the loop
 
@@ -59,10 +61,11 @@ def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) ->
     """Parse the chunk's complete lines and apply the stream's transform.
 
     Without new lines there is nothing to parse or transform: the task returns at once
-    with the carry untouched, so the loop can go on to the next tick in one round trip.
+    with the carry untouched, so the loop can go on to the next tick in one round trip,
+    unless the transform closes idle windows (``ticks_when_idle``).
     """
     summary = Summary(chunk.cursor, len(chunk.data), chunk.transfers, chunk.reset, chunk.error)
-    if not chunk.data:
+    if not chunk.data and not getattr(transform, "ticks_when_idle", False):
         summary.carry = carry
         return Result(empty_frame(), summary)
     parsed = parser.parse(chunk.data, first_line=chunk.first_line, source=chunk.source)
@@ -72,6 +75,16 @@ def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) ->
     summary.lines, summary.blank, summary.malformed = parsed.lines, parsed.blank, parsed.malformed
     summary.samples = parsed.samples
     summary.late, summary.carried, summary.carry = step.late, step.carried, step.carry
+    if len(step.late_rows):
+        summary.late_letters = late_letters(
+            chunk.data,
+            chunk.first_line,
+            chunk.source,
+            parser,
+            parsed,
+            step.late_rows,
+            step.lateness,
+        )
     return Result(frame, summary)
 
 

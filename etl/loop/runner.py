@@ -136,7 +136,8 @@ class StreamRunner:
                 self.stream.source.display,
                 summary.reset,
             )
-        if summary.nbytes == 0:
+        # No bytes and no rows; a window closed for idleness publishes rows without bytes.
+        if summary.nbytes == 0 and summary.span.rows == 0:
             if summary.cursor == state.cursor:
                 return Step(self, seq, summary)
             # A reset or a partial line: remember where we are.
@@ -198,14 +199,14 @@ class StreamRunner:
         After the commit: a tick replayed after a crash stores the same (seq, line) keys,
         which the store ignores. A failing store loses dead letters, never the tick.
         """
-        samples = step.summary.samples
+        samples = step.summary.samples + step.summary.late_letters
         if self.dead is None or not samples:
             return
         try:
             self.dead.add(self.name, step.seq, samples)
         except Exception as exc:
             log.error(
-                "stream %s: could not keep %d malformed lines in %s: %s",
+                "stream %s: could not keep %d malformed or late lines in %s: %s",
                 self.name,
                 len(samples),
                 self.dead.path,
@@ -231,7 +232,8 @@ class StreamRunner:
             )
         if s.late:
             log.warning(
-                "stream %s: %d late lines dropped, their period was already published",
+                "stream %s: %d late lines not published, their window had closed (%s)",
                 self.name,
                 s.late,
+                "kept as dead letters" if s.late_letters else "counted",
             )

@@ -217,7 +217,7 @@ class Ticker:
                     s.runner.published(s, published)
         for s in steps:
             s.runner.succeeded()
-        if any(s.summary.samples for s in steps):
+        if any(s.summary.samples or s.summary.late_letters for s in steps):
             await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
 
     def _commit_published(self, steps: list[Step]) -> None:

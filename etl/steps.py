@@ -1,0 +1,49 @@
+"""What a transform is: called once per tick with the parsed rows, it returns a :class:`Step`.
+
+A transform keeps no state of its own: what one tick leaves for the next goes back in
+``Step.carry`` and comes in as ``carry`` (None the first time); the loop keeps it in its
+state store across restarts, so it must stay small and picklable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+C = TypeVar("C")
+
+
+@dataclass
+class Step(Generic[C]):
+    """What a transform returns for one tick."""
+
+    frame: pd.DataFrame  # rows to publish, sorted by time, none published before
+    carry: C | None  # what the next tick's call gets as ``carry``
+    late: int = 0  # input rows not published: their window had closed (or none can hold them)
+    carried: int = 0  # rows held in carry
+    # Which input rows were late (positions in ``rows``) and by how much (ns; -1: no
+    # window can hold the row): the loop keeps them as dead letters, reason "late".
+    late_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    lateness: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+@runtime_checkable
+class Transform(Protocol[C]):
+    """Parsed rows of one tick -> the frame to publish, with state carried in ``C``."""
+
+    def step(self, rows: pd.DataFrame, carry: C | None) -> Step[C]: ...
+
+
+@dataclass
+class Carry:
+    """A window's state between ticks (the name Resample's carry has always had)."""
+
+    rows: pd.DataFrame  # rows of windows still open: time, value and key if any
+    # ns since the epoch; windows starting before it are closed, whether or not they
+    # had rows, and never published again.
+    published_until: int | None = None
+    watermark: int | None = None  # the latest event time seen (None: before grace existed)
+    seen: float | None = None  # wall-clock time rows last came (for idle_close)

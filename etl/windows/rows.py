@@ -1,0 +1,69 @@
+"""A window's input rows as arrays (ns times, float values, keys) and back to a frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pandas.api.extensions import ExtensionArray
+
+from headrace.etl.contract.frames import TIME_DTYPE, missing_columns, utc_ns
+
+Arrays = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
+NAT = np.iinfo(np.int64).min  # NaT as int64
+
+
+def arrays(rows: pd.DataFrame) -> Arrays:
+    """ns times, float64 values and keys (or None) of a frame of rows."""
+    missing = missing_columns(rows)
+    if missing:
+        raise ValueError(f"rows lack column(s) {', '.join(missing)}")
+    times = rows["time"]
+    if times.dtype != TIME_DTYPE:
+        times = utc_ns(times)
+    keys = rows["key"].array if "key" in rows.columns else None
+    return times.array.asi8, rows["value"].to_numpy(np.float64), keys
+
+
+def join(carried: Arrays, new: Arrays) -> Arrays:
+    """The carried rows, then the new ones."""
+    times = np.concatenate([carried[0], new[0]])
+    values = np.concatenate([carried[1], new[1]])
+    if carried[2] is None and new[2] is None:
+        return times, values, None
+    # A keyed stream can get rows without keys (the empty frame of a parser that
+    # failed): missing keys become NaN rather than the key column being dropped.
+    dtype = (carried[2] if carried[2] is not None else new[2]).dtype
+    keys = [
+        pd.Series(k if k is not None else np.nan, index=range(len(t)), dtype=dtype)
+        for t, _, k in (carried, new)
+    ]
+    return times, values, pd.concat(keys, ignore_index=True).array
+
+
+def take(data: Arrays, mask: np.ndarray) -> Arrays:
+    times, values, keys = data
+    return times[mask], values[mask], None if keys is None else keys[mask]
+
+
+def frame(data: Arrays) -> pd.DataFrame:
+    """Rows as a frame (what a carry holds)."""
+    times, values, keys = data
+    rows = {"time": pd.array(times.view("M8[ns]"), TIME_DTYPE), "value": values}
+    if keys is not None:
+        rows["key"] = keys
+    return pd.DataFrame(rows)
+
+
+def arrival_marks(times: np.ndarray, before: int | None, per_line: bool) -> np.ndarray:
+    """The watermark each row arrives under: the latest time of the rows before it.
+
+    ``per_line``: rows count in their order in the file, as a stream processor sees
+    them; otherwise a tick's rows all arrive together, under ``before``.
+    """
+    start = NAT if before is None else before
+    if not per_line or not len(times):
+        return np.full(len(times), start, np.int64)
+    marks = np.empty(len(times), np.int64)
+    marks[0] = start
+    np.maximum.accumulate(times[:-1], out=marks[1:])
+    return np.maximum(marks, start)
