@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+import headrace.etl.windows.rows as R
 from headrace.etl.contract.frames import TIME_DTYPE
 from headrace.etl.steps import Step
-import headrace.etl.windows.rows as R
 from headrace.etl.windows.aggregate import aggregate, aggregations, columns
 from headrace.etl.windows.spec import duration, seconds, text
 
