@@ -58,7 +58,8 @@ def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
 
 
 def _config(work: Path, n: int, interval: float, port: int, source: str) -> Path:
-    lines = [f"state_dir: {work / 'state'}", "ring: 16", "streams:"]
+    # No history: its writer is a process of its own, measured by benchmarks.history.
+    lines = [f"state_dir: {work / 'state'}", "ring: 16", "sink: none", "streams:"]
     for i in range(n):
         path = work / "feed" / f"s{i:04d}.log"
         url = f"ftp://{HOST}:{port}/s{i:04d}.log" if source == "ftp" else str(path)
@@ -202,6 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", choices=("ftp", "local"), default="ftp")
     p.add_argument("--code", default=None, help="run the cluster and loop from this checkout")
     p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.add_argument("--doc", default=None, help="markdown file for the tables (overwritten)")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="a table from an earlier run's --out beside this one's (e.g. before=old.json)",
+    )
     p.add_argument("--feed", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -219,6 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+    if args.doc:
+        tables = [("this run" + (f" ({args.code})" if args.code else ""), results)]
+        for item in args.compare:
+            label, _, path = item.partition("=")
+            tables.append((label, json.loads(Path(path).read_text())))
+        common.write_doc(Path(args.doc), "Many streams", "streams", tables, table, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ streams:
     password_env: APP_FTP_PASSWORD
     ca_file: certs/ca.pem                    # relative to this file; default: system CAs
     verify: true                             # false: no certificate check (test servers)
+  cpu_1min:                                # a derived stream: windows over cpu's frames
+    source: stream://cpu                     # or stream://cpu,mem: two streams, for a join
+    transform: {window: tumbling, size: 1min, agg: m4}
   custom:
     source: /var/log/custom.log
     parser: mypackage.parsers:parse          # a function bytes -> DataFrame
@@ -49,6 +52,7 @@ from headrace.etl import windows
 from headrace.etl.contract import DEFAULT_RING
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import TailOptions
+from headrace.etl.sources.streams import check_inputs
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.streams import ConfigError, Stream
 from headrace.etl.transforms import Resample
@@ -107,10 +111,17 @@ def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
     if not isinstance(cluster, dict):
         raise ConfigError("must be a mapping", setting="cluster", where=where)
     sink = _sink(raw.get("sink", {}), where, None)  # none: no history unless a stream has one
+    streams = [
+        _stream(str(name), spec, where, sink is not None, base) for name, spec in specs.items()
+    ]
+    try:
+        check_inputs(streams)
+    except ValueError as exc:
+        name = str(exc).split("'")[1]
+        message = str(exc).split(": ", 1)[1]
+        raise ConfigError(message, stream=name, setting="source", where=where) from None
     return Config(
-        streams=[
-            _stream(str(name), spec, where, sink is not None, base) for name, spec in specs.items()
-        ],
+        streams=streams,
         scheduler=raw.get("scheduler"),
         state_dir=base / raw.get("state_dir", ".headrace"),
         ring=ring,
@@ -230,7 +241,7 @@ def _transform(spec: Any) -> Any:
         return None
     if isinstance(spec, str):
         return _import(spec)
-    if isinstance(spec, dict) and "window" in spec:
+    if isinstance(spec, dict) and ("window" in spec or "join" in spec):
         return windows.from_config(spec)
     if isinstance(spec, dict):
         spec = dict(spec)

@@ -31,6 +31,7 @@ from headrace.etl.parse.parser import FunctionParser, Parser
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import Source
 from headrace.etl.sources.factory import make_source
+from headrace.etl.sources.streams import FramesParser, StreamsSource
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.transforms import Map, Resample, Transform
 
@@ -90,6 +91,10 @@ class Stream:
                 self.source = make_source(self.source, **self.source_options)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(str(exc), stream=self.name, setting="source") from None
+        if isinstance(self.source, StreamsSource):  # a derived stream: frames in, not lines
+            self.source = self.source.named(self.name)
+            if isinstance(self.parser, RegexParser):
+                self.parser = FramesParser()
         self.parser = self._extension("parser", self.parser, Parser, FunctionParser)
         transform = Map(_identity) if self.transform is None else self.transform
         self.transform = self._extension("transform", transform, Transform, Map)

@@ -17,7 +17,8 @@ and, in any other process with a Dask client::
 
 Windows over event time (:mod:`headrace.etl.windows`): ``headrace.Tumbling("1s",
 agg=["max", "mean"], grace="2s")``, ``headrace.Hopping("10s", "2s")``,
-``headrace.Session("30s", idle_close=5)``.
+``headrace.Session("30s", idle_close=5)``; streams computed from streams:
+``headrace.Stream("cpu_1min", "stream://cpu", transform=headrace.Tumbling("1min"))``.
 
 The parts live in three sub-packages: :mod:`headrace.etl` (sources, parsers,
 transforms, the tick loop, the contract), :mod:`headrace.app` (the Panel side) and
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from headrace.etl.transforms import Resample as Resample
     from headrace.etl.transforms import Step as Step
     from headrace.etl.transforms import Transform as Transform
+    from headrace.etl.windows import AsofJoin as AsofJoin
     from headrace.etl.windows import Hopping as Hopping
     from headrace.etl.windows import Session as Session
     from headrace.etl.windows import Tumbling as Tumbling
@@ -64,6 +66,7 @@ _EXPORTS = {
     "Transform": ("headrace.etl.transforms", "Transform"),
     "Tumbling": ("headrace.etl.windows", "Tumbling"),
     "Hopping": ("headrace.etl.windows", "Hopping"),
+    "AsofJoin": ("headrace.etl.windows", "AsofJoin"),
     "Session": ("headrace.etl.windows", "Session"),
     "heads": ("headrace.etl.contract", "heads"),
     "load_config": ("headrace.etl.config", "load"),
@@ -72,6 +75,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AsofJoin",
     "ConfigError",
     "Event",
     "FrameStream",

@@ -33,3 +33,14 @@ def test_history_benchmark_reads_every_window():
     assert all(0 < w["points"] <= 2000 for w in result["windows"].values())
     assert result["windows"]["24 h"]["max"] > 0.5  # the filled spikes come back
     assert result["write"]["frames_per_s"] > 0
+
+
+def test_windows_benchmark_runs_every_kind(tmp_path):
+    from benchmarks import windows
+
+    doc = tmp_path / "windows.md"
+    windows.main(["--rows", "20000", "--tick", "1000", "--runs", "1", "--doc", str(doc)])
+    text = doc.read_text()
+    for kind in windows.KINDS:
+        assert kind in text
+    assert "python -m benchmarks.windows --rows 20000" in text

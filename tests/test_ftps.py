@@ -234,7 +234,7 @@ def test_make_source_ftps(certs):
     )
     assert source.display == "ftps://bob@example.org:2121/logs/a.log"
     assert make_source("FTPS://example.org/a.log").display == "ftps://example.org:21/a.log"
-    with pytest.raises(ValueError, match="use ftp://, ftps://, file:// or a path"):
+    with pytest.raises(ValueError, match="use ftp://, ftps://, file://, stream:// or a path"):
         make_source("sftp://example.org/a.log")
 
 

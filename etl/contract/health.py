@@ -106,8 +106,10 @@ class HealthRecord:
 
     def to_message(self) -> dict[str, Any]:
         """The record as kept on the scheduler: msgpack- and JSON-able."""
-        msg = asdict(self)
+        # Field by field: asdict's deep copies cost the loop ~0.1 ms a stream a second.
+        msg = {name: getattr(self, name) for name in self.__dataclass_fields__}
         msg["samples"] = [asdict(s) for s in self.samples]
+        msg["since_start"] = dict(self.since_start)
         return msg
 
     @classmethod

@@ -194,10 +194,11 @@ class StreamRunner:
             self.metrics.ticked(self.name, h.last_tick - started)
 
     def keep_dead_letters(self, step: Step) -> None:
-        """Keep the tick's malformed lines (in a thread: the store is SQLite).
+        """Keep the tick's malformed and late lines (in a thread: the store is SQLite).
 
-        After the commit: a tick replayed after a crash stores the same (seq, line) keys,
-        which the store ignores. A failing store loses dead letters, never the tick.
+        Before the tick's commits: a tick replayed after a crash stores the same (seq,
+        line) keys, which the store ignores. A failing store loses dead letters, never
+        the tick.
         """
         samples = step.summary.samples + step.summary.late_letters
         if self.dead is None or not samples:

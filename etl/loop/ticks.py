@@ -14,7 +14,8 @@ on any worker.
 A stream fails alone: its error, backoff and health are its own
 (:class:`~headrace.etl.loop.runner.StreamRunner`). A task that has not finished when half
 an interval has passed (a server that hangs) does not hold the others back: they are
-published, and its streams are settled at a later tick, when it ends. Each stream has at
+published, and its streams are settled at a later tick, when it ends. Each task's
+streams are published as soon as it ends. Each stream has at
 most one tick in flight; a tick that overruns its interval delays the next, which then
 takes everything written since.
 """
@@ -35,6 +36,7 @@ from headrace.etl import contract
 from headrace.etl.contract.batch import Outgoing, TickPublisher
 from headrace.etl.loop import pipeline
 from headrace.etl.loop.runner import Step, StreamRunner, next_slot, sleep_unless_stopped, task_key
+from headrace.etl.sources.streams import check_inputs
 from headrace.etl.store.sink import encode
 from headrace.etl.store.state import StateStore
 from headrace.etl.streams import Stream
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAIT = 0.5  # of an interval: how long a tick waits for its slowest task before publishing
+WAIT = 0.9  # of an interval: how long a tick settles its tasks as they end; later, the next
 WORKERS_EVERY = 1.0  # seconds between looks at which workers are present
 
 Outcome = pipeline.Result | BaseException
@@ -115,12 +117,27 @@ class Ticker:
             log.info("stream %s: stopped at seq %d; %s", r.name, h.published, h.summary())
 
     async def tick(self) -> None:
-        """One tick of the streams due now; settles whatever has finished by its end."""
+        """One tick of the streams due now; settles each task's streams as it finishes.
+
+        A task settles (publishes) as soon as it ends, not when the slowest one does; one
+        still running near the end of the interval is settled by a later tick.
+        """
         started = time.time()
         due = [r for r in self.runners if r.name not in self.busy and r.retry_at <= started]
         new = await self._submit(due, started) if due else []
-        if new:
-            await asyncio.wait(new, timeout=self.interval * WAIT)
+        await self._settle_done()
+        deadline = started + self.interval * WAIT
+        while new and time.time() < deadline:
+            done, pending = await asyncio.wait(
+                new, timeout=deadline - time.time(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            new = list(pending)
+            await self._settle_done()
+
+    async def _settle_done(self) -> None:
+        """Settle the streams of every task that has finished."""
         outcomes: list[tuple[StreamRunner, Outcome, float]] = []
         for task in [t for t in self.flying if t.done()]:
             runners, submitted = self.flying.pop(task)
@@ -190,6 +207,10 @@ class Ticker:
                 steps.append(runner.step(outcome))
             except Exception as exc:
                 runner.failed(exc)
+        if any(s.summary.samples or s.summary.late_letters for s in steps):
+            # Before the commits: a tick replayed after a crash keeps the same (seq, line)
+            # letters, which the store ignores, so none is lost and none kept twice.
+            await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
         ahead = [(s.runner.name, s.ahead, None) for s in steps if s.ahead is not None]
         if ahead:
             try:
@@ -217,8 +238,6 @@ class Ticker:
                     s.runner.published(s, published)
         for s in steps:
             s.runner.succeeded()
-        if any(s.summary.samples or s.summary.late_letters for s in steps):
-            await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
 
     def _commit_published(self, steps: list[Step]) -> None:
         # The history sink gets each frame through the backlog, queued with this commit.
@@ -259,6 +278,7 @@ async def run_streams(
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ValueError(f"stream names must be unique, got {names}")
+    check_inputs([r.stream for r in runners])  # derived streams' inputs: here, no cycle
     publisher = TickPublisher(client, ring)
     by_interval: dict[float, list[StreamRunner]] = {}
     for r in runners:

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 
 from headrace.etl.windows.aggregate import AGGS, M4
 from headrace.etl.windows.fixed import Hopping, Tumbling, Window
+from headrace.etl.windows.join import AsofJoin
 from headrace.etl.windows.session import Session
 
-__all__ = ["AGGS", "M4", "Hopping", "Session", "Tumbling", "Window", "from_config"]
+__all__ = ["AGGS", "M4", "AsofJoin", "Hopping", "Session", "Tumbling", "Window", "from_config"]
 
 _KINDS = {
     "tumbling": (Tumbling, ("size",)),
@@ -26,10 +27,13 @@ _KINDS = {
 _OPTIONS = ("agg", "grace", "idle_close")
 
 
-def from_config(spec: Mapping[str, object]) -> Window | Session:
+def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin:
     """A window from ``{window: tumbling|hopping|session, size|step|gap: ..., agg: ...,
-    grace: ..., idle_close: ...}``; ValueError naming the setting at fault."""
+    grace: ..., idle_close: ...}``, or a join from ``{join: asof, left: a, right: b,
+    tolerance: 100ms, grace: ..., idle_close: ...}``; ValueError naming the setting."""
     spec = dict(spec)
+    if "join" in spec:
+        return _join(spec)
     kind = spec.pop("window")
     if kind not in _KINDS:
         raise ValueError(f"window: {kind!r} is not one of {', '.join(_KINDS)}")
@@ -43,3 +47,19 @@ def from_config(spec: Mapping[str, object]) -> Window | Session:
         raise ValueError(f"unknown settings {sorted(unknown)} for a {kind} window; known: {known}")
     args = [spec.pop(n) for n in needed]
     return cls(*args, **spec)
+
+
+def _join(spec: dict) -> AsofJoin:
+    kind = spec.pop("join")
+    if kind != "asof":
+        raise ValueError(f"join: {kind!r} is not one of asof")
+    missing = [n for n in ("left", "right", "tolerance") if n not in spec]
+    if missing:
+        raise ValueError(f"an asof join needs {' and '.join(missing)}")
+    unknown = set(spec) - {"left", "right", "tolerance", "grace", "idle_close"}
+    if unknown:
+        raise ValueError(
+            f"unknown settings {sorted(unknown)} for an asof join; "
+            "known: left, right, tolerance, grace, idle_close"
+        )
+    return AsofJoin(**spec)
