@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
+from faultreport import record
 from helpers import headrace_etl, wait_for
 
 from headrace.etl import contract
@@ -164,3 +165,15 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
         stored = pd.read_sql(sa.select(history.rows).where(history.rows.c.stream == "w"), conn)
     engine.dispose()
     assert len(stored) == len(got) and stored["count"].sum() == got["count"].sum()
+    record(
+        "the loop dies mid-window",
+        "SIGKILL of `headrace etl` under ~1,000 out-of-order lines/s into 100 ms windows with "
+        "a 200 ms grace, then a restart; frames and dead letters against pandas over the file",
+        written=len(lines),
+        published=int(ok.sum()),
+        open=0,
+        lost=0,
+        duplicated=0,
+        late_lines_kept_as_dead_letters=len(late),
+        late_lines_in_the_file=int((~ok).sum()),
+    )

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
+from faultreport import record
 from helpers import headrace_etl, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
@@ -100,3 +101,12 @@ def test_five_sigkills_of_the_loop_leave_one_writer_and_no_integrity_error(
         kept = conn.execute(sa.select(sa.func.count()).select_from(history.frames)).scalar()
     engine.dispose()
     assert kept == seqs  # every frame once
+    record(
+        "the loop is SIGKILLed alone",
+        "SIGKILL of the `headrace etl` process only (not its group), 5 times, at 1,000 "
+        "lines/s with history; a restart after each",
+        lost=0,
+        duplicated=0,
+        history_writers_running_each_time=counts,
+        integrity_errors=text.count("IntegrityError"),
+    )
