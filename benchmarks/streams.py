@@ -1,6 +1,6 @@
 """Many streams: the stream-ticks per second the loop sustains, and how late their frames are.
 
-``python -m benchmarks.streams [--streams 10,50,200,1000] [--intervals 0.2,1] [--workers 2]
+``python -m benchmarks.streams [--streams 10,50,200,1000] [--intervals 0.2,1] [--workers 1,2,4]
 [--rate 5] [--duration 30] [--code DIR] [--source ftp|local] [--out FILE]``
 
 Per number of streams N and tick interval: a feed process (the FTP server, and a writer
@@ -105,7 +105,7 @@ async def _listen(address: str, n: int, duration: float, settle: float) -> dict:
     )
 
 
-def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> dict:
+def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, work: Path) -> dict:
     """One stack of ``n`` streams ticking every ``interval`` seconds, measured."""
     (work / "feed").mkdir(parents=True, exist_ok=True)
     ftp_port, sched_port = common.free_port(), common.free_port()
@@ -137,7 +137,7 @@ def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> di
             common.wait_port(ftp_port, 60, feed)
         procs["scheduler"] = common.dask_scheduler(sched_port, work / "scheduler.log", env)
         with common.stopping(procs["scheduler"]):
-            procs["workers"] = common.dask_workers(address, args.workers, work / "workers.log", env)
+            procs["workers"] = common.dask_workers(address, workers, work / "workers.log", env)
             procs["loop"] = common.start(
                 [
                     bin_ / "headrace",
@@ -165,7 +165,7 @@ def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> di
     return dict(
         streams=n,
         interval=interval,
-        workers=args.workers,
+        workers=workers,
         stream_ticks_per_s=round(ticks_per_s, 1),
         ideal_per_s=round(n / interval, 1),
         share=round(ticks_per_s * interval / n, 3),
@@ -178,14 +178,15 @@ def run_one(n: int, interval: float, args: argparse.Namespace, work: Path) -> di
 
 def table(results: list[dict]) -> str:
     rows = [
-        "| streams | tick s | stream-ticks/s (ideal) | share | close→published p50 / p95 ms "
+        "| streams | tick s | workers | stream-ticks/s (ideal) | share "
+        "| close→published p50 / p95 ms "
         "| CPU scheduler / workers / loop (cores) | CPU ms per stream-tick |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["cpu"]
         rows.append(
-            f"| {r['streams']} | {r['interval']:g} | {r['stream_ticks_per_s']:g} "
+            f"| {r['streams']} | {r['interval']:g} | {r['workers']} | {r['stream_ticks_per_s']:g} "
             f"({r['ideal_per_s']:g}) | {r['share']:.0%} | {r['close_to_published_p50_ms']} / "
             f"{r['close_to_published_p95_ms']} | {c['scheduler']:.2f} / {c['workers']:.2f} / "
             f"{c['loop']:.2f} | {r['cpu_ms_per_stream_tick']} |"
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.streams", description=__doc__)
     p.add_argument("--streams", default="10,50,200,1000")
     p.add_argument("--intervals", default="0.2,1")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", default="2", help="dask workers, or a list: 1,2,4")
     p.add_argument("--rate", type=float, default=5.0, help="lines per second per stream")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--source", choices=("ftp", "local"), default="ftp")
@@ -218,13 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.feed is not None:
         return _feed(args.feed, args.n, args.rate, args.port, args.source)
     results = []
-    for interval in [float(i) for i in args.intervals.split(",")]:
-        for n in [int(s) for s in args.streams.split(",")]:
-            log(f"streams: {n} streams every {interval:g}s, {args.workers} workers")
-            with tempfile.TemporaryDirectory(prefix="headrace-streams-") as tmp:
-                result = run_one(n, interval, args, Path(tmp))
-            log(f"streams: {json.dumps(result)}")
-            results.append(result)
+    for workers in [int(w) for w in str(args.workers).split(",")]:
+        for interval in [float(i) for i in args.intervals.split(",")]:
+            for n in [int(s) for s in args.streams.split(",")]:
+                log(f"streams: {n} streams every {interval:g}s, {workers} workers")
+                with tempfile.TemporaryDirectory(prefix="headrace-streams-") as tmp:
+                    result = run_one(n, interval, workers, args, Path(tmp))
+                log(f"streams: {json.dumps(result)}")
+                results.append(result)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
