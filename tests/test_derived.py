@@ -108,13 +108,6 @@ def test_derived_streams_are_named_tasks_and_bad_inputs_say_which_stream():
         assert says in str(err.value), err.value
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_an_asof_join_fed_tick_by_tick_equals_pandas_merge_asof_once_each():
     rng = np.random.default_rng(2)
     start = pd.Timestamp("2026-12-04", tz="UTC")
@@ -127,40 +120,52 @@ def test_an_asof_join_fed_tick_by_tick_equals_pandas_merge_asof_once_each():
         )
 
     left, right = side("cpu", 400), side("mem", 300)
-    clock = Clock()
-    join = AsofJoin("cpu", "mem", tolerance="200ms", idle_close=2, clock=clock)
+    join = AsofJoin("cpu", "mem", tolerance="200ms", wait="1s")
     out, carry = [], None
     for lo in range(0, 10_000, 500):  # ticks of 500 ms of each stream
-        tick = pd.concat(
-            [
-                s[
-                    (s["time"] >= start + pd.Timedelta(lo, "ms"))
-                    & (s["time"] < start + pd.Timedelta(lo + 500, "ms"))
-                ]
-                for s in (left, right)
-            ],
-            ignore_index=True,
-        )
-        step = join.step(tick, carry)
+        within = [
+            s[
+                (s["time"] >= start + pd.Timedelta(lo, "ms"))
+                & (s["time"] < start + pd.Timedelta(lo + 500, "ms"))
+            ]
+            for s in (left, right)
+        ]
+        step = join.step(pd.concat(within, ignore_index=True), carry)
         carry = pickle.loads(pickle.dumps(step.carry))
         out.append(step.frame)
-    assert len(carry.left) > 0  # the newest left rows wait for the right stream
-    clock.now += 3  # the right stream stopped: what waits goes out
-    out.append(join.step(left.iloc[:0], carry).frame)
     got = pd.concat(out, ignore_index=True)
+    # The newest left rows wait for the right stream to pass them, and the rest were
+    # published once each.
+    waiting = carry.left["time"]
+    assert len(waiting) and (waiting > right["time"].max()).all()
+    assert len(got) + len(waiting) == len(left)
     want = pd.merge_asof(
         left.drop(columns="input"),
         right.drop(columns="input").rename(columns={"value": "value_mem"}),
         on="time",
         by="key",
         tolerance=pd.Timedelta("200ms"),
-    )
+    ).iloc[: len(got)]
+    columns = ["time", "key", "value", "value_mem"]
     pd.testing.assert_frame_equal(
-        got.sort_values(["time", "key"], ignore_index=True)[["time", "key", "value", "value_mem"]],
-        want.sort_values(["time", "key"], ignore_index=True)[["time", "key", "value", "value_mem"]],
+        got.sort_values(["time", "key"], ignore_index=True)[columns],
+        want.sort_values(["time", "key"], ignore_index=True)[columns],
         check_dtype=False,
     )
     assert got["value_mem"].notna().sum() > 100 and len(carry.right) < 50
+
+
+def test_a_join_does_not_wait_for_a_stopped_stream_beyond_its_wait():
+    t = pd.to_datetime(["2026-12-04T00:00:00Z", "2026-12-04T00:00:01Z", "2026-12-04T00:00:07Z"])
+    rows = pd.DataFrame({"time": t, "value": [1.0, 2.0, 3.0], "input": ["cpu", "mem", "cpu"]})
+    step = AsofJoin("cpu", "mem", tolerance="1s", wait="5s").step(rows, None)
+    # 00:00 was passed by mem; 00:07 waits for mem, which stopped at 00:01, until cpu is at 00:12.
+    assert step.frame["value"].tolist() == [1.0] and len(step.carry.left) == 1
+    later = pd.DataFrame(
+        {"time": pd.to_datetime(["2026-12-04T00:00:12Z"]), "value": [4.0], "input": ["cpu"]}
+    )
+    step = AsofJoin("cpu", "mem", tolerance="1s", wait="5s").step(later, step.carry)
+    assert step.frame["value"].tolist() == [3.0] and np.isnan(step.frame["value_mem"].iloc[0])
 
 
 def test_a_join_from_yaml():

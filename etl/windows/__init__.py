@@ -30,7 +30,7 @@ _OPTIONS = ("agg", "grace", "idle_close")
 def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin:
     """A window from ``{window: tumbling|hopping|session, size|step|gap: ..., agg: ...,
     grace: ..., idle_close: ...}``, or a join from ``{join: asof, left: a, right: b,
-    tolerance: 100ms, grace: ..., idle_close: ...}``; ValueError naming the setting."""
+    tolerance: 100ms, grace: ..., wait: 5s}``; ValueError naming the setting."""
     spec = dict(spec)
     if "join" in spec:
         return _join(spec)
@@ -56,10 +56,10 @@ def _join(spec: dict) -> AsofJoin:
     missing = [n for n in ("left", "right", "tolerance") if n not in spec]
     if missing:
         raise ValueError(f"an asof join needs {' and '.join(missing)}")
-    unknown = set(spec) - {"left", "right", "tolerance", "grace", "idle_close"}
+    unknown = set(spec) - {"left", "right", "tolerance", "grace", "wait"}
     if unknown:
         raise ValueError(
             f"unknown settings {sorted(unknown)} for an asof join; "
-            "known: left, right, tolerance, grace, idle_close"
+            "known: left, right, tolerance, grace, wait"
         )
     return AsofJoin(**spec)

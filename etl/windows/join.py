@@ -7,14 +7,14 @@ row's, ``value_<right>`` the right row's value (NaN when none is close enough). 
 row waits until the right stream's watermark reaches its time plus ``grace``, so a
 right row that comes a little late still counts; then it is published, once. Right rows
 older than any left row could still want are let go, so the state stays bounded. If
-the right stream stops (no newer right row for ``idle_close`` seconds of wall clock),
-the waiting left rows are published with what there is.
+the right stream falls behind or stops, a left row waits at most ``wait`` of event time:
+once the left stream's own watermark is that far past it, it is published with what
+there is. Both bounds are of event time, so a replayed tick, or ticks cut elsewhere,
+give the same rows.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 
 from headrace.etl.contract.frames import TIME_DTYPE, utc_ns
 from headrace.etl.steps import Step
-from headrace.etl.windows.spec import duration, seconds, text
+from headrace.etl.windows.spec import duration, text
 
 
 @dataclass
@@ -31,7 +31,7 @@ class JoinCarry:
     right: pd.DataFrame  # right rows a waiting or future left row may match
     right_mark: int | None = None  # the right stream's latest time seen
     emitted: int | None = None  # the latest left time published
-    moved: float | None = None  # wall-clock time the right stream's watermark last moved
+    left_mark: int | None = None  # the left stream's latest time seen
 
 
 class AsofJoin:
@@ -43,26 +43,20 @@ class AsofJoin:
         right: str,
         tolerance: str | pd.Timedelta,
         grace: str | None = None,
-        idle_close: str | float = 5.0,
-        clock: Callable[[], float] = time.time,
+        wait: str | pd.Timedelta = "5s",
     ) -> None:
         if left == right:
             raise ValueError(f"left and right: the same stream {left!r}")
         self.left, self.right = left, right
         self.tolerance_ns = duration(tolerance, "tolerance", zero=True)
         self.grace_ns = 0 if grace is None else duration(grace, "grace", zero=True)
-        self.idle_close = seconds(idle_close, "idle_close")
-        self.clock = clock
+        self.wait_ns = duration(wait, "wait")
 
     def __repr__(self) -> str:
         return (
             f"AsofJoin(left={self.left!r}, right={self.right!r}, "
             f"tolerance={text(self.tolerance_ns)!r})"
         )
-
-    @property
-    def ticks_when_idle(self) -> bool:
-        return True  # waiting left rows go out once the right stream stopped
 
     @property
     def column(self) -> str:
@@ -76,12 +70,13 @@ class AsofJoin:
         new_left, new_right = rows.loc[side == self.left, cols], rows.loc[side == self.right, cols]
         if carry is None:
             carry = JoinCarry(new_left.iloc[:0], new_right.iloc[:0])
-        mark, moved = carry.right_mark, carry.moved
+        mark, left_mark = carry.right_mark, carry.left_mark
         if len(new_right):
             top = int(new_right["time"].max().value)
-            if mark is None or top > mark:
-                mark, moved = top, self.clock()
-        moved = self.clock() if moved is None else moved
+            mark = top if mark is None else max(mark, top)
+        if len(new_left):
+            top = int(new_left["time"].max().value)
+            left_mark = top if left_mark is None else max(left_mark, top)
         # A left row older than one already published would come out of order: late.
         left = pd.concat([carry.left, new_left], ignore_index=True)
         late = np.zeros(len(left), bool)
@@ -92,10 +87,11 @@ class AsofJoin:
             "time", kind="stable", ignore_index=True
         )
         times = left["time"].array.asi8
-        if self.clock() - moved >= self.idle_close:  # the right stream stopped
-            ready = np.ones(len(left), bool)
-        else:
-            ready = times + self.grace_ns <= mark if mark is not None else np.zeros(len(left), bool)
+        ready = (
+            np.zeros(len(left), bool) if left_mark is None else times + self.wait_ns <= left_mark
+        )
+        if mark is not None:
+            ready |= times + self.grace_ns <= mark
         out = self._join(left[ready].sort_values("time", kind="stable"), right, cols)
         waiting = left[~ready].reset_index(drop=True)
         emitted = carry.emitted
@@ -109,7 +105,7 @@ class AsofJoin:
         late_rows = np.flatnonzero(late[len(carry.left) :])
         return Step(
             frame=out,
-            carry=JoinCarry(waiting, right, mark, emitted, moved),
+            carry=JoinCarry(waiting, right, mark, emitted, left_mark),
             late=len(late_rows),
             carried=len(waiting),
             late_rows=new_left.index.to_numpy()[late_rows] if len(late_rows) else late_rows,
