@@ -52,7 +52,7 @@ from headrace.etl import windows
 from headrace.etl.contract import DEFAULT_RING
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import TailOptions
-from headrace.etl.sources.streams import check_inputs
+from headrace.etl.sources.streams import InputError, check_inputs
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.streams import ConfigError, Stream
 from headrace.etl.transforms import Resample
@@ -116,10 +116,8 @@ def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
     ]
     try:
         check_inputs(streams)
-    except ValueError as exc:
-        name = str(exc).split("'")[1]
-        message = str(exc).split(": ", 1)[1]
-        raise ConfigError(message, stream=name, setting="source", where=where) from None
+    except InputError as exc:
+        raise ConfigError(exc.problem, stream=exc.stream, setting="source", where=where) from None
     return Config(
         streams=streams,
         scheduler=raw.get("scheduler"),

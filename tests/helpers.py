@@ -251,6 +251,33 @@ def dask_worker(address: str, log) -> subprocess.Popen:
     return spawn([*cmd, "--nthreads", "2", "--no-dashboard"], log)
 
 
+async def run_loop(address, streams, state_dir, until, timeout=30.0):
+    """Tick ``streams`` until ``until(runners)`` holds; return runners and all published frames."""
+    from headrace.etl.loop.ticks import run_streams
+    from headrace.etl.store.state import StateStore
+
+    store = StateStore(state_dir)
+    async with Client(address, asynchronous=True) as client:
+        stop, runners = asyncio.Event(), []
+        task = asyncio.create_task(run_streams(client, streams, store, 100_000, stop, runners))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (runners and until(runners)):
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        frames = {s.name: await contract.FrameStream(s.name, client).read() for s in streams}
+    store.close()
+    return {r.stream.name: r for r in runners}, frames
+
+
+def published_seq(client: Client, stream: str) -> int:
+    """The sequence number of ``stream``'s newest published frame (0: none yet)."""
+    head = contract.FrameStream(stream, client).head()
+    return head.seq if head else 0
+
+
 async def tail(
     address: str,
     streams: list,

@@ -9,14 +9,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
+from distributed import LocalCluster
+from helpers import run_loop
 
 from headrace.cluster.demo.logwriter import LogWriter
-from headrace.etl import contract
 from headrace.etl.config import ConfigError, parse
-from headrace.etl.loop.ticks import run_streams
 from headrace.etl.sources.streams import StreamsSource, pack, unpack
-from headrace.etl.store.state import StateStore
 from headrace.etl.streams import Stream
 from headrace.etl.transforms import Resample
 from headrace.etl.windows import AsofJoin, Tumbling
@@ -26,23 +24,6 @@ from headrace.etl.windows import AsofJoin, Tumbling
 def cluster(cluster_options):
     with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
         yield c
-
-
-async def run(address, streams, state_dir, until, timeout=60.0):
-    store = StateStore(state_dir)
-    async with Client(address, asynchronous=True) as client:
-        stop, runners = asyncio.Event(), []
-        task = asyncio.create_task(run_streams(client, streams, store, 100_000, stop, runners))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (runners and until(runners)):
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-        frames = {s.name: await contract.FrameStream(s.name, client).read() for s in streams}
-    store.close()
-    return {r.name: r for r in runners}, frames
 
 
 def caught_up(path):
@@ -71,11 +52,11 @@ def test_a_window_over_another_streams_frames_equals_pandas_and_resumes(
         ),
     ]
     time.sleep(1.5)
-    first = asyncio.run(run(cluster.scheduler_address, streams, tmp_path, caught_up(path)))
+    first = asyncio.run(run_loop(cluster.scheduler_address, streams, tmp_path, caught_up(path), 60))
     time.sleep(1.0)  # more lines; then a second run of the loop carries on from its state
     writer.stop()
     runners, frames = asyncio.run(
-        run(cluster.scheduler_address, streams, tmp_path, caught_up(path))
+        run_loop(cluster.scheduler_address, streams, tmp_path, caught_up(path), 60)
     )
     assert first[0]["cpu_100ms"].health.published > 0
     cpu = pd.concat([f for _, f in frames["cpu"]], ignore_index=True)

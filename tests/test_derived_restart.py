@@ -12,7 +12,7 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, wait_for
+from helpers import headrace_etl, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -64,22 +64,28 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
         LocalCluster(**cluster_options) as cluster,
         Client(cluster) as client,
     ):
-
-        def seq(name: str) -> int:
-            h = contract.FrameStream(name, client).head()
-            return h.seq if h else 0
-
         writer.start()
         first = headrace_etl(config, cluster.scheduler_address, log, env)
         second = None
         try:
-            wait_for(lambda: seq("cpu_100ms") >= 10 and seq("cpu_mem") >= 10, 60, "derived frames")
+            wait_for(
+                lambda: (
+                    published_seq(client, "cpu_100ms") >= 10
+                    and published_seq(client, "cpu_mem") >= 10
+                ),
+                60,
+                "derived frames",
+            )
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
             time.sleep(1.0)
             second = headrace_etl(config, cluster.scheduler_address, log, env)
-            at = seq("cpu_mem")
-            wait_for(lambda: seq("cpu_mem") >= at + 10, 60, "derived frames after the restart")
+            at = published_seq(client, "cpu_mem")
+            wait_for(
+                lambda: published_seq(client, "cpu_mem") >= at + 10,
+                60,
+                "derived frames after the restart",
+            )
             writer.stop()
             store = StateStore(state)
 
@@ -88,8 +94,13 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
                     store.load(n).cursor.offset == p.stat().st_size
                     for n, p in zip(("cpu", "mem"), paths, strict=True)
                 )
-                window = unpack(store.load("cpu_100ms").cursor.offset, 1) == [seq("cpu")]
-                join = unpack(store.load("cpu_mem").cursor.offset, 2) == [seq("cpu"), seq("mem")]
+                window = unpack(store.load("cpu_100ms").cursor.offset, 1) == [
+                    published_seq(client, "cpu")
+                ]
+                join = unpack(store.load("cpu_mem").cursor.offset, 2) == [
+                    published_seq(client, "cpu"),
+                    published_seq(client, "mem"),
+                ]
                 return files and window and join
 
             wait_for(caught_up, 60, "every input frame consumed")

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
-from helpers import wait_for
+from distributed import LocalCluster
+from helpers import run_loop, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
-from headrace.etl import contract
 from headrace.etl.loop.runner import StreamRunner
-from headrace.etl.loop.ticks import run_streams
 from headrace.etl.parse.parser import take_lines
 from headrace.etl.parse.regex import RegexParser
-from headrace.etl.store.state import StateStore
 from headrace.etl.streams import Stream
 
 PASSWORD = "s3cret-PW"
@@ -29,24 +26,6 @@ def cluster(cluster_options):
     # Two workers, so that a tick's extract and transform can run on different ones.
     with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
         yield c
-
-
-async def run_loop(address, streams, state_dir, until, timeout=30.0):
-    """Tick ``streams`` until ``until(runners)`` holds; return runners and all published frames."""
-    store = StateStore(state_dir)
-    async with Client(address, asynchronous=True) as client:
-        stop, runners = asyncio.Event(), []
-        task = asyncio.create_task(run_streams(client, streams, store, 100_000, stop, runners))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (runners and until(runners)):
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-        frames = {s.name: await contract.FrameStream(s.name, client).read() for s in streams}
-    store.close()
-    return {r.stream.name: r for r in runners}, frames
 
 
 def concat(frames: list[tuple[int, pd.DataFrame]]) -> pd.DataFrame:

@@ -20,7 +20,14 @@ import urllib.request
 import pytest
 import yaml
 from distributed import Client, LocalCluster
-from helpers import RecordedSession, headrace_etl, headrace_serve, wait_for, wait_http
+from helpers import (
+    RecordedSession,
+    headrace_etl,
+    headrace_serve,
+    published_seq,
+    wait_for,
+    wait_http,
+)
 from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -79,17 +86,15 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
     ):
         address = cluster.scheduler_address
 
-        def head() -> int:
-            h = contract.FrameStream("good", client).head()
-            return h.seq if h else 0
-
         wait_http(port, "/metrics", 60, panel)  # a GET of /dashboard would open a session
         url = f"http://127.0.0.1:{port}/dashboard"
         sessions = [RecordedSession(url, "good") for _ in range(4)]
         writer.start()
         loops = [headrace_etl(config, address, log, metrics_port=metrics_port)]
         try:
-            wait_for(lambda: head() >= 10, 60, "10 frames from the first run")
+            wait_for(
+                lambda: published_seq(client, "good") >= 10, 60, "10 frames from the first run"
+            )
             for s in sessions:
                 s.start()
             for s in sessions:
@@ -97,10 +102,14 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
             wait_for(lambda: status("--scheduler", address, "--stream", "good")[0] == 0, 30, "ok")
             os.killpg(loops[0].pid, signal.SIGKILL)
             loops[0].wait()
-            killed_at = head()
+            killed_at = published_seq(client, "good")
             time.sleep(1.0)  # lines, good and bad, keep arriving while the loop is dead
             loops.append(headrace_etl(config, address, log, metrics_port=metrics_port))
-            wait_for(lambda: head() >= killed_at + 10, 60, "10 frames from the second run")
+            wait_for(
+                lambda: published_seq(client, "good") >= killed_at + 10,
+                60,
+                "10 frames from the second run",
+            )
             writer.stop()
 
             def caught_up() -> bool:
@@ -112,7 +121,7 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
             def reported() -> bool:  # the health report after that, on the scheduler
                 _, doc = status("--scheduler", address, "--stream", "good", "--json")
                 return [(g["lines"], g["seq"]) for g in doc["streams"]] == [
-                    (writer.written[path], head())
+                    (writer.written[path], published_seq(client, "good"))
                 ]
 
             wait_for(reported, 30, "a health report of every line")
@@ -122,7 +131,7 @@ def test_metrics_status_and_dead_letters_count_every_line_once_across_a_sigkill(
             letters_code, letters = status(
                 "--malformed", "good", "--state-dir", str(state), "--limit", "10000", "--json"
             )
-            published = head()
+            published = published_seq(client, "good")
             wait_for(
                 lambda: (
                     set(

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
-from helpers import headrace_etl, wait_for
+from helpers import headrace_etl, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -49,22 +49,23 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
         LocalCluster(**{**cluster_options, "processes": True}) as cluster,
         Client(cluster) as client,
     ):
-
-        def head() -> int:
-            h = contract.FrameStream("killme", client).head()
-            return h.seq if h else 0
-
         writer.start()
         second = None
         first = headrace_etl(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
         try:
-            wait_for(lambda: head() >= 10, 60, "10 frames from the first run")
+            wait_for(
+                lambda: published_seq(client, "killme") >= 10, 60, "10 frames from the first run"
+            )
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-            killed_at = head()
+            killed_at = published_seq(client, "killme")
             time.sleep(1.0)  # lines keep arriving while the loop is dead
             second = headrace_etl(config, cluster.scheduler_address, log, {"FTP_PW": "s3cret-PW"})
-            wait_for(lambda: head() >= killed_at + 10, 60, "10 frames from the second run")
+            wait_for(
+                lambda: published_seq(client, "killme") >= killed_at + 10,
+                60,
+                "10 frames from the second run",
+            )
             writer.stop()
             store = StateStore(tmp_path / "state")
             wait_for(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, wait_for
+from helpers import headrace_etl, published_seq, wait_for
 
 from headrace.etl import contract
 from headrace.etl.contract import history
@@ -100,28 +100,29 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
         LocalCluster(**cluster_options) as cluster,
         Client(cluster) as client,
     ):
-
-        def head() -> int:
-            h = contract.FrameStream("w", client).head()
-            return h.seq if h else 0
-
         writer.start()
         first = headrace_etl(config, cluster.scheduler_address, log, env)
         second = None
         try:
-            wait_for(lambda: head() >= 20, 60, "20 frames from the first run")
+            wait_for(lambda: published_seq(client, "w") >= 20, 60, "20 frames from the first run")
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
             time.sleep(1.0)  # lines keep coming while the loop is dead
             second = headrace_etl(config, cluster.scheduler_address, log, env)
-            restarted_at = head()
-            wait_for(lambda: head() >= restarted_at + 20, 60, "20 frames from the second run")
+            restarted_at = published_seq(client, "w")
+            wait_for(
+                lambda: published_seq(client, "w") >= restarted_at + 20,
+                60,
+                "20 frames from the second run",
+            )
             writer.stop.set()
             writer.join()
             store = StateStore(state)
 
             def closed_for_idleness() -> bool:
-                frames = contract.FrameStream("w", client).read(after=max(head() - 1, 0))
+                frames = contract.FrameStream("w", client).read(
+                    after=max(published_seq(client, "w") - 1, 0)
+                )
                 idle = bool(frames) and (frames[-1][1]["count"] == 0).any()
                 return idle and store.load("w").cursor.offset == path.stat().st_size
 

@@ -10,11 +10,10 @@ import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, wait_for
+from helpers import headrace_etl, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.cluster.writer import LOCK
-from headrace.etl import contract
 from headrace.etl.contract import history
 from headrace.etl.store.state import StateStore
 
@@ -60,18 +59,17 @@ def test_five_sigkills_of_the_loop_leave_one_writer_and_no_integrity_error(
         LocalCluster(**cluster_options) as cluster,
         Client(cluster) as client,
     ):
-
-        def head() -> int:
-            h = contract.FrameStream("w", client).head()
-            return h.seq if h else 0
-
         writer.start()
         loop = None
         try:
             for _ in range(5):
-                before = head()
+                before = published_seq(client, "w")
                 loop = headrace_etl(config, cluster.scheduler_address, log, env)
-                wait_for(lambda b=before: head() >= b + 5 and writers(lock), 60, "frames, a writer")
+                wait_for(
+                    lambda b=before: published_seq(client, "w") >= b + 5 and writers(lock),
+                    60,
+                    "frames, a writer",
+                )
                 time.sleep(2.5)  # the backlog has frames for the writer at the kill
                 counts.append(len(writers(lock)))
                 loop.kill()  # the loop alone, as a supervisor that kills one pid does

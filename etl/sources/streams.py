@@ -107,8 +107,17 @@ class FramesParser:
         return Parsed(frame=frame, lines=len(frame), malformed=0)
 
 
+class InputError(ValueError):
+    """A derived stream's inputs are not streams of the loop, or form a cycle."""
+
+    def __init__(self, stream: str, problem: str) -> None:
+        super().__init__(f"stream {stream!r}: {problem}")
+        self.stream, self.problem = stream, problem
+
+
 def check_inputs(streams: Iterable[object]) -> None:
-    """ValueError naming the stream whose inputs are not streams here, or form a cycle."""
+    """:class:`InputError` naming the stream whose inputs are not streams here, or form
+    a cycle."""
     inputs = {
         s.name: s.source.inputs  # type: ignore[attr-defined]
         for s in streams
@@ -118,7 +127,7 @@ def check_inputs(streams: Iterable[object]) -> None:
     for name, used in inputs.items():
         unknown = [u for u in used if u not in names]
         if unknown:
-            raise ValueError(f"stream {name!r}: input {unknown[0]!r} is not a stream of this loop")
+            raise InputError(name, f"input {unknown[0]!r} is not a stream of this loop")
     done: set[str] = set()
 
     def cycle(at: str, path: list[str]) -> list[str] | None:
@@ -136,4 +145,4 @@ def check_inputs(streams: Iterable[object]) -> None:
     for name in inputs:
         found = cycle(name, [])
         if found:
-            raise ValueError(f"stream {name!r}: its inputs form a cycle: {' -> '.join(found)}")
+            raise InputError(name, f"its inputs form a cycle: {' -> '.join(found)}")

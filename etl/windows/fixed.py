@@ -40,8 +40,6 @@ class Window:
     ``value_<agg>`` for each further one, ``count`` (rows in the window) and ``key``.
     """
 
-    kind = "window"
-
     def __init__(
         self,
         size: str | pd.Timedelta,
@@ -110,9 +108,7 @@ class Window:
         earliest = latest - (-(-self.size_ns // self.step_ns) - 1) * self.step_ns
         valid = (times != R.NAT) & (latest <= times) & (earliest <= latest)
         late = ~valid | (latest < floors)
-        if valid.any():
-            top = int(times[valid].max())
-            mark = top if mark is None else max(mark, top)
+        mark = R.advanced(mark, times, valid)
         now_until = (
             floor_old if mark is None else max(int(self._until(np.array([mark]))[0]), floor_old)
         )
@@ -123,13 +119,7 @@ class Window:
         seen = carry.seen if carry is not None else None
         if len(times):
             seen = self.clock()
-        idle = (
-            self.idle_close is not None
-            and not len(times)
-            and len(data[0])
-            and seen is not None
-            and self.clock() - seen >= self.idle_close
-        )
+        idle = not len(times) and len(data[0]) and R.idle(self.idle_close, seen, self.clock())
         data_latest = data[0] - np.mod(data[0], self.step_ns)
         if idle:
             now_until = int(data_latest.max()) + self.step_ns

@@ -67,3 +67,16 @@ def arrival_marks(times: np.ndarray, before: int | None, per_line: bool) -> np.n
     marks[0] = start
     np.maximum.accumulate(times[:-1], out=marks[1:])
     return np.maximum(marks, start)
+
+
+def advanced(mark: int | None, times: np.ndarray, valid: np.ndarray) -> int | None:
+    """The watermark ``mark`` moved to the latest of the ``valid`` ``times``."""
+    if not valid.any():
+        return mark
+    top = int(times[valid].max())
+    return top if mark is None else max(mark, top)
+
+
+def idle(bound: float | None, seen: float | None, now: float) -> bool:
+    """No rows for ``bound`` seconds of wall clock since ``seen`` (None: no bound)."""
+    return bound is not None and seen is not None and now - seen >= bound

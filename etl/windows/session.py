@@ -38,8 +38,6 @@ class SessionCarry:
 class Session:
     """Session windows of ``gap``, per ``key`` if rows have one."""
 
-    kind = "session"
-
     def __init__(
         self,
         gap: str | pd.Timedelta,
@@ -76,21 +74,14 @@ class Session:
         marks = R.arrival_marks(times, carry.watermark, per_line=self.grace_ns is not None)
         valid = times != R.NAT
         closed = dict(carry.closed)
-        late = self._late(times, keys, marks, valid, carry.rows, closed)
-        mark = carry.watermark
-        if valid.any():
-            top = int(times[valid].max())
-            mark = top if mark is None else max(mark, top)
+        carried = R.arrays(carry.rows) if len(carry.rows) else None
+        late = self._late(times, keys, marks, valid, carried, closed)
+        mark = R.advanced(carry.watermark, times, valid)
         data = R.take(new, ~late)
-        if len(carry.rows):
-            data = R.join(R.arrays(carry.rows), data)
+        if carried is not None:
+            data = R.join(carried, data)
         seen = self.clock() if len(times) else carry.seen
-        idle = (
-            self.idle_close is not None
-            and not len(times)
-            and seen is not None
-            and self.clock() - seen >= self.idle_close
-        )
+        idle = not len(times) and R.idle(self.idle_close, seen, self.clock())
         frame, kept, closed = self._sessions(data, mark, idle, closed)
         if mark is not None:  # past gap + grace behind the watermark, rule one covers a key
             closed = {k: v for k, v in closed.items() if v + reach > mark}
@@ -110,7 +101,7 @@ class Session:
         keys: object,
         marks: np.ndarray,
         valid: np.ndarray,
-        carried: pd.DataFrame,
+        carried: R.Arrays | None,
         closed: dict,
     ) -> np.ndarray:
         """Which rows came after the session they start or join had closed, line by line.
@@ -122,8 +113,8 @@ class Session:
         """
         gap, reach = self.gap_ns, self.gap_ns + (self.grace_ns or 0)
         spans: dict = {}
-        if len(carried):
-            ct, _, ck = R.arrays(carried)
+        if carried is not None:
+            ct, _, ck = carried
             for k, t in sorted(zip(_keys(ck, len(ct)), ct.tolist(), strict=True), key=_by_key):
                 ivs = spans.setdefault(_key(k), [])
                 if ivs and t - ivs[-1][1] <= gap:

@@ -27,7 +27,6 @@ def seconds(value: object, setting: str) -> float:
 
 def text(ns: int) -> str:
     """A duration for reprs and messages: 25ms, 2s, 1min."""
-    td = pd.Timedelta(ns, "ns")
     for unit, size in (
         ("h", 3_600_000_000_000),
         ("min", 60_000_000_000),
@@ -36,4 +35,4 @@ def text(ns: int) -> str:
     ):
         if ns % size == 0:
             return f"{ns // size}{unit}"
-    return str(td)
+    return str(pd.Timedelta(ns, "ns"))
