@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .loadgen import PHASES
 from .tables import f as _f
 from .tables import ms as _ms
 from .tables import role as _role
@@ -48,7 +49,25 @@ def joins_table(r: dict) -> list[str]:
         "watchers' p50/p95 ms (whole window)",
         "panel CPU s/s / peak MB",
     ]
-    return ["## Viewers joining", "", *_table(header, rows)]
+    steps = [
+        [name, *(_steps_cell(r[name].get("steps", {}).get(step)) for step in PHASES)]
+        for name in ("idle", "storm")
+    ]
+    return [
+        "## Viewers joining",
+        "",
+        *_table(header, rows),
+        "",
+        "Where a joiner's time goes: ms from its GET to each step, p50/p95 (got: the page;",
+        "upgraded: the websocket; ack: Bokeh's ACK, the session made or adopted; doc: the",
+        "PULL-DOC reply in; first: its first live row).",
+        "",
+        *_table(["scenario", *PHASES], steps),
+    ]
+
+
+def _steps_cell(step: list | None) -> str:
+    return f"{_ms(step[0])}/{_ms(step[1])}" if step else "-"
 
 
 def fanout_targets(results: dict) -> list[list[str]]:

@@ -22,10 +22,22 @@ from .load import run_phase
 from .stacks import Stack
 
 
+def _steps(marks: dict[str, list]) -> dict[str, list[float | None]]:
+    """Median and p95 seconds from a joiner's GET to each step of its open."""
+    steps = {}
+    for name, times in marks.items():
+        done = [t for t in times if t is not None]
+        steps[name] = (
+            [float(np.median(done)), float(np.percentile(done, 95))] if done else [None, None]
+        )
+    return steps
+
+
 def _first_rows(phase: dict) -> dict:
     times = [t for t in phase.pop("join_first_row_s", []) if t is not None]
     joined = len(times)
     return dict(
+        steps=_steps(phase.pop("join_phases", {})),
         joined=joined,
         join_failed=phase.pop("join_failed", None),
         first_row_p50=float(np.median(times)) if times else None,

@@ -122,6 +122,7 @@ def run_phase(
             elif kind == "joined":
                 phase["join_first_row_s"] = event["first_row_s"]
                 phase["join_failed"] = event["failed"]
+                phase["join_phases"] = event.get("phases", {})
             elif kind == "window_end" and stats is not None:
                 stats.__exit__()
                 transfers, t = feed.server.transfers - ftp0[0], time.monotonic() - ftp0[1]

@@ -64,15 +64,20 @@ def _say(**event: object) -> None:
     print(json.dumps(event), flush=True)
 
 
-async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
+PHASES = ("got", "upgraded", "ack", "doc", "first")  # Viewer.marks, in the order they come
+
+
+async def join(args: argparse.Namespace) -> tuple[list[float | None], int, dict[str, list]]:
     """Open ``--join`` more viewers, one every ``--join-spacing`` s, 1 s into the window.
 
     Returns each one's time from its ``GET`` to its first live row (None: no row in
-    time) and how many failed to open. They are closed once they have a row: what is
-    measured is the cost of joining, to them and to the watchers.
+    time), how many failed to open, and each one's seconds from its ``GET`` to each of
+    :data:`PHASES` (None where it never got there). They are closed once they have a
+    row: what is measured is the cost of joining, to them and to the watchers.
     """
     await asyncio.sleep(1.0)
     first: list[float | None] = [None] * args.join
+    phases: dict[str, list] = {name: [None] * args.join for name in PHASES}
     failed = 0
 
     async def one(i: int) -> None:
@@ -84,6 +89,8 @@ async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
             failed += 1
             return
         first[i] = await viewer.first_row(started)
+        for name, at in viewer.marks.items():
+            phases[name][i] = round(at - started, 4)
         viewer.close()
 
     tasks = []
@@ -91,7 +98,7 @@ async def join(args: argparse.Namespace) -> tuple[list[float | None], int]:
         tasks.append(asyncio.create_task(one(i)))
         await asyncio.sleep(args.join_spacing)
     await asyncio.gather(*tasks)
-    return first, failed
+    return first, failed, phases
 
 
 async def _prepared_settled(metrics_url: str, timeout: float = 120.0) -> float:
@@ -156,8 +163,8 @@ async def run(args: argparse.Namespace) -> None:
     _say(event="window_end", t=t1)
     await asyncio.sleep(args.grace)
     if joining is not None:
-        first_rows, failed = await joining
-        _say(event="joined", first_row_s=first_rows, failed=failed)
+        first_rows, failed, phases = await joining
+        _say(event="joined", first_row_s=first_rows, failed=failed, phases=phases)
     dropped = sum(1 for v in ok if v.closed.done())
     for v in ok:
         v.close()

@@ -47,8 +47,13 @@ class Viewer(asyncio.Protocol):
     def __init__(self, host: str, port: int, path: str, token: str) -> None:
         self.host, self.port, self.path, self.token = host, port, path, token
         self.rows = Rows()
-        self.opened = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.opened = loop.create_future()
+        self.closed = loop.create_future()
+        self.first = loop.create_future()  # the wall-clock time of the first live row
+        # When each step of opening completed (wall clock): upgraded, ack, doc (the
+        # PULL-DOC reply complete), first (a live row). A joiner's figures come from them.
+        self.marks: dict[str, float] = {}
         self.open_time = 0.0
         self.error: str | None = None
         self._transport: asyncio.Transport | None = None
@@ -100,7 +105,7 @@ class Viewer(asyncio.Protocol):
                 return
             del self._buf[: end + 4]
             self._upgraded = True
-            self.open_time = now
+            self.open_time = self.marks["upgraded"] = now
             self.opened.set_result(now)
         self._parse_frames(now)
 
@@ -183,11 +188,13 @@ class Viewer(asyncio.Protocol):
         if self._keep is not None:
             self._decode(self._keep, now)
         elif self._msgtype == "ACK":
+            self.marks["ack"] = now
             # The server reads our messages only after its ACK; then do what BokehJS does.
             self._send_bokeh("PULL-DOC-REQ", "{}")
         elif self._msgtype == "PULL-DOC-REPLY" and not self._ready_sent:
             # BokehJS renders the document, then announces it ready.
             self._ready_sent = True
+            self.marks["doc"] = now
             self._send_bokeh("PATCH-DOC", DOCUMENT_READY)
         self._part, self._keep, self._bufs = 0, None, {}
 
@@ -206,6 +213,9 @@ class Viewer(asyncio.Protocol):
             r.times.setdefault(model, []).append(times)
             r.values.setdefault(model, []).append(values)
             r.arrivals.setdefault(model, []).append(now)
+            if not self.first.done():
+                self.marks["first"] = now
+                self.first.set_result(now)
 
     def _array(self, col) -> np.ndarray:
         if isinstance(col, list):  # lists (and object arrays) travel as JSON
@@ -222,11 +232,14 @@ class Viewer(asyncio.Protocol):
 
     async def first_row(self, started: float, timeout: float = 30.0) -> float | None:
         """Seconds from ``started`` (wall clock) to the first live row; None if none came."""
-        deadline = started + timeout
-        while not self.rows.streamed and time.time() < deadline:
-            await asyncio.sleep(0.002)
-        arrivals = [a[0] for a in self.rows.arrivals.values() if a]
-        return min(arrivals) - started if arrivals else None
+        # Woken by the first row itself: a hundred joiners polling would load the machine.
+        try:
+            first = await asyncio.wait_for(
+                asyncio.shield(self.first), started + timeout - time.time()
+            )
+        except TimeoutError:
+            return None
+        return first - started
 
     def stall(self, stalled: bool = True) -> None:
         """Stop (or resume) reading, as a browser on a stalled connection does."""
@@ -267,6 +280,7 @@ async def open_viewer(url: str, timeout: float = 60.0, rcvbuf: int | None = None
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
     query = f"?{parts.query}" if parts.query else ""  # the page's arguments ride in the token
     token = await get_token(host, port, path + query, timeout)
+    got = time.time()
     loop = asyncio.get_running_loop()
     sock = None
     if rcvbuf is not None:
@@ -282,5 +296,6 @@ async def open_viewer(url: str, timeout: float = 60.0, rcvbuf: int | None = None
         ),
         timeout,
     )
+    viewer.marks["got"] = got
     await asyncio.wait_for(viewer.opened, timeout)
     return viewer

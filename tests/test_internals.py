@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import json
 import re
+import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -417,3 +418,155 @@ def test_a_document_serialised_ahead_is_sent_as_it_was_unless_it_changed():
         wire.serialise_ahead(doc)
         doc.roots[0].text = "b"  # the page changed while it waited
         assert '"b"' in _pulled(doc) and _pulled(doc) != fresh
+
+
+def test_lazy_references_give_bokehs_own_patch_bytes():
+    """Changes serialised with references made as needed are Bokeh's own, byte for byte:
+    known models as refs, new ones in full, buffers alike."""
+    from bokeh.core.json_encoder import serialize_json
+    from bokeh.core.serialization import Serializer
+    from bokeh.document import Document
+    from bokeh.models import Column, ColumnDataSource, Div
+
+    wire.lazy_references()
+    lazy = Serializer.__init__
+    divs = [Div(text=str(i)) for i in range(50)]
+    doc = Document()
+    doc.add_root(Column(children=divs))
+    source = ColumnDataSource(data={"x": np.arange(3.0)})
+    doc.add_root(source)
+    doc.models.flush_synced()  # as after the PULL-DOC reply: every model is known
+
+    def encoded(events: list) -> str:
+        serializer = Serializer(references=doc.models.synced_references)
+        text = serialize_json(serializer.encode(events))
+        for i, buffer in enumerate(serializer.buffers):  # named by a counter: by position
+            text = text.replace(f'"{buffer.ref["id"]}"', f'"buffer{i}"')
+        return text + "".join(b.to_bytes().hex() for b in serializer.buffers)
+
+    changes = [
+        lambda: setattr(divs[3], "text", "new"),  # a known model: a ref
+        lambda: setattr(divs[4], "styles", {"color": "red"}),
+        lambda: doc.roots[0].children.append(Div(text="added")),  # a new model: in full
+        lambda: source.stream({"x": np.arange(2.0)}),
+    ]
+    with relied_on_by(WIRE, "Serializer(references=...)._references, has_ref/get_ref/add_ref"):
+        assert getattr(lazy, "headrace", False)
+        messages = []
+        for change in changes:
+            events: list = []
+            doc.on_change(events.append)
+            change()
+            doc.remove_on_change(events.append)
+            ours = encoded(events)
+            Serializer.__init__ = lazy.original
+            try:
+                bokehs = encoded(events)
+            finally:
+                Serializer.__init__ = lazy
+            assert ours == bokehs
+            messages.append(ours)
+        assert '"added"' in messages[2] and '"text":"new"' not in messages[2]  # in full
+
+
+def test_an_application_validates_its_first_document_only():
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+    from bokeh.document import Document
+    from bokeh.models import Div
+
+    wire.validate_once()
+    validated = []
+    original = Document.validate
+
+    def validate(doc: Document) -> None:
+        validated.append(doc)
+        original(doc)
+
+    app = Application(FunctionHandler(lambda doc: doc.add_root(Div(text="page"))))
+    other = Application(FunctionHandler(lambda doc: doc.add_root(Div(text="other"))))
+    Document.validate = validate  # type: ignore[method-assign]
+    try:
+        with relied_on_by(WIRE, "Application.initialize_document and .handlers"):
+            docs = [Document() for _ in range(3)]
+            for doc in docs:
+                app.initialize_document(doc)
+            other.initialize_document(Document())
+            assert [d.roots[0].text for d in docs] == ["page"] * 3  # every page was built
+    finally:
+        Document.validate = original  # type: ignore[method-assign]
+    assert validated[0] is docs[0] and len(validated) == 2  # each app's first document
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SCRIPT_ID = re.compile(r"""(id="|getElementById\(')p\d+""")
+
+
+def drawn(page: str) -> str:
+    """A page without the ids Bokeh draws for each rendering (random, or a counter's)."""
+    return SCRIPT_ID.sub(r"\1p", UUID.sub("U", page))
+
+
+def test_a_reused_sessions_page_is_rendered_once_and_given_each_viewers_token():
+    """Panel's own page, but for the element ids Bokeh draws at random; a new kind of
+    model in the session's document renders it again."""
+    import urllib.request
+
+    import panel as pn
+    import panel.io.server as panel_server
+    from bokeh.models import Div
+    from bokeh.util.token import get_session_id
+    from panel.io.state import state
+    from ports import free_port
+
+    def app() -> pn.template.BaseTemplate:
+        return pn.template.FastListTemplate(
+            title="page", sidebar=[pn.widgets.Select(options=["a", "b"])], main=["hello"]
+        )
+
+    wire.cached_pages()
+    ours = panel_server.server_html_page_for_session
+    port = free_port()
+    pn.config.reuse_sessions = True
+    thread = pn.serve({"page": app}, port=port, address="127.0.0.1", show=False, threaded=True)
+    try:
+        url = f"http://127.0.0.1:{port}/page"
+
+        def page() -> tuple[str, str]:
+            for _ in range(100):
+                try:
+                    text = urllib.request.urlopen(url, timeout=10).read().decode()
+                    break
+                except OSError:  # not listening yet
+                    time.sleep(0.1)
+            token = re.search(r'"token":"([^"]+)"', text).group(1)
+            return text.replace(token, "TOKEN"), token
+
+        with relied_on_by(WIRE, "panel.io.server.server_html_page_for_session"):
+            assert getattr(ours, "headrace", False)
+            pages = [page() for _ in range(3)]
+            panel_server.server_html_page_for_session = ours.original
+            try:
+                panels, _ = page()
+            finally:
+                panel_server.server_html_page_for_session = ours
+        texts, tokens = zip(*pages, strict=True)
+        assert len({get_session_id(t) for t in tokens}) == 3  # each viewer its own session
+        assert texts[0] == texts[1] == texts[2]  # rendered once: its random ids too
+        assert drawn(texts[0]) == drawn(panels)  # Panel's own page
+        (session,) = {id(s): s for s in state._sessions.values()}.values()
+        done = []
+        loop = thread.asyncio_loop  # the document is changed on its session's loop
+        loop.call_soon_threadsafe(lambda: done.append(session.document.add_root(Div())))
+        for _ in range(100):
+            if done:
+                break
+            time.sleep(0.05)
+        root = session.document.roots[-1].id
+        again, _ = page()
+        assert root in again and root not in texts[0]  # a page with the new root
+    finally:
+        pn.config.reuse_sessions = False
+        thread.stop()
+        state._sessions.clear()
+        state._session_key_funcs.clear()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import panel as pn
 from bokeh.models import CustomJS, Div
 
-from headrace.app.live.internals import lean_serialisation
+from headrace.app.live import internals
 
 if TYPE_CHECKING:
     from bokeh.document import Document
@@ -101,7 +101,7 @@ def prepare(doc: Document) -> None:
         return
     doc.template_variables["headrace"] = True
     builds += 1
-    lean_serialisation()  # the page's PULL-DOC reply, at a third of Bokeh's cost
+    internals.install()  # what makes every page cheaper: serialisation, GETs, validation
     # Panel points its stylesheets at this server only once it renders the HTML page; with
     # --num-procs the websocket (and so the session's document) may be another process's,
     # whose document would then point them at cdn.holoviz.org.

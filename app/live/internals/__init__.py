@@ -17,6 +17,15 @@ on any release series but the ones below, which the lock file pins):
   the defaults; a session's ``PULL-DOC`` reply was a fifth of its open. Looking at the
   set, unstable and themed values first gives the same JSON (``tests/test_internals.py``
   compares it byte for byte) at a sixth of the cost.
+- **References made as needed** (:func:`lazy_references`): Bokeh's ``Serializer`` makes
+  the ref of every model of the document for each ``PATCH-DOC``, however small; they are
+  made when one is looked up.
+- **A page's HTML rendered once** (:func:`cached_pages`): with ``--reuse-sessions`` every
+  ``GET`` renders the same session's page again (every model walked, the template
+  rendered); it is rendered once and later ``GET`` s get it with their own token.
+  **A page validated once** (:func:`validate_once`): Bokeh's integrity checks run on an
+  application's first document in the process, not on every session built by the same
+  code.
 - **Sessions opened in turn, or prepared ahead** (:func:`gate_sessions`,
   :func:`prepare_session`, :func:`adopt_session`): Bokeh's ``WSHandler._async_open``
   (make the session, send the ACK) wrapped so that a process builds sessions one at a
@@ -41,10 +50,12 @@ on any release series but the ones below, which the lock file pins):
 from headrace.app.live.internals.models import (
     Copies,
     clone,
+    lazy_references,
     lean_serialisation,
     scratch_document,
     serialise_ahead,
 )
+from headrace.app.live.internals.pages import cached_pages, validate_once
 from headrace.app.live.internals.sessions import (
     adopt_session,
     gate_sessions,
@@ -53,6 +64,16 @@ from headrace.app.live.internals.sessions import (
     session_key,
 )
 from headrace.app.live.internals.wire import BINARY, TEXT, Encoded, Socket, encode, frame, sockets
+
+
+def install() -> None:
+    """Everything above that applies to every page of the process (idempotent): lean and
+    lazy serialisation, pages rendered once, a page validated once."""
+    lean_serialisation()
+    lazy_references()
+    cached_pages()
+    validate_once()
+
 
 # The release series the private attributes used here were checked against:
 # tests/test_internals.py fails on any other version (pyproject.toml caps bokeh and panel).
@@ -70,10 +91,13 @@ __all__ = [
     "Encoded",
     "Socket",
     "adopt_session",
+    "cached_pages",
     "clone",
     "encode",
     "frame",
     "gate_sessions",
+    "install",
+    "lazy_references",
     "lean_serialisation",
     "prepare_session",
     "release_session",
@@ -81,4 +105,5 @@ __all__ = [
     "serialise_ahead",
     "session_key",
     "sockets",
+    "validate_once",
 ]

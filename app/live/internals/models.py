@@ -119,6 +119,51 @@ def lean_serialisation() -> None:
     HasProps.query_properties_with_values = query_properties_with_values  # type: ignore[method-assign]
 
 
+class _References(dict):
+    """Bokeh's ``Serializer`` references (object id -> ``model.ref``), made when asked for.
+
+    Bokeh makes the ref of every synced model of the document for each message it
+    serialises, however small (a status line's new text in a 200-model page: 200 refs,
+    two thirds of that message's cost); most are never looked at.
+    """
+
+    __slots__ = ("_models",)
+
+    def __init__(self, models: Any) -> None:
+        super().__init__()
+        self._models = {id(model): model for model in models}
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._models
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        ref = dict.get(self, key)
+        if ref is None:
+            model = self._models.get(key)
+            if model is None:
+                return default
+            ref = model.ref
+            dict.__setitem__(self, key, ref)
+        return ref
+
+
+def lazy_references() -> None:
+    """Serialise with the references of a document's models made as needed (idempotent)."""
+    from bokeh.core.serialization import Serializer
+
+    original = Serializer.__init__
+    if getattr(original, "headrace", False):
+        return
+
+    def __init__(self: Serializer, *, references: Any = frozenset(), **kwargs: Any) -> None:
+        original(self, **kwargs)
+        self._references = _References(references)
+
+    __init__.headrace = True  # type: ignore[attr-defined]
+    __init__.original = original  # type: ignore[attr-defined]
+    Serializer.__init__ = __init__  # type: ignore[method-assign]
+
+
 def serialise_ahead(doc: Document) -> None:
     """Serialise ``doc`` now; its next ``to_json()`` (a PULL-DOC reply) returns that,
     unless the document changed in between. Once: later calls serialise as usual."""

@@ -1,0 +1,109 @@
+"""A page's HTML rendered once per session Panel reuses, and a page validated once per app.
+
+With ``--reuse-sessions`` every ``GET`` of a page is answered from one session kept per
+process (and theme), yet Panel renders that session's HTML again for each: it walks every
+model (stylesheet paths, the extensions' resources) and renders the template, ~40 ms of
+the process's loop per viewer in a crowd, for a page that differs from the last one only
+in its session token. :func:`cached_pages` renders it once with a stand-in token and
+answers later ``GET`` s with the real token put in its place, as long as the session,
+its roots, the kinds of model in it and everything else the page is made from are the
+same (``tests/test_internals.py`` compares it with Panel's own page).
+
+Bokeh validates each new document (``check_integrity``: the warnings of an empty layout
+and the like), a seventh of a session's build. The same code builds the same page again,
+so :func:`validate_once` validates the first document of each application in the process
+and skips it for the later ones, as ``BOKEH_VALIDATE_DOC=false`` would for all.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STAND_IN = "headrace-token-stand-in"  # JSON- and HTML-safe, so it is in the page as it is
+KEEP = 32  # pages kept per process: one per reused session (a page and theme)
+
+
+def cached_pages() -> None:
+    """Answer a reused session's ``GET`` from its page rendered once (idempotent)."""
+    import panel.io.server as server
+    from panel.config import config
+    from panel.io.state import state
+
+    original = server.server_html_page_for_session
+    if getattr(original, "headrace", False):
+        return
+    pages: dict[int, tuple[weakref.ref, tuple, str]] = {}
+
+    def server_html_page_for_session(
+        session: Any,
+        resources: Any,
+        title: str,
+        token: str | None = None,
+        template: Any = server.BASE_TEMPLATE,
+        template_variables: dict[str, Any] | None = None,
+    ) -> str:
+        token = token or session.token
+        doc = session.document
+
+        def key() -> tuple:
+            return (
+                title,
+                id(template),
+                resources.mode,
+                resources.root_url,
+                state.rel_path,
+                config.theme,
+                config.global_loading_spinner,
+                tuple(root.id for root in doc.roots),
+                frozenset(type(model) for model in doc.models),
+                repr(sorted((template_variables or {}).items())),
+            )
+
+        cached = pages.get(id(session))
+        if cached is not None and cached[0]() is session and cached[1] == key():
+            return cached[2].replace(STAND_IN, token)
+        page = original(session, resources, title, STAND_IN, template, template_variables)
+        if page.count(STAND_IN) != 1:  # not where a token goes: render this one as Panel does
+            return original(session, resources, title, token, template, template_variables)
+        # The key after rendering: Panel sets template variables of the page as it renders.
+        pages[id(session)] = (weakref.ref(session), key(), page)
+        while len(pages) > KEEP:
+            del pages[next(iter(pages))]
+        return page.replace(STAND_IN, token)
+
+    server_html_page_for_session.headrace = True  # type: ignore[attr-defined]
+    server_html_page_for_session.original = original  # type: ignore[attr-defined]
+    server.server_html_page_for_session = server_html_page_for_session
+
+
+def validate_once() -> None:
+    """Validate the first document of each application in this process only (idempotent)."""
+    from bokeh.application import Application
+
+    original = Application.initialize_document
+    if getattr(original, "headrace", False):
+        return
+    validated: weakref.WeakSet[Application] = weakref.WeakSet()
+
+    def initialize_document(self: Application, doc: Any) -> None:
+        if self not in validated:
+            original(self, doc)
+            validated.add(self)
+            return
+        # Bokeh's own body, less the validation: later documents are built by the same code.
+        for handler in self.handlers:
+            handler.modify_document(doc)
+            if handler.failed:
+                log.error(
+                    "Error running application handler %r: %s %s ",
+                    handler,
+                    handler.error,
+                    handler.error_detail,
+                )
+
+    initialize_document.headrace = True  # type: ignore[attr-defined]
+    Application.initialize_document = initialize_document  # type: ignore[method-assign]
