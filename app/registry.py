@@ -23,7 +23,7 @@ from headrace.app.live.prepared import MAX_AGE, Prepared
 from headrace.app.live.subscriber import Subscriber
 from headrace.app.pages.board import Board
 from headrace.app.pages.opsboard import OpsBoard
-from headrace.app.settings import history_url, prepared_sessions, window_seconds
+from headrace.app.settings import history_url, opens_waiting, prepared_sessions, window_seconds
 from headrace.app.telemetry import Telemetry
 from headrace.app.views.history import HistoryCache
 
@@ -43,7 +43,7 @@ class Registry:
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
         history = history or HistoryCache(history_url())
         fanout = Fanout(subscriber)
-        admission = Admission()
+        admission = Admission(opens_waiting())
         fanout.observers.append(admission.flushed)
         # Within half a stream's window, a prepared session's catch-up is an ordinary one.
         prepared = Prepared(admission, prepared_sessions(), min(MAX_AGE, window_seconds() / 2))

@@ -5,7 +5,9 @@ cluster's address; ``HEADRACE_WINDOW``: seconds of data kept per stream;
 ``HEADRACE_FOLLOW``: seconds of the newest data a plot shows while following;
 ``HEADRACE_HISTORY``: the SQLAlchemy URL of the history database, for looking back;
 ``HEADRACE_SPIKES``: the value above which the dashboard marks a row as a spike;
-``HEADRACE_PREPARED``: sessions kept built ahead per page and process (0: none).
+``HEADRACE_PREPARED``: sessions kept built ahead per page and process (0: none);
+``HEADRACE_OPENS_WAITING``: opens that may wait for their turn per process before more
+are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+from headrace.app.live.admission import LIMIT
 from headrace.etl.contract import DEFAULT_SCHEDULER, configured_scheduler
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ HISTORY_ENV = "HEADRACE_HISTORY"
 SPIKES_ENV = "HEADRACE_SPIKES"
 PREPARED_ENV = "HEADRACE_PREPARED"
 DEFAULT_PREPARED = 32  # ~2 MiB each: ~70 MiB per Panel process at most
+OPENS_WAITING_ENV = "HEADRACE_OPENS_WAITING"
+DEFAULT_OPENS_WAITING = LIMIT
 
 
 def scheduler_address() -> str:
@@ -66,12 +71,21 @@ def spike_threshold() -> float | None:
 
 def prepared_sessions() -> int:
     """Sessions each Panel process keeps built ahead per page (0: every open builds)."""
-    raw = os.environ.get(PREPARED_ENV)
+    return _count(PREPARED_ENV, DEFAULT_PREPARED)
+
+
+def opens_waiting() -> int:
+    """Opens each Panel process lets wait for their turn; beyond, an open is refused."""
+    return _count(OPENS_WAITING_ENV, DEFAULT_OPENS_WAITING)
+
+
+def _count(name: str, default: int) -> int:
+    raw = os.environ.get(name)
     try:
-        return max(0, int(raw)) if raw else DEFAULT_PREPARED
+        return max(0, int(raw)) if raw else default
     except ValueError:
-        log.warning("%s=%r is not a whole number: using %d", PREPARED_ENV, raw, DEFAULT_PREPARED)
-        return DEFAULT_PREPARED
+        log.warning("%s=%r is not a whole number: using %d", name, raw, default)
+        return default
 
 
 def history_url() -> str | None:

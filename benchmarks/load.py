@@ -110,7 +110,11 @@ def run_phase(
                 )
             elif kind == "watching":
                 phase["watching_s"] = event["seconds"]
-                log(f"{stack.name} N={n}: every viewer had live rows after {event['seconds']}s")
+                phase["refused_opens"] = event.get("refused", 0)
+                log(
+                    f"{stack.name} N={n}: every viewer had live rows after {event['seconds']}s "
+                    f"({phase['refused_opens']} opens refused and tried again)"
+                )
             elif kind == "prepared":
                 phase["prepared_sessions"] = event["sessions"]
                 log(f"{stack.name} N={n}: {event['sessions']:.0f} sessions built ahead")

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -64,6 +65,7 @@ def _say(**event: object) -> None:
     print(json.dumps(event), flush=True)
 
 
+REFUSED_AGAIN = 5.0  # seconds (to twice that) before a refused page is loaded again
 PHASES = ("got", "upgraded", "ack", "doc", "first")  # Viewer.marks, in the order they come
 
 
@@ -127,15 +129,29 @@ async def run(args: argparse.Namespace) -> None:
     errors: list[str] = []
     sem = asyncio.Semaphore(args.concurrency)
 
+    refusals = 0
+
     async def one(i: int) -> None:
-        async with sem:
-            try:
-                viewers[i] = await open_viewer(args.url)
-            except Exception as exc:  # counted and reported, the others go on
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        nonlocal refusals
+        while True:
+            async with sem:
+                try:
+                    viewers[i] = viewer = await open_viewer(args.url)
+                except Exception as exc:  # counted and reported, the others go on
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    return
+            await viewer.closed
+            if not viewer.refused:
+                return
+            # Refused (too many opens waiting in its process): loaded again a while later,
+            # as a person would.
+            refusals += 1
+            await asyncio.sleep(REFUSED_AGAIN * (1 + random.random()))
 
     t_connect = time.time()
-    await asyncio.gather(*(one(i) for i in range(args.viewers)))
+    keeping = [asyncio.create_task(one(i)) for i in range(args.viewers)]
+    while any(v is None for v in viewers) and not all(k.done() for k in keeping):
+        await asyncio.sleep(0.05)
     ok = [v for v in viewers if v is not None]
     _say(
         event="connected",
@@ -148,10 +164,13 @@ async def run(args: argparse.Namespace) -> None:
     )
     # Watchers watch before the window starts: each has its document and live rows.
     # (A server that admits opens in turn upgrades a websocket at once and builds later.)
-    deadline = time.time() + 180
-    while any(not v.rows.streamed for v in ok) and time.time() < deadline:
+    deadline = time.time() + 300  # a thousand sessions built in turn take minutes
+    while time.time() < deadline:
+        ok = [v for v in viewers if v is not None]  # a refused viewer's next try, once it got in
+        if all(v.rows.streamed for v in ok):
+            break
         await asyncio.sleep(0.05)
-    _say(event="watching", seconds=round(time.time() - t_connect, 2))
+    _say(event="watching", seconds=round(time.time() - t_connect, 2), refused=refusals)
     if args.prepared_from:
         _say(event="prepared", sessions=await _prepared_settled(args.prepared_from))
     await asyncio.sleep(args.settle)

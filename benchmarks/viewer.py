@@ -56,6 +56,7 @@ class Viewer(asyncio.Protocol):
         self.marks: dict[str, float] = {}
         self.open_time = 0.0
         self.error: str | None = None
+        self.close_code: int | None = None  # the server's, if it closed the websocket
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._upgraded = False
@@ -132,6 +133,8 @@ class Viewer(asyncio.Protocol):
             if opcode == 0x9:  # ping
                 self._write(frame(0xA, payload))
             elif opcode == 0x8:  # close
+                if len(payload) >= 2:
+                    self.close_code = struct.unpack_from("!H", payload)[0]
                 self._write(frame(0x8, payload[:2]))
                 self._transport.close()
             elif opcode in (0x0, 0x1, 0x2):
@@ -240,6 +243,11 @@ class Viewer(asyncio.Protocol):
         except TimeoutError:
             return None
         return first - started
+
+    @property
+    def refused(self) -> bool:
+        """Closed by the server with 1013 ("try again later") before its session opened."""
+        return self.close_code == 1013 and "ack" not in self.marks
 
     def stall(self, stalled: bool = True) -> None:
         """Stop (or resume) reading, as a browser on a stalled connection does."""

@@ -191,6 +191,47 @@ DISCONNECTED = "() => document.querySelector('[role=status]')?.textContent ?? ''
 
 
 @pytest.mark.timeout(120)
+def test_a_page_refused_by_a_busy_process_says_so_and_loads_again(
+    tmp_path, cluster_options, monkeypatch
+):
+    """An open beyond the opens allowed to wait is refused (1013): the page tells its viewer
+    why, in colour and words, and loads itself again a few seconds later."""
+    from playwright.sync_api import sync_playwright
+
+    from headrace.app.settings import OPENS_WAITING_ENV, PREPARED_ENV
+
+    monkeypatch.setenv(OPENS_WAITING_ENV, "0")  # no open may wait: every one is refused
+    monkeypatch.setenv(PREPARED_ENV, "0")
+    with LocalCluster(**cluster_options) as cluster:
+        publisher = Publisher("browser", interval=0.2)
+        with (
+            publishing(publisher, cluster.scheduler_address),
+            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
+            sync_playwright() as playwright,
+        ):
+            wait_http(port, "/static/js/bokeh.min.js", 60, proc)
+            browser = chromium(playwright)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 500})
+                loads: list[float] = []
+                page.on("load", lambda _page: loads.append(time.monotonic()))
+                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+                said = wait_for(lambda: page.evaluate(DISCONNECTED), 30, "the page's note")
+                colour = page.evaluate(
+                    "() => getComputedStyle(document.querySelector('[role=status]'))"
+                    ".backgroundColor"
+                )
+                page.screenshot(path=str(tmp_path / "refused.png"))
+                # (Playwright hands over the page's events only while it is called.)
+                wait_for(lambda: page.evaluate("1") and len(loads) >= 2, 30, "the page again")
+            finally:
+                browser.close()
+    assert said.startswith("BUSY: headrace: 0 pages are opening on this server process"), said
+    assert colour == "rgb(178, 106, 0)"  # the colour of a stale state: #b26a00
+    assert 4.5 <= loads[1] - loads[0] <= 20, loads  # after 5-10 s, not in a tight loop
+
+
+@pytest.mark.timeout(120)
 def test_a_page_says_it_lost_the_server_and_comes_back_with_it(tmp_path, cluster_options):
     from playwright.sync_api import sync_playwright
 

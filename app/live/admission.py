@@ -84,10 +84,7 @@ class Admission:
                 self.limit,
                 self.refused,
             )
-            raise Refused(
-                f"headrace: {self.waiting} pages are opening on this server process; "
-                "reload in a few seconds"
-            )
+            raise Refused(f"headrace: {self.waiting} pages are opening on this server process")
         self.waiting += 1
         waiting = True
         try:

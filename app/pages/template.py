@@ -101,7 +101,9 @@ def prepare(doc: Document) -> None:
         return
     doc.template_variables["headrace"] = True
     builds += 1
-    internals.install()  # what makes every page cheaper: serialisation, GETs, validation
+    # What makes every page cheaper (serialisation, GETs, validation), and the note a
+    # refused page shows.
+    internals.install(head=f"<script>{REFUSED}</script>")
     # Panel points its stylesheets at this server only once it renders the HTML page; with
     # --num-procs the websocket (and so the session's document) may be another process's,
     # whose document would then point them at cdn.holoviz.org.
@@ -131,6 +133,34 @@ const retry = () => fetch(probe, {method: "HEAD", cache: "no-store"})
   .catch(() => setTimeout(retry, 1000))
 setTimeout(retry, 300 + Math.random() * 700)
 """.replace("FAILING", COLOURS["failing"])
+
+
+# A page whose session its Panel process refused (too many opens waiting: the websocket
+# closed with 1013 and the reason before any document came) says so and loads again a
+# few seconds later, spread out so that a refused crowd does not come back at once. It
+# runs before BokehJS opens its websocket: in the page's <head>, put there as it is served.
+REFUSED = """
+(() => {
+  const Native = window.WebSocket
+  window.WebSocket = class extends Native {
+    constructor(url, protocols) {
+      super(url, protocols)
+      this.addEventListener("close", (event) => {
+        if (event.code !== 1013) { return }
+        const note = document.createElement("div")
+        note.setAttribute("role", "status")
+        note.textContent = "BUSY: " + (event.reason || "this server is busy") +
+          "; the page loads again in a few seconds"
+        note.style.cssText = "position:fixed;top:0;left:0;right:0;z-index:10000;" +
+          "padding:8px 16px;background:STALE;color:#fff;font:600 14px sans-serif;" +
+          "text-align:center"
+        document.body.appendChild(note)
+        setTimeout(() => window.location.reload(), 5000 + Math.random() * 5000)
+      })
+    }
+  }
+})()
+""".replace("STALE", COLOURS["stale"])
 
 
 def local_dist() -> str:

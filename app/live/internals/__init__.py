@@ -66,12 +66,13 @@ from headrace.app.live.internals.sessions import (
 from headrace.app.live.internals.wire import BINARY, TEXT, Encoded, Socket, encode, frame, sockets
 
 
-def install() -> None:
+def install(head: str = "") -> None:
     """Everything above that applies to every page of the process (idempotent): lean and
-    lazy serialisation, pages rendered once, a page validated once."""
+    lazy serialisation, pages rendered once (``head``: HTML put first in their
+    ``<head>``), a page validated once."""
     lean_serialisation()
     lazy_references()
-    cached_pages()
+    cached_pages(head)
     validate_once()
 
 

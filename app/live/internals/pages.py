@@ -27,8 +27,12 @@ STAND_IN = "headrace-token-stand-in"  # JSON- and HTML-safe, so it is in the pag
 KEEP = 32  # pages kept per process: one per reused session (a page and theme)
 
 
-def cached_pages() -> None:
-    """Answer a reused session's ``GET`` from its page rendered once (idempotent)."""
+def cached_pages(head: str = "") -> None:
+    """Answer a reused session's ``GET`` from its page rendered once (idempotent).
+
+    ``head``: HTML put first in every page's ``<head>`` (scripts that must run before
+    BokehJS), cached or not.
+    """
     import panel.io.server as server
     from panel.config import config
     from panel.io.state import state
@@ -67,8 +71,10 @@ def cached_pages() -> None:
         if cached is not None and cached[0]() is session and cached[1] == key():
             return cached[2].replace(STAND_IN, token)
         page = original(session, resources, title, STAND_IN, template, template_variables)
+        page = page.replace("<head>", f"<head>{head}", 1)
         if page.count(STAND_IN) != 1:  # not where a token goes: render this one as Panel does
-            return original(session, resources, title, token, template, template_variables)
+            page = original(session, resources, title, token, template, template_variables)
+            return page.replace("<head>", f"<head>{head}", 1)
         # The key after rendering: Panel sets template variables of the page as it renders.
         pages[id(session)] = (weakref.ref(session), key(), page)
         while len(pages) > KEEP:
@@ -77,6 +83,7 @@ def cached_pages() -> None:
 
     server_html_page_for_session.headrace = True  # type: ignore[attr-defined]
     server_html_page_for_session.original = original  # type: ignore[attr-defined]
+    server_html_page_for_session.head = head  # type: ignore[attr-defined]
     server.server_html_page_for_session = server_html_page_for_session
 
 
