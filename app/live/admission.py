@@ -5,8 +5,8 @@ process's event loop, the one that feeds every open session; a hundred builds at
 hold that loop for seconds, and every watcher's rows wait behind them. So a process
 builds one session at a time, each starting only when it fits before the next fan-out
 flush (by the recent time between flushes and the recent build times), else just after
-that flush (or once no flush has come for :data:`IDLE`), resting as long as the last
-build took before the next (:data:`REST`), and keeps at most
+that flush (or once no flush has come for :data:`IDLE`), resting half as long as the
+last build took before the next (:data:`REST`), and keeps at most
 ``limit`` opens waiting. Beyond that an open is refused: its websocket is closed with
 code 1013 ("try again later") and the reason, and the refusal is logged, rather than
 queued without end (500 opens in a second, or a page opened and closed in a loop, cost
@@ -30,9 +30,11 @@ IDLE = 0.3  # seconds to wait for a flush before building anyway (no rows are co
 FIRST_BUILD = 0.2  # seconds a build is taken to cost until one was measured
 SMOOTH = 0.2  # weight of the newest figure in the running estimates
 # After a build of b seconds the next starts no sooner than REST * b later: a crowd's
-# builds take at most half of a process's time, and the machine's cores stay free enough
-# for the flushes (of every process on it) that watchers wait for.
-REST = 1.0
+# builds take at most two thirds of a process's time, and the machine's cores stay free
+# enough for the flushes (of every process on it) that watchers wait for. (1.0 left the
+# last joiners of a 100-viewer crowd waiting 1.5-2 s at p95, with watchers at 0.5 s;
+# 0.5 brought them to 0.4-0.5 s, watchers 0.6-0.7 s: python -m benchmarks --only joins.)
+REST = 0.5
 T = TypeVar("T")
 
 
