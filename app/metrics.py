@@ -104,6 +104,15 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "opened": _counter(
         "headrace_session_opens", "Sessions whose browser loaded the page (reported ready)."
     ),
+    "gc_seconds": _counter(
+        "headrace_gc_seconds",
+        "Seconds Python's garbage collector held this process (and its event loop).",
+    ),
+    "gc_full": _counter(
+        "headrace_gc_full_collections",
+        "Full collections of sessions' objects (frozen after each build; collected when "
+        "they doubled or half the sessions closed).",
+    ),
     "view_calls": _counter(
         "headrace_view_calls", "Live views' functions called (once per view per tick)."
     ),

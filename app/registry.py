@@ -18,12 +18,19 @@ from typing import Any
 
 from headrace.app.live.admission import Admission
 from headrace.app.live.fanout import Fanout
+from headrace.app.live.heap import Heap
 from headrace.app.live.internals import gate_sessions
 from headrace.app.live.prepared import MAX_AGE, Prepared
 from headrace.app.live.subscriber import Subscriber
 from headrace.app.pages.board import Board
 from headrace.app.pages.opsboard import OpsBoard
-from headrace.app.settings import history_url, opens_waiting, prepared_sessions, window_seconds
+from headrace.app.settings import (
+    freeze_sessions,
+    history_url,
+    opens_waiting,
+    prepared_sessions,
+    window_seconds,
+)
 from headrace.app.telemetry import Telemetry
 from headrace.app.views.history import HistoryCache
 
@@ -38,6 +45,7 @@ class Registry:
     ops: OpsBoard
     admission: Admission
     prepared: Prepared
+    heap: Heap
 
     @classmethod
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
@@ -45,12 +53,16 @@ class Registry:
         fanout = Fanout(subscriber)
         admission = Admission(opens_waiting())
         fanout.observers.append(admission.flushed)
+        heap = Heap(fanout.sessions, lambda: fanout.unregistered)
+        if freeze_sessions():
+            admission.observers.append(heap.built)
+            fanout.observers.append(heap.flushed)
         # Within half a stream's window, a prepared session's catch-up is an ordinary one.
         prepared = Prepared(admission, prepared_sessions(), min(MAX_AGE, window_seconds() / 2))
         telemetry = Telemetry(subscriber, fanout)
-        telemetry.sources += [admission.info, prepared.info]
+        telemetry.sources += [admission.info, prepared.info, heap.info]
         board, ops = Board(subscriber), OpsBoard(subscriber)
-        return cls(subscriber, fanout, board, history, telemetry, ops, admission, prepared)
+        return cls(subscriber, fanout, board, history, telemetry, ops, admission, prepared, heap)
 
     def start(self) -> None:
         """Start the subscriber and the figures' timer on the running loop; from now on
@@ -58,6 +70,7 @@ class Registry:
         prepared ahead (:mod:`headrace.app.live.prepared`)."""
         self.subscriber.start()
         self.telemetry.start()
+        self.heap.watch()
         gate_sessions(_open)
 
 
@@ -108,5 +121,6 @@ def reset(
     with _lock:
         if _current is not None:
             _current[1].prepared.stop()
+            _current[1].heap.unwatch()
         _current = (os.getpid(), registry) if registry is not None else None
     return registry

@@ -30,6 +30,7 @@ PREPARED_ENV = "HEADRACE_PREPARED"
 DEFAULT_PREPARED = 32  # ~2 MiB each: ~70 MiB per Panel process at most
 OPENS_WAITING_ENV = "HEADRACE_OPENS_WAITING"
 DEFAULT_OPENS_WAITING = LIMIT
+FREEZE_ENV = "HEADRACE_FREEZE"
 
 
 def scheduler_address() -> str:
@@ -77,6 +78,12 @@ def prepared_sessions() -> int:
 def opens_waiting() -> int:
     """Opens each Panel process lets wait for their turn; beyond, an open is refused."""
     return _count(OPENS_WAITING_ENV, DEFAULT_OPENS_WAITING)
+
+
+def freeze_sessions() -> bool:
+    """Whether built sessions are frozen out of Python's full collections (default: yes;
+    ``HEADRACE_FREEZE=0`` leaves CPython's collector as it is)."""
+    return _count(FREEZE_ENV, 1) > 0
 
 
 def _count(name: str, default: int) -> int:

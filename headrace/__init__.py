@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from headrace.etl.transforms import Transform as Transform
     from headrace.etl.windows import AsofJoin as AsofJoin
     from headrace.etl.windows import Hopping as Hopping
+    from headrace.etl.windows import IntervalJoin as IntervalJoin
     from headrace.etl.windows import Session as Session
     from headrace.etl.windows import Tumbling as Tumbling
 
@@ -67,6 +68,7 @@ _EXPORTS = {
     "Tumbling": ("headrace.etl.windows", "Tumbling"),
     "Hopping": ("headrace.etl.windows", "Hopping"),
     "AsofJoin": ("headrace.etl.windows", "AsofJoin"),
+    "IntervalJoin": ("headrace.etl.windows", "IntervalJoin"),
     "Session": ("headrace.etl.windows", "Session"),
     "heads": ("headrace.etl.contract", "heads"),
     "load_config": ("headrace.etl.config", "load"),
@@ -81,6 +83,7 @@ __all__ = [
     "FrameStream",
     "FunctionParser",
     "Hopping",
+    "IntervalJoin",
     "Map",
     "Parser",
     "RegexParser",

@@ -8,6 +8,7 @@ INFO lines from ``caplog`` (seen with distributed 2026.8).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,14 @@ CLUSTER_OPTIONS: dict[str, Any] = dict(
     scheduler_port=0,
     dashboard_address=":0",
 )
+
+
+@pytest.fixture(autouse=True)
+def _thaw() -> Iterator[None]:
+    """A Panel server run in the test process freezes what lives after each session's
+    build (headrace.app.live.heap): later tests' garbage must not stay frozen with it."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -153,7 +153,6 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
                 )
                 churn(20)  # warm up caches (HoloViews, Bokeh, Panel) before measuring
                 wait_for(settled, 20, "sessions to be destroyed")
-                gc.collect()
                 rss, docs = process.memory_info().rss, count(Document)
                 registered, gates = fanout.registered, fanout.info()["sessions"]
 
@@ -162,7 +161,6 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
                 for _ in range(2):
                     churn(100)
                     wait_for(settled, 30, "sessions to be destroyed")
-                    gc.collect()
                     rss_after.append(process.memory_info().rss)
                 assert fanout.registered - registered == 200  # every session had its sink
                 info = fanout.info()
@@ -172,10 +170,14 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
                     f"Documents {docs} -> {count(Document)}"
                 )
                 assert info["messages"] > messages  # the full sessions were sent updates
+                # Built sessions are frozen out of Python's full collections; closed ones
+                # are collected in full after a flush (app.live.heap), so RSS stays bounded
+                # without the collections this test used to run itself.
+                assert parts.heap.full >= 200 // 8 // 2, parts.heap.info()
                 assert info["sinks"] == 0 and info["behind"] == 0
                 assert info["unregistered"] == info["registered"]
                 wait_for(
-                    lambda: gc.collect() >= 0 and count(Document) <= docs,
+                    lambda: count(Document) <= docs,
                     10,
                     "finished sessions' documents to be collected",
                 )
@@ -196,7 +198,13 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
 
 
 def count(cls) -> int:
-    return sum(isinstance(o, cls) for o in gc.get_objects())
+    """Instances of ``cls`` that survive a full collection, frozen ones included."""
+    gc.unfreeze()
+    gc.collect()
+    try:
+        return sum(isinstance(o, cls) for o in gc.get_objects())
+    finally:
+        gc.freeze()
 
 
 def server_sessions(thread) -> list:

@@ -56,6 +56,7 @@ class Admission:
         self.rest_until = 0.0  # no build starts before (time.monotonic())
         self._flush: asyncio.Future[None] | None = None
         self._turn: asyncio.Lock | None = None
+        self.observers: list[Callable[[float], None]] = []  # told each build's seconds
 
     def flushed(self, _seconds: float = 0.0, _lags: object = None) -> None:
         """From the fan-out: a flush ended (a :class:`Fanout` observer)."""
@@ -105,6 +106,8 @@ class Admission:
                     self.build_seconds = _smooth(self.build_seconds, ended - started)
                     factor = self.rest if rest is None else rest
                     self.rest_until = ended + factor * (ended - started)
+                    for observe in self.observers:
+                        observe(ended - started)
         finally:
             if waiting:  # cancelled while waiting (the viewer left)
                 self.waiting -= 1

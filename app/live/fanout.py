@@ -368,6 +368,10 @@ class Fanout:
         with self.lock:
             return sum(1 for s in self._sinks if stream is None or s.stream == stream)
 
+    def sessions(self) -> int:
+        """Sessions registered now (cheap: for every flush's observers)."""
+        return len(self._gates)
+
     def info(self) -> dict[str, Any]:
         """Counts for tests, benchmarks and metrics."""
         with self.lock:

@@ -14,10 +14,20 @@ from collections.abc import Mapping
 
 from headrace.etl.windows.aggregate import AGGS, M4
 from headrace.etl.windows.fixed import Hopping, Tumbling, Window
-from headrace.etl.windows.join import AsofJoin
+from headrace.etl.windows.join import AsofJoin, IntervalJoin
 from headrace.etl.windows.session import Session
 
-__all__ = ["AGGS", "M4", "AsofJoin", "Hopping", "Session", "Tumbling", "Window", "from_config"]
+__all__ = [
+    "AGGS",
+    "M4",
+    "AsofJoin",
+    "Hopping",
+    "IntervalJoin",
+    "Session",
+    "Tumbling",
+    "Window",
+    "from_config",
+]
 
 _KINDS = {
     "tumbling": (Tumbling, ("size",)),
@@ -27,10 +37,11 @@ _KINDS = {
 _OPTIONS = ("agg", "grace", "idle_close")
 
 
-def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin:
+def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin | IntervalJoin:
     """A window from ``{window: tumbling|hopping|session, size|step|gap: ..., agg: ...,
     grace: ..., idle_close: ...}``, or a join from ``{join: asof, left: a, right: b,
-    tolerance: 100ms, grace: ..., wait: 5s}``; ValueError naming the setting."""
+    tolerance: 100ms, grace: ..., wait: 5s}`` (``join: interval`` with ``within: 100ms``
+    instead of ``tolerance``); ValueError naming the setting."""
     spec = dict(spec)
     if "join" in spec:
         return _join(spec)
@@ -49,17 +60,21 @@ def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin:
     return cls(*args, **spec)
 
 
-def _join(spec: dict) -> AsofJoin:
+_JOINS = {"asof": (AsofJoin, "tolerance"), "interval": (IntervalJoin, "within")}
+
+
+def _join(spec: dict) -> AsofJoin | IntervalJoin:
     kind = spec.pop("join")
-    if kind != "asof":
-        raise ValueError(f"join: {kind!r} is not one of asof")
-    missing = [n for n in ("left", "right", "tolerance") if n not in spec]
+    if kind not in _JOINS:
+        raise ValueError(f"join: {kind!r} is not one of {', '.join(_JOINS)}")
+    cls, reach = _JOINS[kind]
+    missing = [n for n in ("left", "right", reach) if n not in spec]
     if missing:
-        raise ValueError(f"an asof join needs {' and '.join(missing)}")
-    unknown = set(spec) - {"left", "right", "tolerance", "grace", "wait"}
+        raise ValueError(f"an {kind} join needs {' and '.join(missing)}")
+    known = ["left", "right", reach, "grace", "wait"]
+    unknown = set(spec) - set(known)
     if unknown:
         raise ValueError(
-            f"unknown settings {sorted(unknown)} for an asof join; "
-            "known: left, right, tolerance, grace, wait"
+            f"unknown settings {sorted(unknown)} for an {kind} join; known: {', '.join(known)}"
         )
-    return AsofJoin(**spec)
+    return cls(**spec)

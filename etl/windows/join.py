@@ -11,6 +11,12 @@ the right stream falls behind or stops, a left row waits at most ``wait`` of eve
 once the left stream's own watermark is that far past it, it is published with what
 there is. Both bounds are of event time, so a replayed tick, or ticks cut elsewhere,
 give the same rows.
+
+:class:`IntervalJoin` gives every pair of a ``left`` and a ``right`` row (of the same
+``key``) at most ``within`` apart, in either direction: one row per pair, at the left
+row's time, with ``time_<right>`` the right row's time; a left row without a partner
+gives none (an inner join). A left row waits until the right stream's watermark reaches
+its time plus ``within`` plus ``grace``, or the left stream's is ``wait`` past it.
 """
 
 from __future__ import annotations
@@ -34,29 +40,20 @@ class JoinCarry:
     left_mark: int | None = None  # the left stream's latest time seen
 
 
-class AsofJoin:
-    """Each ``left`` row with the latest ``right`` row within ``tolerance`` before it."""
+class _Join:
+    """What both joins share: the two sides' watermarks, waiting left rows, bounded right
+    rows, late left rows. A join says how far past a left row the right stream must be
+    before the row is published (:attr:`ahead_ns`), how far before it right rows still
+    match (:attr:`behind_ns`), and how it matches (:meth:`_join`)."""
 
-    def __init__(
-        self,
-        left: str,
-        right: str,
-        tolerance: str | pd.Timedelta,
-        grace: str | None = None,
-        wait: str | pd.Timedelta = "5s",
-    ) -> None:
+    ahead_ns = behind_ns = 0
+
+    def __init__(self, left: str, right: str, grace: str | None, wait: str | pd.Timedelta) -> None:
         if left == right:
             raise ValueError(f"left and right: the same stream {left!r}")
         self.left, self.right = left, right
-        self.tolerance_ns = duration(tolerance, "tolerance", zero=True)
         self.grace_ns = 0 if grace is None else duration(grace, "grace", zero=True)
         self.wait_ns = duration(wait, "wait")
-
-    def __repr__(self) -> str:
-        return (
-            f"AsofJoin(left={self.left!r}, right={self.right!r}, "
-            f"tolerance={text(self.tolerance_ns)!r})"
-        )
 
     @property
     def column(self) -> str:
@@ -91,17 +88,17 @@ class AsofJoin:
             np.zeros(len(left), bool) if left_mark is None else times + self.wait_ns <= left_mark
         )
         if mark is not None:
-            ready |= times + self.grace_ns <= mark
+            ready |= times + self.ahead_ns + self.grace_ns <= mark
         out = self._join(left[ready].sort_values("time", kind="stable"), right, cols)
         waiting = left[~ready].reset_index(drop=True)
         emitted = carry.emitted
         if len(out):
             emitted = int(out["time"].array.asi8.max())
-        # Right rows a left row may still match: from the oldest it could be, minus the
-        # tolerance, keeping the last row before that per key.
+        # Right rows a left row may still match: from the oldest it could be, minus how
+        # far back a right row matches (an as-of join also keeps the last before that).
         oldest = [int(waiting["time"].array.asi8.min())] if len(waiting) else []
         oldest += [emitted] if emitted is not None else []
-        right = _keep_from(right, min(oldest) - self.tolerance_ns if oldest else None)
+        right = self._keep_from(right, min(oldest) - self.behind_ns if oldest else None)
         late_rows = np.flatnonzero(late[len(carry.left) :])
         return Step(
             frame=out,
@@ -110,6 +107,36 @@ class AsofJoin:
             carried=len(waiting),
             late_rows=new_left.index.to_numpy()[late_rows] if len(late_rows) else late_rows,
             lateness=np.full(len(late_rows), -1),
+        )
+
+    def _join(self, left: pd.DataFrame, right: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def _keep_from(self, right: pd.DataFrame, start: int | None) -> pd.DataFrame:
+        """Right rows from time ``start`` (None: all)."""
+        if start is None or not len(right):
+            return right
+        return right[right["time"].array.asi8 >= start].reset_index(drop=True)
+
+
+class AsofJoin(_Join):
+    """Each ``left`` row with the latest ``right`` row within ``tolerance`` before it."""
+
+    def __init__(
+        self,
+        left: str,
+        right: str,
+        tolerance: str | pd.Timedelta,
+        grace: str | None = None,
+        wait: str | pd.Timedelta = "5s",
+    ) -> None:
+        super().__init__(left, right, grace, wait)
+        self.tolerance_ns = self.behind_ns = duration(tolerance, "tolerance", zero=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"AsofJoin(left={self.left!r}, right={self.right!r}, "
+            f"tolerance={text(self.tolerance_ns)!r})"
         )
 
     def _join(self, left: pd.DataFrame, right: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -128,18 +155,84 @@ class AsofJoin:
             drop=True
         )
 
+    def _keep_from(self, right: pd.DataFrame, start: int | None) -> pd.DataFrame:
+        """Right rows from ``start``, and the last before it (per key): a left row's match."""
+        if start is None or not len(right):
+            return right
+        times = right["time"].array.asi8
+        keep = times >= start
+        if "key" in right.columns:
+            before = right[~keep].groupby("key", sort=False).tail(1)
+            return pd.concat([before, right[keep]]).sort_values(
+                "time", kind="stable", ignore_index=True
+            )
+        last = np.flatnonzero(~keep)
+        if len(last):
+            keep[last[-1]] = True
+        return right[keep].reset_index(drop=True)
 
-def _keep_from(right: pd.DataFrame, start: int | None) -> pd.DataFrame:
-    if start is None or not len(right):
-        return right
-    times = right["time"].array.asi8
-    keep = times >= start
-    if "key" in right.columns:
-        before = right[~keep].groupby("key", sort=False).tail(1)
-        return pd.concat([before, right[keep]]).sort_values(
-            "time", kind="stable", ignore_index=True
+
+class IntervalJoin(_Join):
+    """Every pair of a ``left`` and a ``right`` row at most ``within`` apart (per key)."""
+
+    def __init__(
+        self,
+        left: str,
+        right: str,
+        within: str | pd.Timedelta,
+        grace: str | None = None,
+        wait: str | pd.Timedelta = "5s",
+    ) -> None:
+        super().__init__(left, right, grace, wait)
+        self.within_ns = self.ahead_ns = self.behind_ns = duration(within, "within", zero=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"IntervalJoin(left={self.left!r}, right={self.right!r}, "
+            f"within={text(self.within_ns)!r})"
         )
-    last = np.flatnonzero(~keep)
-    if len(last):
-        keep[last[-1]] = True
-    return right[keep].reset_index(drop=True)
+
+    @property
+    def time_column(self) -> str:
+        return f"time_{self.right}"
+
+    def _join(self, left: pd.DataFrame, right: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+        keyed = "key" in cols
+        groups = right.groupby("key", sort=False) if keyed else [(None, right)]
+        by_key = {key: part for key, part in groups}
+        pairs = []
+        for key, part in left.groupby("key", sort=False) if keyed else [(None, left)]:
+            other = by_key.get(key)
+            if other is not None and len(other):
+                pairs.append(self._pairs(part, other))
+        columns = ["time", "value", self.column, self.time_column, *(["key"] if keyed else [])]
+        if not pairs:
+            times = left["time"].iloc[:0]
+            none = {
+                "time": times,
+                "value": left["value"].iloc[:0],
+                self.column: [],
+                self.time_column: times,
+                "key": left.get("key", times).iloc[:0],
+            }
+            return pd.DataFrame({c: none[c] for c in columns}).astype({self.column: "float64"})
+        out = pd.concat(pairs, ignore_index=True)
+        return out.sort_values(["time", self.time_column], kind="stable", ignore_index=True)[
+            columns
+        ]
+
+    def _pairs(self, left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
+        """Each left row repeated once per right row within reach, beside it."""
+        right = right.sort_values("time", kind="stable")
+        theirs, ours = right["time"].array.asi8, left["time"].array.asi8
+        lo = np.searchsorted(theirs, ours - self.within_ns, side="left")
+        hi = np.searchsorted(theirs, ours + self.within_ns, side="right")
+        counts = hi - lo
+        mine = np.repeat(np.arange(len(left)), counts)
+        # The right rows lo..hi-1 of each left row, laid end to end.
+        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        partner = starts + np.arange(int(counts.sum()))
+        out = left.iloc[mine].reset_index(drop=True)
+        out[self.column] = right["value"].to_numpy()[partner]
+        out[self.time_column] = right["time"].iloc[partner].to_numpy()
+        return out
