@@ -47,31 +47,32 @@ def test_a_built_session_is_out_of_reach_until_enough_sessions_close(counts):
     assert gc.get_freeze_count() > 0, "what lives is frozen again"
 
 
-def test_closes_are_judged_against_the_sessions_open_at_the_last_full_collection(counts):
+def test_closes_and_builds_are_judged_against_the_sessions_open(counts):
     heap = heap_of(counts)
     counts["open"] = 100
-    heap.collect()
-    assert heap.open_then == 100
-    counts["closed"] = 49  # fewer than half of the 100
+    counts["closed"] = 49  # fewer than half of the 100 open
     heap.flushed()
-    assert heap.full == 1
+    assert heap.full == 0
     counts["closed"] = 50
     heap.flushed()
-    assert heap.full == 2
-
-
-def test_builds_alone_bring_a_full_collection_after_four_times_those_open(counts):
-    heap = heap_of(counts)
-    counts["open"] = 100
+    assert heap.full == 1
+    # Sessions that arrive (builds about as many as those open) bring none.
+    for _ in range(300):
+        counts["open"] += 1
+        heap.built()
+        heap.flushed()
+    assert heap.full == 1
     heap.collect()
-    for _ in range(int(BUILT * 100) - 1):
+    # Viewers coming and going, as many each way: builds pile up, closes are counted too.
+    counts["open"] = 40
+    for _ in range(int(BUILT * 40) - 1):
         heap.built()
     heap.flushed()
-    assert heap.full == 1, "collected before the builds piled up"
+    assert heap.full == 2, "collected before the builds piled up"
     heap.built()
-    assert heap.full == 1, "a full collection runs after a flush, not in a build"
+    assert heap.full == 2, "a full collection runs after a flush, not in a build"
     heap.flushed()
-    assert heap.full == 2 and heap.built_since == 0
+    assert heap.full == 3 and heap.built_since == 0
 
 
 def test_the_collectors_time_is_counted_while_watched(counts):
