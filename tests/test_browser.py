@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,68 +28,81 @@ from helpers import (
 pytestmark = [needs_chromium, pytest.mark.browser]
 
 
-@pytest.mark.timeout(120)
-def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
+@contextlib.contextmanager
+def served(
+    tmp_path: Path,
+    cluster_options: dict,
+    streams: tuple[str, ...] = ("browser",),
+    procs: int = 1,
+    history: str | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """``streams`` published on a cluster, ``headrace serve`` of them on ``procs`` Panel
+    processes, and a headless Chromium: ``(port, browser)``, all stopped after."""
     from playwright.sync_api import sync_playwright
 
-    with LocalCluster(**cluster_options) as cluster:
-        publisher = Publisher("browser", interval=0.2)
-        with (
-            publishing(publisher, cluster.scheduler_address),
-            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
-            sync_playwright() as playwright,
-        ):
-            wait_http(port, "/static/js/bokeh.min.js", 60, proc)
-            browser = chromium(playwright)
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 700})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+    with LocalCluster(**cluster_options) as cluster, contextlib.ExitStack() as stack:
+        for name in streams:
+            publisher = Publisher(name, interval=0.2)
+            stack.enter_context(publishing(publisher, cluster.scheduler_address))
+        log = tmp_path / "panel.log"
+        serving = headrace_serve(cluster.scheduler_address, procs, log, history=history)
+        proc, port = stack.enter_context(serving)
+        playwright = stack.enter_context(sync_playwright())
+        wait_http(port, "/static/js/bokeh.min.js", 60, proc)
+        browser = chromium(playwright)
+        stack.callback(browser.close)
+        yield port, browser
 
-                def state():
-                    return page.evaluate(PLOT_STATE, "browser")
 
-                first = wait_for(
-                    lambda: (s := state()) and s["rows"] > 0 and s,
-                    60,
-                    "the plot's data in the browser",
-                )
-                # More rows, and the range has moved on with them (it follows the newest).
-                second = wait_for(
-                    lambda: (
-                        (s := state())
-                        and s["rows"] > first["rows"]
-                        and s["last"] > first["last"]
-                        and abs(s["end"] - s["last"]) < 1000
-                        and s
-                    ),
-                    30,
-                    "the plot's data to grow, followed by its range",
-                )
-                page.screenshot(path=str(tmp_path / "dashboard.png"))
-                text = page.evaluate(TEXTS)
+@pytest.mark.timeout(120)
+def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
+    with served(tmp_path, cluster_options) as (port, browser):
+        page = browser.new_page(viewport={"width": 1200, "height": 700})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+        page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
 
-                # Drag the plot back in time: the range holds still while data keeps coming...
-                box = page.locator(".bk-Canvas").first.bounding_box()
-                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                page.mouse.move(x, y)
-                page.mouse.down()
-                page.mouse.move(x + 200, y, steps=8)
-                page.mouse.up()
-                panned = state()
-                time.sleep(1.0)  # data keeps coming for a while; the range must not move
-                held = state()
-                # ... and a double-click follows the newest data again.
-                page.mouse.dblclick(x, y)
-                following = wait_for(
-                    lambda: (s := state()) and abs(s["end"] - s["last"]) < 1000 and s,
-                    30,
-                    "the range to follow the newest data again",
-                )
-            finally:
-                browser.close()
+        def state():
+            return page.evaluate(PLOT_STATE, "browser")
+
+        first = wait_for(
+            lambda: (s := state()) and s["rows"] > 0 and s,
+            60,
+            "the plot's data in the browser",
+        )
+        # More rows, and the range has moved on with them (it follows the newest).
+        second = wait_for(
+            lambda: (
+                (s := state())
+                and s["rows"] > first["rows"]
+                and s["last"] > first["last"]
+                and abs(s["end"] - s["last"]) < 1000
+                and s
+            ),
+            30,
+            "the plot's data to grow, followed by its range",
+        )
+        page.screenshot(path=str(tmp_path / "dashboard.png"))
+        text = page.evaluate(TEXTS)
+
+        # Drag the plot back in time: the range holds still while data keeps coming...
+        box = page.locator(".bk-Canvas").first.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 200, y, steps=8)
+        page.mouse.up()
+        panned = state()
+        time.sleep(1.0)  # data keeps coming for a while; the range must not move
+        held = state()
+        # ... and a double-click follows the newest data again.
+        page.mouse.dblclick(x, y)
+        following = wait_for(
+            lambda: (s := state()) and abs(s["end"] - s["last"]) < 1000 and s,
+            30,
+            "the range to follow the newest data again",
+        )
 
         assert second["rows"] > first["rows"], (first, second)
         assert second["last"] > first["last"]
@@ -122,7 +138,6 @@ HISTORY_STATE = """
 
 @pytest.mark.timeout(120)
 def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_options):
-    from playwright.sync_api import sync_playwright
 
     from headrace.etl.store.sink import Sink, SinkSpec, encode
     from headrace.etl.store.state import Queued
@@ -139,46 +154,32 @@ def test_looking_back_an_hour_shows_the_spike_from_history(tmp_path, cluster_opt
         [Queued(i, "browser", i + 1, encode(p), 0.0) for i, p in enumerate(parts)]
     )
 
-    with LocalCluster(**cluster_options) as cluster:
-        publisher = Publisher("browser", interval=0.2)
-        with (
-            publishing(publisher, cluster.scheduler_address),
-            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log", history=url) as (
-                proc,
-                port,
+    with served(tmp_path, cluster_options, history=url) as (port, browser):
+        page = browser.new_page(viewport={"width": 1200, "height": 700})
+        page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+        wait_for(lambda: page.evaluate(PLOT_STATE, "browser"), 60, "the live plot")
+        page.get_by_role("button", name="1 h").click()
+        got = wait_for(
+            lambda: (s := page.evaluate(HISTORY_STATE, "browser")) and s["points"] and s,
+            30,
+            "history in the plot",
+        )
+        page.screenshot(path=str(tmp_path / "history.png"))
+        # Zoom in on the last quarter of the hour: that range is read again, finer.
+        box = page.locator(".bk-Canvas").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+        for _ in range(6):
+            page.mouse.wheel(0, -300)
+            time.sleep(0.05)  # a user's pace of wheel steps
+        zoomed = wait_for(
+            lambda: (
+                (s := page.evaluate(HISTORY_STATE, "browser"))
+                and s["first"] > got["first"] + 60e3
+                and s
             ),
-            sync_playwright() as pw,
-        ):
-            wait_http(port, proc=proc)
-            browser = chromium(pw)
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 700})
-                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
-                wait_for(lambda: page.evaluate(PLOT_STATE, "browser"), 60, "the live plot")
-                page.get_by_role("button", name="1 h").click()
-                got = wait_for(
-                    lambda: (s := page.evaluate(HISTORY_STATE, "browser")) and s["points"] and s,
-                    30,
-                    "history in the plot",
-                )
-                page.screenshot(path=str(tmp_path / "history.png"))
-                # Zoom in on the last quarter of the hour: that range is read again, finer.
-                box = page.locator(".bk-Canvas").first.bounding_box()
-                page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
-                for _ in range(6):
-                    page.mouse.wheel(0, -300)
-                    time.sleep(0.05)  # a user's pace of wheel steps
-                zoomed = wait_for(
-                    lambda: (
-                        (s := page.evaluate(HISTORY_STATE, "browser"))
-                        and s["first"] > got["first"] + 60e3
-                        and s
-                    ),
-                    30,
-                    "the zoomed range read again",
-                )
-            finally:
-                browser.close()
+            30,
+            "the zoomed range read again",
+        )
     assert got["max"] == 5.0, got  # the spike survives the 2,000-point downsampling
     assert got["points"] <= 2000
     assert abs((got["end"] - got["start"]) - 3600e3) < 5e3, got  # the window is an hour
@@ -249,68 +250,57 @@ class Crowd:
 def test_a_page_opened_in_a_crowd_works_as_any(tmp_path, cluster_options):
     """A page opened while a crowd opens it too (3 Panel processes) gets its rows, and its
     stream picker, drag and double-click work: a session of its own, built ahead or not."""
-    from playwright.sync_api import sync_playwright
 
-    with LocalCluster(**cluster_options) as cluster:
-        alpha, beta = Publisher("alpha", interval=0.2), Publisher("beta", interval=0.2)
-        with (
-            publishing(alpha, cluster.scheduler_address),
-            publishing(beta, cluster.scheduler_address),
-            headrace_serve(cluster.scheduler_address, 3, tmp_path / "panel.log") as (proc, port),
-            sync_playwright() as playwright,
-        ):
-            wait_http(port, "/static/js/bokeh.min.js", 60, proc)
-            crowd = Crowd(f"http://127.0.0.1:{port}/dashboard", watchers=20, joiners=40)
-            browser = chromium(playwright)
-            try:
-                assert crowd.watching.wait(120), "the watchers' pages"
-                crowd.storm()
-                page = browser.new_page(viewport={"width": 1200, "height": 800})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+    with served(tmp_path, cluster_options, ("alpha", "beta"), procs=3) as (port, browser):
+        crowd = Crowd(f"http://127.0.0.1:{port}/dashboard", watchers=20, joiners=40)
+        try:
+            assert crowd.watching.wait(120), "the watchers' pages"
+            crowd.storm()
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
 
-                def state(stream: str):
-                    return page.evaluate(PLOT_STATE, stream)
+            def state(stream: str):
+                return page.evaluate(PLOT_STATE, stream)
 
-                first = wait_for(
-                    lambda: (s := state("alpha")) and s["rows"] > 0 and state("beta") and s,
-                    90,
-                    "both streams' plots with rows",
-                )
-                # The picker: take alpha away; its plot goes, beta's stays and grows.
-                plots = page.locator(".bk-Canvas")
-                shown_before = plots.count()
-                page.locator(".choices__button").first.click()
-                wait_for(lambda: plots.count() == shown_before - 1, 30, "alpha's plot to go")
-                beta0 = state("beta")
-                wait_for(lambda: state("beta")["last"] > beta0["last"], 30, "beta's rows")
-                # Drag beta back in time: its range holds while rows come; a double-click
-                # follows the newest again.
-                box = page.locator(".bk-Canvas").first.bounding_box()
-                x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                page.mouse.move(x, y)
-                page.mouse.down()
-                page.mouse.move(x + 200, y, steps=8)
-                page.mouse.up()
-                panned = state("beta")
-                time.sleep(1.0)  # rows keep coming; the range must not move
-                held = state("beta")
-                page.mouse.dblclick(x, y)
-                following = wait_for(
-                    lambda: (s := state("beta")) and abs(s["end"] - s["last"]) < 1000 and s,
-                    30,
-                    "the range to follow the newest rows again",
-                )
-                page.screenshot(path=str(tmp_path / "crowd.png"))
-                joined = wait_for(
-                    lambda: (n := sum(1 for v in crowd.viewers if v.rows.streamed)) >= 60 and n,
-                    90,
-                    "every page of the crowd to get rows",
-                )
-            finally:
-                browser.close()
-                crowd.stop()
+            first = wait_for(
+                lambda: (s := state("alpha")) and s["rows"] > 0 and state("beta") and s,
+                90,
+                "both streams' plots with rows",
+            )
+            # The picker: take alpha away; its plot goes, beta's stays and grows.
+            plots = page.locator(".bk-Canvas")
+            shown_before = plots.count()
+            page.locator(".choices__button").first.click()
+            wait_for(lambda: plots.count() == shown_before - 1, 30, "alpha's plot to go")
+            beta0 = state("beta")
+            wait_for(lambda: state("beta")["last"] > beta0["last"], 30, "beta's rows")
+            # Drag beta back in time: its range holds while rows come; a double-click
+            # follows the newest again.
+            box = page.locator(".bk-Canvas").first.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + 200, y, steps=8)
+            page.mouse.up()
+            panned = state("beta")
+            time.sleep(1.0)  # rows keep coming; the range must not move
+            held = state("beta")
+            page.mouse.dblclick(x, y)
+            following = wait_for(
+                lambda: (s := state("beta")) and abs(s["end"] - s["last"]) < 1000 and s,
+                30,
+                "the range to follow the newest rows again",
+            )
+            page.screenshot(path=str(tmp_path / "crowd.png"))
+            joined = wait_for(
+                lambda: (n := sum(1 for v in crowd.viewers if v.rows.streamed)) >= 60 and n,
+                90,
+                "every page of the crowd to get rows",
+            )
+        finally:
+            crowd.stop()
     assert first["rows"] > 0 and shown_before == 2 and not errors, (shown_before, errors)
     assert panned["end"] < panned["last"] and held["end"] == panned["end"], (panned, held)
     assert held["last"] > panned["last"] and abs(following["end"] - following["last"]) < 1000
@@ -324,42 +314,29 @@ def test_a_page_refused_by_a_busy_process_says_so_and_loads_again(
     """An open beyond the opens allowed to wait is refused (1013): the page tells its viewer
     why, in colour and words, and loads itself again a few seconds later."""
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
     from headrace.app.settings import OPENS_WAITING_ENV, PREPARED_ENV
 
     monkeypatch.setenv(OPENS_WAITING_ENV, "0")  # no open may wait: every one is refused
     monkeypatch.setenv(PREPARED_ENV, "0")
-    with LocalCluster(**cluster_options) as cluster:
-        publisher = Publisher("browser", interval=0.2)
-        with (
-            publishing(publisher, cluster.scheduler_address),
-            headrace_serve(cluster.scheduler_address, 1, tmp_path / "panel.log") as (proc, port),
-            sync_playwright() as playwright,
-        ):
-            wait_http(port, "/static/js/bokeh.min.js", 60, proc)
-            browser = chromium(playwright)
-            try:
-                page = browser.new_page(viewport={"width": 1200, "height": 500})
-                loads: list[float] = []
-                page.on("load", lambda _page: loads.append(time.monotonic()))
-                page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
-                said = wait_for(lambda: page.evaluate(DISCONNECTED), 30, "the page's note")
-                colour = page.evaluate(
-                    "() => getComputedStyle(document.querySelector('[role=status]'))"
-                    ".backgroundColor"
-                )
-                page.screenshot(path=str(tmp_path / "refused.png"))
+    with served(tmp_path, cluster_options) as (port, browser):
+        page = browser.new_page(viewport={"width": 1200, "height": 500})
+        loads: list[float] = []
+        page.on("load", lambda _page: loads.append(time.monotonic()))
+        page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="load")
+        said = wait_for(lambda: page.evaluate(DISCONNECTED), 30, "the page's note")
+        colour = page.evaluate(
+            "() => getComputedStyle(document.querySelector('[role=status]')).backgroundColor"
+        )
+        page.screenshot(path=str(tmp_path / "refused.png"))
 
-                def reloaded() -> bool:
-                    # Playwright hands over the page's events only while it is called.
-                    with contextlib.suppress(PlaywrightError):  # called mid-reload
-                        page.evaluate("1")
-                    return len(loads) >= 2
+        def reloaded() -> bool:
+            # Playwright hands over the page's events only while it is called.
+            with contextlib.suppress(PlaywrightError):  # called mid-reload
+                page.evaluate("1")
+            return len(loads) >= 2
 
-                wait_for(reloaded, 30, "the page to load again")
-            finally:
-                browser.close()
+        wait_for(reloaded, 30, "the page to load again")
     assert said.startswith("BUSY: headrace: 0 pages are opening on this server process"), said
     assert colour == "rgb(178, 106, 0)"  # the colour of a stale state: #b26a00
     assert 4.5 <= loads[1] - loads[0] <= 20, loads  # after 5-10 s, not in a tight loop

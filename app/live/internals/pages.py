@@ -67,14 +67,16 @@ def cached_pages(head: str = "") -> None:
                 repr(sorted((template_variables or {}).items())),
             )
 
+        def render(as_token: str) -> str:
+            page = original(session, resources, title, as_token, template, template_variables)
+            return page.replace("<head>", f"<head>{head}", 1)
+
         cached = pages.get(id(session))
         if cached is not None and cached[0]() is session and cached[1] == key():
             return cached[2].replace(STAND_IN, token)
-        page = original(session, resources, title, STAND_IN, template, template_variables)
-        page = page.replace("<head>", f"<head>{head}", 1)
+        page = render(STAND_IN)
         if page.count(STAND_IN) != 1:  # not where a token goes: render this one as Panel does
-            page = original(session, resources, title, token, template, template_variables)
-            return page.replace("<head>", f"<head>{head}", 1)
+            return render(token)
         # The key after rendering: Panel sets template variables of the page as it renders.
         pages[id(session)] = (weakref.ref(session), key(), page)
         while len(pages) > KEEP:
