@@ -474,6 +474,20 @@ async def raw_session(url: str) -> None:
         conn.close()
 
 
+def interval_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, within: str, by: list[str], right_name: str = "mem"
+) -> pd.DataFrame:
+    """Every pair of a left and a right row at most ``within`` apart (of the same ``by``),
+    by brute force: what an IntervalJoin publishes, in its columns, sorted by time."""
+    value, at = f"value_{right_name}", f"time_{right_name}"
+    left, right = left[["time", "value", *by]], right[["time", "value", *by]]
+    how = "inner" if by else "cross"
+    both = left.merge(right, on=by or None, how=how, suffixes=("", "_r"))
+    near = (both["time"] - both["time_r"]).abs() <= pd.Timedelta(within)
+    out = both[near].rename(columns={"value_r": value, "time_r": at})
+    return out.sort_values(["time", at, *by], ignore_index=True)[["time", "value", value, at, *by]]
+
+
 def check_rows(rows: np.ndarray, published: np.ndarray, what: str) -> None:
     """``rows`` must be a run of consecutive published rows: in order, none twice, no gap."""
     assert len(rows), f"{what}: no rows"

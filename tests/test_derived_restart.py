@@ -12,7 +12,7 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, published_seq, wait_for
+from helpers import headrace_etl, interval_pairs, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -50,6 +50,11 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
             "right": "mem",
             "tolerance": "20ms",
         },
+    }
+    streams["cpu_near_mem"] = {
+        "source": "stream://cpu,mem",
+        "interval": 0.1,
+        "transform": {"join": "interval", "left": "cpu", "right": "mem", "within": "20ms"},
     }
     state = tmp_path / "state"
     config = tmp_path / "etl.yaml"
@@ -97,14 +102,16 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
                 window = unpack(store.load("cpu_100ms").cursor.offset, 1) == [
                     published_seq(client, "cpu")
                 ]
-                join = unpack(store.load("cpu_mem").cursor.offset, 2) == [
-                    published_seq(client, "cpu"),
-                    published_seq(client, "mem"),
-                ]
-                return files and window and join
+                both = [published_seq(client, "cpu"), published_seq(client, "mem")]
+                joins = all(
+                    unpack(store.load(n).cursor.offset, 2) == both
+                    for n in ("cpu_mem", "cpu_near_mem")
+                )
+                return files and window and joins
 
             wait_for(caught_up, 60, "every input frame consumed")
             waiting = len(store.load("cpu_mem").carry.left)  # newer than mem's last row
+            near_waiting = store.load("cpu_near_mem").carry.left["time"]
             store.close()
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
@@ -137,10 +144,20 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
     pd.testing.assert_frame_equal(
         got[["time", "value", "value_mem"]], joined.iloc[: len(got)], check_dtype=False
     )
+    # Every pair of rows within 20 ms, once, but those of the cpu rows still waiting.
+    near = rows["cpu_near_mem"]
+    pairs = interval_pairs(cpu[~cpu["time"].isin(near_waiting)], mem, "20ms", [])
+    assert len(pairs) > 100
+    pd.testing.assert_frame_equal(
+        near.sort_values(["time", "time_mem"], ignore_index=True)[pairs.columns],
+        pairs,
+        check_dtype=False,
+    )
     record(
         "the loop dies with derived streams",
-        "SIGKILL of `headrace etl` with a 100 ms window over a 25 ms stream and an as-of join "
-        "of two streams, then a restart; against pandas over the input frames",
+        "SIGKILL of `headrace etl` with a 100 ms window over a 25 ms stream, an as-of join "
+        "and an interval join of two streams, then a restart; against pandas over the input "
+        "frames",
         written=len(cpu),
         published=len(got),
         open=0,

@@ -88,6 +88,48 @@ def test_long_windows_keep_every_spike(tmp_path, hours, level):
     assert window["time"].is_monotonic_increasing
 
 
+def windowed(batch: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """The frames as a window with ``agg: [max, mean, first]`` per key gives them."""
+    return [
+        f.assign(value_mean=f["value"] / 2, value_first=np.nan, key=["a", "b"] * (len(f) // 2))
+        for f in batch
+    ]
+
+
+def further_columns_written_once_and_read_back(tmp_path, url: str) -> None:
+    store = StateStore(tmp_path / "state")
+    sink = Sink(SinkSpec(url, retention=pd.Timedelta("1h")))
+    now = pd.Timestamp.now(tz="UTC").floor("1s")
+    old = windowed(frames(2, start=str(now - pd.Timedelta("5h"))))
+    batch = windowed(frames(4, start=str(now - pd.Timedelta("1min"))))
+    queue(store, "cpu", old + batch)
+    queue(store, "cpu", batch[1:3], first_seq=4)  # re-queued after a crash: written once
+    asyncio.run(drain_all(store, {"cpu": sink}))  # writes, then prunes the old ones
+    with sink.engine.connect() as conn:
+        got = pd.read_sql(sa.select(history.values), conn)
+    mean = got[got["name"] == "value_mean"].sort_values(["time", "key"], ignore_index=True)
+    want = pd.concat(batch, ignore_index=True)
+    assert len(mean) == len(want) == 160 and set(got["name"]) == {"value_mean", "value_first"}
+    np.testing.assert_allclose(mean["value"], want["value_mean"])
+    assert mean["key"].tolist() == want["key"].tolist()
+    assert mean["seq"].tolist() == [s for s in range(3, 7) for _ in range(40)]
+    assert got.loc[got["name"] == "value_first", "value"].isna().all()  # NaN as NULL
+    reader = history.HistoryReader(sink.engine)
+    start, end = now - pd.Timedelta("2h"), now + pd.Timedelta("1min")
+    line = reader.window("cpu", start, end, points=1000, key="a", column="value_mean")
+    a = want[want["key"] == "a"]
+    np.testing.assert_allclose(line["value"], a["value_mean"])
+    assert line["time"].tolist() == a["time"].tolist()
+
+
+def test_further_value_columns_are_written_once_and_read_back(tmp_path):
+    further_columns_written_once_and_read_back(tmp_path, f"sqlite:///{tmp_path}/h.sqlite")
+
+
+def test_further_value_columns_in_postgresql(tmp_path, postgres):
+    further_columns_written_once_and_read_back(tmp_path, postgres.create_database("further"))
+
+
 def test_retention_prunes_old_rows(tmp_path):
     spec = SinkSpec(f"sqlite:///{tmp_path}/h.sqlite", retention=pd.Timedelta("1h"))
     sink = Sink(spec)
@@ -230,5 +272,5 @@ def test_the_schema_compiles_for_sql_server_and_postgresql():
 
     for dialect in (mssql.dialect(), postgresql.dialect()):
         ddl = [str(CreateTable(t).compile(dialect=dialect)) for t in history.metadata.sorted_tables]
-        assert len(ddl) == 2 + len(history.LEVELS)
+        assert len(ddl) == 3 + len(history.LEVELS)
     assert "DATETIME2(6)" in str(CreateTable(history.rows).compile(dialect=mssql.dialect()))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import LocalCluster
-from helpers import run_loop
+from helpers import interval_pairs, run_loop
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl.config import ConfigError, parse
@@ -22,14 +22,6 @@ from headrace.etl.windows import IntervalJoin
 
 START = pd.Timestamp("2026-12-04", tz="UTC")
 COLUMNS = ["time", "value", "value_mem", "time_mem"]
-
-
-def pairs(left: pd.DataFrame, right: pd.DataFrame, within: str, by: list[str]) -> pd.DataFrame:
-    """Every pair within ``within`` of each other, by brute force (the oracle)."""
-    both = left.merge(right, on=by or None, how="cross" if not by else "inner", suffixes=("", "_r"))
-    near = (both["time"] - both["time_r"]).abs() <= pd.Timedelta(within)
-    out = both[near].rename(columns={"value_r": "value_mem", "time_r": "time_mem"})
-    return out.sort_values(["time", "time_mem", *by], ignore_index=True)[COLUMNS + by]
 
 
 def side(rng: np.random.Generator, name: str, n: int, keys: bool) -> pd.DataFrame:
@@ -61,7 +53,7 @@ def test_fed_tick_by_tick_it_gives_every_pair_within_reach_once(keys):
     waiting = carry.left["time"]
     assert len(waiting) and (waiting + pd.Timedelta("150ms") > right["time"].max()).all()
     done = left[~left["time"].isin(waiting)].drop(columns="input")
-    want = pairs(done, right.drop(columns="input"), "150ms", by)
+    want = interval_pairs(done, right, "150ms", by)
     got = got.sort_values(["time", "time_mem", *by], ignore_index=True)
     assert len(want) > 50
     pd.testing.assert_frame_equal(got[COLUMNS + by], want, check_dtype=False)
@@ -151,7 +143,7 @@ def test_through_the_loop_across_a_restart_each_pair_is_published_once(
     seqs = [s for s, _ in frames["both"]]
     assert seqs == list(range(1, len(seqs) + 1))  # across the restart, none twice
     published = cpu[cpu["time"] <= both["time"].max()]  # the rest still wait for mem
-    want = pairs(published, mem, "60ms", [])
+    want = interval_pairs(published, mem, "60ms", [])
     assert len(want) > 20
     got = both.sort_values(["time", "time_mem"], ignore_index=True)[COLUMNS]
     pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -10,6 +10,10 @@ speaks SQL reads it. Times are UTC without a zone (``TIMESTAMP``/``DATETIME2``).
     arrive.
     ``stream``, ``key``, ``time`` (bucket start), ``value_min``, ``value_max``,
     ``value_mean``, ``value_sum``, ``periods`` (rows in the bucket), ``count`` (lines).
+``headrace_values``: a frame's further value columns (``value_<agg>`` of a window with
+    more than one aggregation, ``value_<stream>`` of a join), one row per row and column:
+    ``stream``, ``key``, ``time``, ``name`` (the column), ``value``, ``seq``. Raw rows only:
+    the rollups summarise ``value``.
 ``headrace_frames``: one row per frame written: ``stream``, ``seq``, ``rows``,
     ``first_time``, ``last_time``, ``written_at``. The sink writes a frame's rows only if
     its ``(stream, seq)`` is not here yet, in the same transaction: exactly once.
@@ -45,6 +49,18 @@ rows = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Index(f"ix_{PREFIX}_rows_stream_time", "stream", "time"),
+)
+
+values = sa.Table(
+    f"{PREFIX}_values",
+    metadata,
+    sa.Column("stream", _NAME, nullable=False),
+    sa.Column("key", _KEY, nullable=False, server_default=""),
+    sa.Column("time", _TIME, nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Index(f"ix_{PREFIX}_values_stream_name_time", "stream", "name", "time"),
 )
 
 frames = sa.Table(
@@ -128,15 +144,20 @@ class HistoryReader:
         end: pd.Timestamp,
         points: int = 2000,
         key: str = "",
+        column: str = "value",
     ) -> pd.DataFrame:
         """``time`` (UTC) and ``value`` of ``stream`` in ``[start, end)``, at most ~``points`` rows.
 
         Each bucket gives its min and max; the frame's ``attrs["level"]`` names the
-        table read ("raw", "1s", "1min").
+        table read ("raw", "1s", "1min"). ``column``: a further column of the stream's
+        frames (``value_mean``), read from its raw rows and downsampled the same way.
         """
         start, end = _naive(start), _naive(end)
         level = choose((end - start).total_seconds(), points)
-        if level is None:
+        if column != "value":
+            level, table = None, values
+            columns = [values.c.time, values.c.value, values.c.value]
+        elif level is None:
             table, columns = rows, [rows.c.time, rows.c.value, rows.c.value]
         else:
             t = level.table
@@ -146,6 +167,7 @@ class HistoryReader:
             sa.select(*columns)
             .where(table.c.stream == stream, table.c.key == key)
             .where(table.c.time >= start.to_pydatetime(), table.c.time < end.to_pydatetime())
+            .where(*([values.c.name == column] if table is values else []))
             .order_by(table.c.time)
         )
         with self.engine.connect() as conn:

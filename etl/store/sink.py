@@ -136,6 +136,16 @@ def _rows(stream: str, seq: int, frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _further(rows: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame's further value columns (``value_<agg>``) as ``headrace_values`` rows."""
+    names = [c for c in frame.columns if c.startswith("value_") and frame[c].dtype.kind in "fiub"]
+    parts = [
+        rows[["stream", "key", "time", "seq"]].assign(name=name, value=frame[name].to_numpy(float))
+        for name in names
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0]
+
+
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as SQLAlchemy parameters: NaN as NULL, datetimes as Python datetimes."""
     out = frame.astype(object).where(frame.notna(), None).to_dict("records")
@@ -201,7 +211,12 @@ class Sink:
             fresh = self._unwritten(conn, queued)
             if not fresh:
                 return 0
-            new = pd.concat([_rows(q.stream, q.seq, decode(q.frame)) for q in fresh])
+            decoded = [decode(q.frame) for q in fresh]
+            each = [_rows(q.stream, q.seq, f) for q, f in zip(fresh, decoded, strict=True)]
+            new = pd.concat(each)
+            further = pd.concat([_further(r, f) for r, f in zip(each, decoded, strict=True)])
+            if len(further):
+                conn.execute(sa.insert(history.values), _records(further))
             if len(new):
                 conn.execute(sa.insert(history.rows), _records(new))
                 for level in history.LEVELS:
@@ -242,7 +257,7 @@ class Sink:
             return 0
         cutoff = (now - self.spec.retention).tz_convert("UTC").tz_localize(None)
         deleted = 0
-        for table in (history.rows, *(level.table for level in history.LEVELS)):
+        for table in (history.rows, history.values, *(lv.table for lv in history.LEVELS)):
             mine = sa.and_(table.c.stream == stream, table.c.time < cutoff.to_pydatetime())
             while True:
                 with self.engine.begin() as conn:
