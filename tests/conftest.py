@@ -45,6 +45,15 @@ def _thaw() -> Iterator[None]:
     gc.unfreeze()
 
 
+@pytest.fixture(scope="module")
+def two_workers(cluster_options: dict[str, Any]) -> Iterator[Any]:
+    """A cluster of two single-threaded workers for a module's loop runs."""
+    from distributed import LocalCluster  # here: see the module's docstring
+
+    with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def cluster_options() -> dict[str, Any]:
     """Keyword arguments of ``LocalCluster`` for a test cluster (a fresh copy each time)."""

@@ -474,6 +474,34 @@ async def raw_session(url: str) -> None:
         conn.close()
 
 
+def fed_in_ticks(join, sides: list[pd.DataFrame], start: pd.Timestamp, tick_ms: int):
+    """Feed ``join`` both ``sides`` a tick of ``tick_ms`` of event time at a time, its carry
+    pickled between ticks as the checkpoint keeps it: ``(frames published, last carry)``."""
+    import pickle
+
+    end = max(s["time"].max() for s in sides)
+    out, carry, lo = [], None, start
+    while lo <= end:
+        hi = lo + pd.Timedelta(tick_ms, "ms")
+        cut = [s[(s["time"] >= lo) & (s["time"] < hi)] for s in sides]
+        step = join.step(pd.concat(cut, ignore_index=True), carry)
+        carry = pickle.loads(pickle.dumps(step.carry))
+        out.append(step.frame)
+        lo = hi
+    return pd.concat(out, ignore_index=True), carry
+
+
+def drag_back(page) -> tuple[float, float]:
+    """Drag the page's first plot 200 px to the right (back in time); where it was grabbed."""
+    box = page.locator(".bk-Canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 200, y, steps=8)
+    page.mouse.up()
+    return x, y
+
+
 def interval_pairs(
     left: pd.DataFrame, right: pd.DataFrame, within: str, by: list[str], right_name: str = "mem"
 ) -> pd.DataFrame:

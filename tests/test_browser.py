@@ -17,6 +17,7 @@ from helpers import (
     TEXTS,
     Publisher,
     chromium,
+    drag_back,
     headrace_serve,
     needs_chromium,
     publishing,
@@ -87,12 +88,7 @@ def test_dashboard_in_chromium_shows_growing_data(tmp_path, cluster_options):
         text = page.evaluate(TEXTS)
 
         # Drag the plot back in time: the range holds still while data keeps coming...
-        box = page.locator(".bk-Canvas").first.bounding_box()
-        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + 200, y, steps=8)
-        page.mouse.up()
+        x, y = drag_back(page)
         panned = state()
         time.sleep(1.0)  # data keeps coming for a while; the range must not move
         held = state()
@@ -278,12 +274,7 @@ def test_a_page_opened_in_a_crowd_works_as_any(tmp_path, cluster_options):
             wait_for(lambda: state("beta")["last"] > beta0["last"], 30, "beta's rows")
             # Drag beta back in time: its range holds while rows come; a double-click
             # follows the newest again.
-            box = page.locator(".bk-Canvas").first.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(x, y)
-            page.mouse.down()
-            page.mouse.move(x + 200, y, steps=8)
-            page.mouse.up()
+            x, y = drag_back(page)
             panned = state("beta")
             time.sleep(1.0)  # rows keep coming; the range must not move
             held = state("beta")

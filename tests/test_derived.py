@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import LocalCluster
-from helpers import run_loop
+from helpers import fed_in_ticks, run_loop
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl.config import ConfigError, parse
@@ -18,12 +16,6 @@ from headrace.etl.sources.streams import StreamsSource, pack, unpack
 from headrace.etl.streams import Stream
 from headrace.etl.transforms import Resample
 from headrace.etl.windows import AsofJoin, Tumbling
-
-
-@pytest.fixture(scope="module")
-def cluster(cluster_options):
-    with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
-        yield c
 
 
 def caught_up(path):
@@ -37,7 +29,7 @@ def caught_up(path):
 
 
 def test_a_window_over_another_streams_frames_equals_pandas_and_resumes(
-    cluster, ftp_server, ftp_root, tmp_path
+    two_workers, ftp_server, ftp_root, tmp_path
 ):
     path = ftp_root / "cpu.log"
     writer = LogWriter([path], rate=400, seed=3, keep=True).start()
@@ -52,11 +44,13 @@ def test_a_window_over_another_streams_frames_equals_pandas_and_resumes(
         ),
     ]
     time.sleep(1.5)
-    first = asyncio.run(run_loop(cluster.scheduler_address, streams, tmp_path, caught_up(path), 60))
+    first = asyncio.run(
+        run_loop(two_workers.scheduler_address, streams, tmp_path, caught_up(path), 60)
+    )
     time.sleep(1.0)  # more lines; then a second run of the loop carries on from its state
     writer.stop()
     runners, frames = asyncio.run(
-        run_loop(cluster.scheduler_address, streams, tmp_path, caught_up(path), 60)
+        run_loop(two_workers.scheduler_address, streams, tmp_path, caught_up(path), 60)
     )
     assert first[0]["cpu_100ms"].health.published > 0
     cpu = pd.concat([f for _, f in frames["cpu"]], ignore_index=True)
@@ -102,19 +96,7 @@ def test_an_asof_join_fed_tick_by_tick_equals_pandas_merge_asof_once_each():
 
     left, right = side("cpu", 400), side("mem", 300)
     join = AsofJoin("cpu", "mem", tolerance="200ms", wait="1s")
-    out, carry = [], None
-    for lo in range(0, 10_000, 500):  # ticks of 500 ms of each stream
-        within = [
-            s[
-                (s["time"] >= start + pd.Timedelta(lo, "ms"))
-                & (s["time"] < start + pd.Timedelta(lo + 500, "ms"))
-            ]
-            for s in (left, right)
-        ]
-        step = join.step(pd.concat(within, ignore_index=True), carry)
-        carry = pickle.loads(pickle.dumps(step.carry))
-        out.append(step.frame)
-    got = pd.concat(out, ignore_index=True)
+    got, carry = fed_in_ticks(join, [left, right], start, 500)
     # The newest left rows wait for the right stream to pass them, and the rest were
     # published once each.
     waiting = carry.left["time"]

@@ -4,14 +4,12 @@ tick by tick and through the loop across a restart."""
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import LocalCluster
-from helpers import interval_pairs, run_loop
+from helpers import fed_in_ticks, interval_pairs, run_loop
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl.config import ConfigError, parse
@@ -35,19 +33,7 @@ def test_fed_tick_by_tick_it_gives_every_pair_within_reach_once(keys):
     rng = np.random.default_rng(5)
     left, right = side(rng, "cpu", 300, keys), side(rng, "mem", 200, keys)
     join = IntervalJoin("cpu", "mem", within="150ms", wait="1s")
-    out, carry = [], None
-    for lo in range(0, 10_000, 400):  # ticks of 400 ms of each stream
-        cut = [
-            s[
-                (s["time"] >= START + pd.Timedelta(lo, "ms"))
-                & (s["time"] < START + pd.Timedelta(lo + 400, "ms"))
-            ]
-            for s in (left, right)
-        ]
-        step = join.step(pd.concat(cut, ignore_index=True), carry)
-        carry = pickle.loads(pickle.dumps(step.carry))  # as the checkpoint keeps it
-        out.append(step.frame)
-    got = pd.concat(out, ignore_index=True)
+    got, carry = fed_in_ticks(join, [left, right], START, 400)
     by = ["key"] if keys else []
     # The newest left rows wait for the right stream to pass them plus the reach.
     waiting = carry.left["time"]
@@ -105,14 +91,8 @@ def test_an_interval_join_from_yaml_and_its_settings_named_when_wrong():
         assert "stream 'both'" in str(err.value) and says in str(err.value), err.value
 
 
-@pytest.fixture(scope="module")
-def cluster(cluster_options):
-    with LocalCluster(**{**cluster_options, "n_workers": 2, "threads_per_worker": 1}) as c:
-        yield c
-
-
 def test_through_the_loop_across_a_restart_each_pair_is_published_once(
-    cluster, ftp_server, ftp_root, tmp_path
+    two_workers, ftp_server, ftp_root, tmp_path
 ):
     paths = [ftp_root / "cpu.log", ftp_root / "mem.log"]
     writer = LogWriter(paths, rate=200, seed=4, keep=True).start()
@@ -131,10 +111,12 @@ def test_through_the_loop_across_a_restart_each_pair_is_published_once(
         return read and unpack(by["both"].state.cursor.offset, 2) == inputs
 
     time.sleep(1.5)
-    first = asyncio.run(run_loop(cluster.scheduler_address, streams, tmp_path, caught_up, 60))
+    first = asyncio.run(run_loop(two_workers.scheduler_address, streams, tmp_path, caught_up, 60))
     time.sleep(1.0)  # more lines; a second run of the loop carries on from its state
     writer.stop()
-    _, frames = asyncio.run(run_loop(cluster.scheduler_address, streams, tmp_path, caught_up, 60))
+    _, frames = asyncio.run(
+        run_loop(two_workers.scheduler_address, streams, tmp_path, caught_up, 60)
+    )
     assert first[0]["both"].health.published > 0
     cpu, mem, both = (
         pd.concat([f for _, f in frames[name]], ignore_index=True)
