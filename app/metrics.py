@@ -104,6 +104,10 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     "opened": _counter(
         "headrace_session_opens", "Sessions whose browser loaded the page (reported ready)."
     ),
+    "build_total": _counter(
+        "headrace_session_build_seconds",
+        "Seconds this process's event loop spent building sessions (opens and ahead).",
+    ),
     "gc_seconds": _counter(
         "headrace_gc_seconds",
         "Seconds Python's garbage collector held this process (and its event loop).",

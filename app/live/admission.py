@@ -49,6 +49,7 @@ class Admission:
         self.limit, self.idle = limit, idle
         self.waiting = 0
         self.admitted = self.refused = 0
+        self.build_total = 0.0  # seconds of all builds: the loop is busy with them meanwhile
         self.flushed_at = float("-inf")  # time.monotonic() of the last flush's end
         self.interval: float | None = None  # recent seconds between flushes
         self.build_seconds = FIRST_BUILD  # recent seconds per build
@@ -69,9 +70,14 @@ class Admission:
             self._flush.set_result(None)
         self._flush = None
 
-    def info(self) -> dict[str, int]:
+    def info(self) -> dict[str, float]:
         """Counts for metrics and tests."""
-        return {"waiting": self.waiting, "refused": self.refused, "admitted": self.admitted}
+        return {
+            "waiting": self.waiting,
+            "refused": self.refused,
+            "admitted": self.admitted,
+            "build_total": self.build_total,
+        }
 
     async def admit(self, build: Callable[[], Awaitable[T]], rest: float | None = None) -> T:
         """Run ``build`` in this process's turn; raise :class:`Refused` if too many wait.
@@ -103,6 +109,7 @@ class Admission:
                     return await build()
                 finally:
                     ended = time.monotonic()
+                    self.build_total += ended - started
                     self.build_seconds = _smooth(self.build_seconds, ended - started)
                     factor = self.rest if rest is None else rest
                     self.rest_until = ended + factor * (ended - started)
