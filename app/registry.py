@@ -54,12 +54,13 @@ class Registry:
         admission = Admission(opens_waiting())
         fanout.observers.append(admission.flushed)
         heap = Heap(fanout.sessions, lambda: fanout.unregistered)
+        telemetry = Telemetry(subscriber, fanout)
         if freeze_sessions():
             admission.observers.append(heap.built)
             fanout.observers.append(heap.flushed)
+            telemetry.every_period.append(heap.tick)
         # Within half a stream's window, a prepared session's catch-up is an ordinary one.
         prepared = Prepared(admission, prepared_sessions(), min(MAX_AGE, window_seconds() / 2))
-        telemetry = Telemetry(subscriber, fanout)
         telemetry.sources += [admission.info, prepared.info, heap.info]
         board, ops = Board(subscriber), OpsBoard(subscriber)
         return cls(subscriber, fanout, board, history, telemetry, ops, admission, prepared, heap)

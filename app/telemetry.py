@@ -38,6 +38,7 @@ class Telemetry:
     def __init__(self, subscriber: Subscriber, fanout: Fanout) -> None:
         self.subscriber, self.fanout = subscriber, fanout
         self.sources: list[Callable[[], dict[str, Any]]] = []  # more counts (session opens)
+        self.every_period: list[Callable[[], None]] = []  # run on each tick of the timer
         self.figures = ProcessFigures()
         self.ident = f"{socket.gethostname()}-{os.getpid()}"
         self._timer: Any = None
@@ -89,6 +90,8 @@ class Telemetry:
         }
 
     def _tick(self) -> None:
+        for run in self.every_period:
+            run()
         self.figures.update(self.totals())
         client = self.subscriber.client
         now = time.time()

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from headrace.app.live.heap import AT_LEAST, BUILT, Heap
+from headrace.app.live.heap import AT_LEAST, BUILT, NO_FLUSH, Heap
 
 
 class Node:
@@ -73,6 +73,20 @@ def test_closes_and_builds_are_judged_against_the_sessions_open(counts):
     assert heap.full == 2, "a full collection runs after a flush, not in a build"
     heap.flushed()
     assert heap.full == 3 and heap.built_since == 0
+
+
+def test_a_due_collection_runs_without_flushes_once_none_came_for_a_while(counts):
+    heap = heap_of(counts)
+    session = Node()
+    alive = weakref.ref(session)
+    heap.built()
+    del session
+    counts["closed"] = AT_LEAST["closed"]
+    heap.tick()  # due, but a flush may still come (the heap was made just now)
+    assert alive() is not None and heap.full == 0
+    heap._flushed_at -= NO_FLUSH + 0.1  # no rows flow: no flush came for a while
+    heap.tick()
+    assert alive() is None and heap.full == 1
 
 
 def test_the_collectors_time_is_counted_while_watched(counts):

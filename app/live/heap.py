@@ -9,16 +9,17 @@ seconds at a thousand), and Panel adds a full ``gc.collect()`` after sessions cl
 
 So once a session is built, the garbage among the objects not yet frozen is collected
 (a collection of those only: the build's, and what came since the last one; freezing
-young garbage with them kept ~1,000 objects per build out of reach, found measured with
-1,000 viewers), and everything alive is then frozen (``gc.freeze()``): out of the
+without it kept ~1,000 garbage objects per build out of reach, measured with 1,000
+viewers), and everything alive is then frozen (``gc.freeze()``): out of the
 collector's reach, with young objects collected as usual. What was frozen is collected
 in full only when it may hold much garbage: when sessions closed since the last full
 collection number :data:`CLOSED` of those open (viewers left: their objects may be
 cycles with frozen ones), or builds :data:`BUILT` times as many (what a build leaves in
 cycles with frozen objects), at least :data:`AT_LEAST` either way. Such a collection
-runs right after a flush, with the most time before the next one. Viewers who stay, or
-arrive, cost no full collection at all; Panel's own ``gc.collect()`` after a session
-closes traverses only what is not frozen.
+runs right after a flush, with the most time before the next one (or, when no rows
+flow, once no flush came for :data:`NO_FLUSH` seconds: :meth:`Heap.tick`, once a
+second). Viewers who stay, or arrive, cost no full collection at all; Panel's own
+``gc.collect()`` after a session closes traverses only what is not frozen.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CLOSED = 0.5  # sessions closed since the last full collection, relative to those open
 BUILT = 8.0  # sessions built since, relative to those open
 AT_LEAST = {"closed": 8, "built": 256}  # however few were open
+NO_FLUSH = 2.0  # seconds without a flush after which a due collection runs anyway
 
 
 class Heap:
@@ -48,6 +50,7 @@ class Heap:
         self.closed_then = 0  # sessions closed ever, at the last full collection
         self.built_since = 0  # sessions built since
         self._started = 0.0
+        self._flushed_at = time.monotonic()
         self._due = False
         self._watching = False
 
@@ -71,8 +74,15 @@ class Heap:
 
     def flushed(self, _seconds: float = 0.0, _lags: object = None) -> None:
         """After a fan-out flush (a :class:`Fanout` observer): collect in full if due."""
+        self._flushed_at = time.monotonic()
         self._judge()
         if self._due:
+            self.collect()
+
+    def tick(self) -> None:
+        """Once a second (the telemetry timer): a due collection that no flush came for."""
+        self._judge()
+        if self._due and time.monotonic() - self._flushed_at > NO_FLUSH:
             self.collect()
 
     def collect(self) -> None:
