@@ -44,6 +44,7 @@ def test_fed_tick_by_tick_it_gives_every_pair_within_reach_once(keys):
     assert len(want) > 50
     pd.testing.assert_frame_equal(got[COLUMNS + by], want, check_dtype=False)
     assert got["time"].is_monotonic_increasing
+    assert got["time_mem"].dtype == got["time"].dtype == "datetime64[ns, UTC]"
     assert len(carry.right) < 40, "right rows no left row can reach were let go"
 
 
