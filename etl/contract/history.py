@@ -153,16 +153,14 @@ class HistoryReader:
         frames (``value_mean``), read from its raw rows and downsampled the same way.
         """
         start, end = _naive(start), _naive(end)
-        level = choose((end - start).total_seconds(), points)
-        if column != "value":
-            level, table = None, values
-            columns = [values.c.time, values.c.value, values.c.value]
-        elif level is None:
-            table, columns = rows, [rows.c.time, rows.c.value, rows.c.value]
+        # Further columns have raw rows only; raw rows are their own min and max.
+        level = choose((end - start).total_seconds(), points) if column == "value" else None
+        if level is None:
+            table = rows if column == "value" else values
+            columns = [table.c.time, table.c.value, table.c.value]
         else:
-            t = level.table
-            columns = [t.c.time, t.c.value_min, t.c.value_max]
-            table = t
+            table = level.table
+            columns = [table.c.time, table.c.value_min, table.c.value_max]
         query = (
             sa.select(*columns)
             .where(table.c.stream == stream, table.c.key == key)

@@ -136,14 +136,12 @@ def _rows(stream: str, seq: int, frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _further(rows: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame's further value columns (``value_<agg>``) as ``headrace_values`` rows."""
+def _further(rows: pd.DataFrame, frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """A frame's further value columns (``value_<agg>``) as ``headrace_values`` rows, a
+    part per column."""
     names = [c for c in frame.columns if c.startswith("value_") and frame[c].dtype.kind in "fiub"]
-    parts = [
-        rows[["stream", "key", "time", "seq"]].assign(name=name, value=frame[name].to_numpy(float))
-        for name in names
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0]
+    keys = rows[["stream", "key", "time", "seq"]]
+    return [keys.assign(name=name, value=frame[name].to_numpy(float)) for name in names]
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -214,9 +212,9 @@ class Sink:
             decoded = [decode(q.frame) for q in fresh]
             each = [_rows(q.stream, q.seq, f) for q, f in zip(fresh, decoded, strict=True)]
             new = pd.concat(each)
-            further = pd.concat([_further(r, f) for r, f in zip(each, decoded, strict=True)])
-            if len(further):
-                conn.execute(sa.insert(history.values), _records(further))
+            further = [p for r, f in zip(each, decoded, strict=True) for p in _further(r, f)]
+            if further:
+                conn.execute(sa.insert(history.values), _records(pd.concat(further)))
             if len(new):
                 conn.execute(sa.insert(history.rows), _records(new))
                 for level in history.LEVELS:
