@@ -114,8 +114,8 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
     ),
     "gc_full": _counter(
         "headrace_gc_full_collections",
-        "Full collections of sessions' objects (frozen after each build; collected when "
-        "they doubled or half the sessions closed).",
+        "Full collections of sessions' objects (frozen after each build; collected once "
+        "half as many sessions as are open closed, or eight times as many were built).",
     ),
     "view_calls": _counter(
         "headrace_view_calls", "Live views' functions called (once per view per tick)."
