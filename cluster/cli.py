@@ -121,6 +121,7 @@ def etl(
                 cluster=config.cluster,
                 sink=config.sink,
                 metrics=(metrics_address, metrics_port) if metrics_port else None,
+                database=config.state,
             )
         )
     except StateError as exc:  # cannot open the state: nothing ran, nothing to lose
@@ -337,18 +338,55 @@ def status(
 
     dask_tls.configure(tls_files(tls))
     if stream is not None:
-        if state_dir is None and config_path is not None:
+        database = None
+        if config_path is not None:
             from headrace.etl.config import load
 
-            state_dir = str(load(config_path).state_dir)
+            config = load(config_path)
+            state_dir, database = state_dir or str(config.state_dir), config.state
         if state_dir is None:
             raise click.UsageError("--malformed needs --state-dir or --config")
-        text, code = st.malformed(state_dir, stream, limit, as_json)
+        text, code = st.malformed(state_dir, stream, limit, as_json, database)
     else:
         address = configured_scheduler(scheduler) or DEFAULT_SCHEDULER
         text, code = st.report(address, stale_after, as_json, only=only)
     click.echo(text)
     raise SystemExit(code)
+
+
+@main.group()
+def state() -> None:
+    """The loop's state: where it lives."""
+
+
+@state.command("move")
+@click.argument("source")
+@click.argument("target")
+@click.option(
+    "--password-env",
+    default=None,
+    metavar="NAME",
+    help="Environment variable with the password of the URL(s), if not in them.",
+)
+def state_move(source: str, target: str, password_env: str | None) -> None:
+    """Move the state from SOURCE to TARGET: each a state directory or a SQLAlchemy URL.
+
+    Checkpoints, the history backlog, dead letters and the lease's epoch move in one
+    transaction; the source is emptied after. Stop the loop first: a loop holding the
+    source's lease refuses the move, and so does a TARGET that already holds a state.
+    Then point the config's `state:` (or `state_dir`) at TARGET.
+    """
+    from headrace.etl.store.move import Place, move
+    from headrace.etl.store.state import StateError
+
+    try:
+        moved = move(Place.parse(source, password_env), Place.parse(target, password_env))
+    except (StateError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"moved {moved.streams} streams, {moved.backlog} backlog frames and "
+        f"{moved.dead_letters} dead letters to {Place.parse(target)}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The tick loop as a service: find the cluster, restore state, tick until told to stop.
+"""The tick loop as a service: find the cluster, take the lease, restore state, tick until told
+to stop.
 
 It outlives its cluster: when the scheduler goes away for longer than the client waits,
-it connects afresh and carries on from the state store.
+it connects afresh and carries on from the state store. Started twice on one state, one
+loop is active and the other waits to take over (:mod:`headrace.cluster.standby`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from distributed import Client
 
 from headrace.cluster import writer
 from headrace.cluster.connection import LocalSpec, connect
+from headrace.cluster.standby import Keeper, Roles, wait_for_lease
 from headrace.etl import contract
 from headrace.etl.contract.batch import report_health
+from headrace.etl.contract.loops import WAITING
 from headrace.etl.loop.metrics import LoopMetrics
 from headrace.etl.loop.runner import StreamRunner, backoff, sleep_unless_stopped
 from headrace.etl.loop.ticks import run_streams
+from headrace.etl.store.database import DEFAULT_LEASE, StateSpec
 from headrace.etl.store.deadletter import DeadLetterStore
+from headrace.etl.store.lease import Lease
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.store.state import StateStore
 from headrace.etl.streams import Stream
@@ -43,9 +49,12 @@ async def serve(
     on_ready: Callable[[Client], Awaitable[None]] | None = None,
     sink: SinkSpec | None = None,
     metrics: tuple[str, int] | None = None,
+    database: StateSpec | None = None,
 ) -> None:
     """Tick ``streams`` on the cluster until ``stop`` is set (or SIGINT/SIGTERM).
 
+    The state is in ``state_dir``, or in ``database`` when given. Only while this loop
+    holds the state's lease: another loop of the same state holding it, this one waits.
     ``metrics`` (address, port) serves Prometheus figures at ``/metrics`` there.
     ``on_ready(client)`` is awaited once connected, before the first tick (the demo
     starts its Panel servers there). ``sink`` holds the defaults of the streams' history
@@ -59,12 +68,17 @@ async def serve(
         # Not in the main thread, there are no signals to handle: the caller owns `stop`.
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    store = StateStore(state_dir)
-    dead = DeadLetterStore(state_dir)
+    store = StateStore(state_dir, database)
+    dead = DeadLetterStore(state_dir, database=database)
+    lease = Lease(store, database.lease if database is not None else DEFAULT_LEASE)
+    store.fence, dead.fence = lease.fence, lease.check
+    keeper = Keeper(lease)
+    keeper.start()
     ready = on_ready
     failures = 0
     specs = resolve_sinks(streams, sink, state_dir)
     figures = LoopMetrics()
+    figures.lease = lease
     if specs:
         figures.backlog = store.backlog
     server = None
@@ -75,7 +89,8 @@ async def serve(
             log.error("etl: cannot serve metrics on %s:%d, running without: %s", *metrics, exc)
         else:
             log.info("etl: Prometheus metrics at http://%s:%d/metrics", *server.server_address[:2])
-    history = asyncio.create_task(_keep_writing(Path(state_dir), specs, stop))
+    roles = Roles(lease)
+    history = asyncio.create_task(_keep_writing(Path(state_dir), specs, stop, database, lease))
     try:
         while not stop.is_set():
             try:
@@ -84,13 +99,18 @@ async def serve(
                     log.info(
                         "etl: %d streams, state in %s, Dask dashboard %s",
                         len(streams),
-                        store.path,
+                        store.where,
                         client.dashboard_link,
                     )
                     if ready is not None:
                         await ready(client)
                         ready = None
-                    await _run_connected(client, streams, store, ring, stop, figures, dead)
+                    while not stop.is_set() and client.status == "running":
+                        if not lease.held and not await wait_for_lease(lease, client, roles, stop):
+                            break
+                        await _run_connected(
+                            client, streams, store, ring, stop, figures, dead, lease, roles
+                        )
             except (OSError, TimeoutError) as exc:
                 # Only an external scheduler can be away; the streams' state is in the store.
                 failures += 1
@@ -99,6 +119,9 @@ async def serve(
                 await sleep_unless_stopped(stop, backoff(failures))
     finally:
         stop.set()
+        keeper.stop()
+        with contextlib.suppress(Exception):  # unreachable: the lease runs out by itself
+            await asyncio.to_thread(lease.release)
         await history
         if server is not None:
             server.shutdown()
@@ -122,21 +145,34 @@ def resolve_sinks(
     return out
 
 
-async def _keep_writing(state_dir: Path, specs: dict[str, SinkSpec], stop: asyncio.Event) -> None:
-    """Run the history writer process until ``stop``; start it again if it dies."""
+async def _keep_writing(
+    state_dir: Path,
+    specs: dict[str, SinkSpec],
+    stop: asyncio.Event,
+    database: StateSpec | None,
+    lease: Lease,
+) -> None:
+    """Run the history writer process while this loop holds the lease, until ``stop``; start
+    it again if it dies.
+
+    With the lease, not with the scheduler: history is written while the scheduler is away.
+    """
     if not specs:
         return
     failures = 0
     while not stop.is_set():
-        process = writer.start(state_dir, specs)
-        while process.is_alive() and not stop.is_set():
+        if not lease.held:
+            await sleep_unless_stopped(stop, 0.2)
+            continue
+        process = writer.start(state_dir, specs, database, lease.holder)
+        while process.is_alive() and not stop.is_set() and lease.held:
             await sleep_unless_stopped(stop, 0.5)
-        if stop.is_set():
+        if stop.is_set() or not lease.held:
             process.terminate()  # SIGTERM: the writer finishes its batch and exits
             await asyncio.to_thread(process.join, 15)
             if process.is_alive():
                 process.kill()
-            return
+            continue
         failures += 1
         log.error("history: the writer process exited with %s; starting it again", process.exitcode)
         await sleep_unless_stopped(stop, backoff(failures))
@@ -148,10 +184,13 @@ async def _run_connected(
     store: StateStore,
     ring: int,
     stop: asyncio.Event,
-    metrics: LoopMetrics | None = None,
-    dead: DeadLetterStore | None = None,
+    metrics: LoopMetrics,
+    dead: DeadLetterStore,
+    lease: Lease,
+    roles: Roles,
 ) -> None:
-    """Tick until ``stop``, or until the client gives up on a scheduler that went away.
+    """Tick while this loop holds the lease: until ``stop``, until the lease is lost, or until
+    the client gives up on a scheduler that went away.
 
     A Client reconnects by itself for ``distributed.comm.timeouts.connect``; after that it
     closes, and :func:`serve` connects afresh, carrying on from the stored state.
@@ -159,33 +198,46 @@ async def _run_connected(
     session = asyncio.Event()
     runners: list[StreamRunner] = []
     ticking = asyncio.create_task(
-        run_streams(client, streams, store, ring, session, runners, metrics, dead)
+        run_streams(
+            client, streams, store, ring, session, runners, metrics, dead, token=lease.token
+        )
     )
-    reporter = asyncio.create_task(_report_health(client, runners, session))
+    reporter = asyncio.create_task(_report_health(client, runners, session, roles))
     status = client.status
     while not session.is_set():
-        await sleep_unless_stopped(stop, 0.5)
+        await sleep_unless_stopped(stop, 0.1)
         if client.status != status:
             log.info("etl: client %s (was %s)", client.status, status)
             status = client.status
         if stop.is_set():
             session.set()
+        elif lease.lost.is_set():
+            log.error("etl: another loop took the lease; this one waits again")
+            roles.became(WAITING)
+            session.set()
         elif status in ("closing", "closed"):
             log.error("etl: the client gave up on the scheduler; connecting again")
             session.set()
     await asyncio.gather(ticking, reporter)
+    if stop.is_set():  # a clean stop: the waiting loop takes over at once, not after the ttl
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(lease.release)
 
 
-async def _report_health(client: Client, runners: list[StreamRunner], stop: asyncio.Event) -> None:
-    """Keep each stream's health in the scheduler's metadata, for operators and the app.
+async def _report_health(
+    client: Client, runners: list[StreamRunner], stop: asyncio.Event, roles: Roles
+) -> None:
+    """Keep each stream's health in the scheduler's metadata, for operators and the app, and
+    this loop's role.
 
     Once more after ``stop``: the last second before a stop is reported too.
     """
     while True:
         stopping = stop.is_set()
-        if runners:
+        if runners and roles.lease.held:
             with contextlib.suppress(Exception):  # the scheduler is away; the ticks say so
                 await report_health(client, [r.record() for r in runners])
+        await roles.report(client, force=stopping)
         if stopping:
             return
         await sleep_unless_stopped(stop, HEALTH_EVERY)

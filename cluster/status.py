@@ -15,15 +15,20 @@ from pathlib import Path
 
 from headrace.etl import contract
 from headrace.etl.contract.health import UNREACHABLE, HealthRecord, exit_code, statuses
+from headrace.etl.contract.loops import LoopRecord, loop_records
+from headrace.etl.store.database import StateSpec
 from headrace.etl.store.deadletter import FILENAME, DeadLetterStore
 
 
-def read_records(scheduler: str, timeout: float = 5.0) -> dict[str, HealthRecord]:
-    """The health records on ``scheduler``; OSError/TimeoutError if it cannot be reached."""
+def read_records(
+    scheduler: str, timeout: float = 5.0
+) -> tuple[dict[str, HealthRecord], list[LoopRecord]]:
+    """The health records and the loops' records on ``scheduler``; OSError/TimeoutError if it
+    cannot be reached."""
     from distributed import Client
 
     with Client(scheduler, timeout=timeout, set_as_default=False) as client:
-        return contract.health_records(client)
+        return contract.health_records(client), client.sync(loop_records, client)
 
 
 def report(
@@ -38,7 +43,7 @@ def report(
     ``only``: the streams to judge (default all that reported).
     """
     try:
-        records = read_records(scheduler, timeout)
+        records, loops = read_records(scheduler, timeout)
         if only:
             records = {s: r for s, r in records.items() if s in only}
     except (OSError, TimeoutError) as exc:
@@ -49,18 +54,30 @@ def report(
     found = statuses(records, stale_after)
     code = exit_code(found)
     if as_json:
-        return json.dumps({"scheduler": scheduler, "streams": [asdict(s) for s in found]}), code
+        everything = {
+            "scheduler": scheduler,
+            "loops": [{**asdict(p), "gone": p.gone()} for p in loops],
+            "streams": [asdict(s) for s in found],
+        }
+        return json.dumps(everything), code
+    said = [p.line() for p in loops]
     if not found:
-        return f"headrace status: no stream has reported on {scheduler}", code
-    return "\n".join(s.line() for s in found), code
+        return "\n".join([*said, f"headrace status: no stream has reported on {scheduler}"]), code
+    return "\n".join([*said, *(s.line() for s in found)]), code
 
 
-def malformed(state_dir: str | Path, stream: str, limit: int, as_json: bool) -> tuple[str, int]:
-    """The newest dead letters of ``stream`` in the loop's state directory."""
+def malformed(
+    state_dir: str | Path,
+    stream: str,
+    limit: int,
+    as_json: bool,
+    database: StateSpec | None = None,
+) -> tuple[str, int]:
+    """The newest dead letters of ``stream`` in the loop's state (directory or database)."""
     path = Path(state_dir)
-    if not (path / FILENAME).exists():
+    if database is None and not (path / FILENAME).exists():
         return f"headrace status: no dead-letter store in {path}", UNREACHABLE
-    store = DeadLetterStore(path)
+    store = DeadLetterStore(path, database=database)
     try:
         letters, total = store.recent(stream, limit), store.count(stream)
     finally:
@@ -69,5 +86,5 @@ def malformed(state_dir: str | Path, stream: str, limit: int, as_json: bool) -> 
         return json.dumps(
             {"stream": stream, "kept": total, "lines": [asdict(d) for d in letters]}
         ), 0
-    head = f"{stream}: {total} malformed lines kept in {path}, newest {len(letters)}:"
+    head = f"{stream}: {total} malformed lines kept in {store.where}, newest {len(letters)}:"
     return "\n".join([head, *(str(d) for d in letters)]), 0

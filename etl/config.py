@@ -3,6 +3,10 @@
 ```yaml
 scheduler: tcp://127.0.0.1:8786   # optional: else DASK_SCHEDULER_ADDRESS, else an embedded cluster
 state_dir: .headrace               # where offsets and sequence numbers survive restarts
+state:                             # optional: the loop's state in a database, not state_dir,
+  url: postgresql+psycopg://headrace@db.example/headrace   # shared by a standby loop
+  password_env: STATE_PASSWORD
+  lease: 1s                        # a standby takes over after this long without a beat
 ring: 64                           # frames kept per stream on the cluster
 cluster: {n_workers: 2}            # options of the embedded LocalCluster
 sink:                              # history of every stream (none: no history)
@@ -53,12 +57,13 @@ from headrace.etl.contract import DEFAULT_RING
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import TailOptions
 from headrace.etl.sources.streams import InputError, check_inputs
+from headrace.etl.store.database import StateSpec
 from headrace.etl.store.sink import SinkSpec
 from headrace.etl.streams import ConfigError, Stream
 from headrace.etl.transforms import Resample
 
 _TAIL = ("rotated", "start", "max_first_read", "max_line")  # every source's: TailOptions
-_TOP = {"scheduler", "state_dir", "ring", "cluster", "sink", "streams"}
+_TOP = {"scheduler", "state_dir", "state", "ring", "cluster", "sink", "streams"}
 _STREAM = {
     "source",
     "interval",
@@ -83,6 +88,7 @@ class Config:
     ring: int = DEFAULT_RING
     cluster: dict = field(default_factory=dict)
     sink: SinkSpec = field(default_factory=SinkSpec)  # the streams' defaults
+    state: StateSpec | None = None  # None: the state in state_dir
 
 
 def load(path: str | Path) -> Config:
@@ -118,8 +124,13 @@ def parse(raw: Any, where: str = "config", base: Path = Path(".")) -> Config:
         check_inputs(streams)
     except InputError as exc:
         raise ConfigError(exc.problem, stream=exc.stream, setting="source", where=where) from None
+    try:
+        state = StateSpec.parse(raw["state"]) if raw.get("state") is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc), setting="state", where=where) from None
     return Config(
         streams=streams,
+        state=state,
         scheduler=raw.get("scheduler"),
         state_dir=base / raw.get("state_dir", ".headrace"),
         ring=ring,

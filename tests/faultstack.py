@@ -38,11 +38,12 @@ class Stack:
         return f
 
     def start(self, name: str) -> None:
+        """Start ``name``: scheduler, worker, or etl (etl2, etl3...: more loops of the state)."""
         start = {
             "scheduler": lambda log: dask_scheduler(self.port, log),
             "worker": lambda log: dask_worker(self.address, log),
             "etl": lambda log: headrace_etl(self.config, self.address, log, self.etl_env),
-        }[name]
+        }[name.rstrip("0123456789")]
         self.procs[name] = start(self._log(name))
 
     def start_all(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
@@ -31,6 +32,7 @@ def exported() -> dict[str, str]:
     """``{sample name: type}`` of everything the loop and a Panel process export."""
     loop = LoopMetrics()
     loop.backlog = lambda: (0, 0)
+    loop.lease = SimpleNamespace(held=True, takeovers=0)  # a loop's lease: active or waiting
     text = (generate_latest(loop.registry) + generate_latest(panel_metrics.REGISTRY)).decode()
     # (prometheus_client adds a `_created` gauge per counter and histogram once it has
     # samples: a timestamp, not a figure anyone charts)

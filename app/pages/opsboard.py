@@ -22,6 +22,7 @@ from headrace.app.pages.template import badge
 from headrace.app.telemetry import viewer_records
 from headrace.etl import contract
 from headrace.etl.contract.health import HealthRecord, StreamStatus, statuses
+from headrace.etl.contract.loops import ACTIVE, LoopRecord, loop_records
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,28 @@ def cluster_html(address: str, identity: dict[str, Any] | None, dashboard: str) 
     )
 
 
+def loops_html(loops: list[LoopRecord], now: float) -> str:
+    """The tick loops: the active one, those waiting to take over, those gone."""
+    if not loops:
+        return ""
+    said = []
+    for p in loops:
+        if p.gone(now):
+            state, word = "unknown", "GONE"
+        elif p.role == ACTIVE:
+            state, word = "ok", "ACTIVE"
+        else:
+            state, word = "stale", "WAITING"
+        epoch = f", epoch {p.epoch}" if p.role == ACTIVE and not p.gone(now) else ""
+        when = (
+            f"last heard {_ago(now - p.reported)} ago"
+            if p.gone(now)
+            else f"for {_ago(now - p.since)}"
+        )
+        said.append(f"{badge(state, word)} <code>{html.escape(p.holder)}</code>{epoch}, {when}")
+    return "<p>tick loops: " + " · ".join(said) + "</p>"
+
+
 def render(
     address: str,
     records: dict[str, HealthRecord],
@@ -143,6 +166,7 @@ def render(
     identity: dict | None,
     dashboard: str,
     now: float | None = None,
+    loops: list[LoopRecord] | None = None,
 ) -> OpsView:
     now = time.time() if now is None else now
     found = statuses(records, STALE_AFTER, now)
@@ -164,7 +188,7 @@ def render(
         streams_table(found, records, now),
         malformed_table(records),
         viewers_table(processes),
-        cluster_html(address, identity, dashboard),
+        cluster_html(address, identity, dashboard) + loops_html(loops or [], now),
         dashboard,
     )
 
@@ -197,8 +221,10 @@ class OpsBoard(Board):
             records = await contract.health_records(client)
             processes = await viewer_records(client)
             identity = await client.scheduler.identity(n_workers=0)
+            loops = await loop_records(client)
         except Exception as exc:  # the scheduler is away
             log.info("ops: cannot read the scheduler %s: %s", sub.address, exc)
-            records, processes, identity = {}, [], None
-        self.latest = render(sub.address, records, processes, identity, client.dashboard_link)
+            records, processes, identity, loops = {}, [], None, []
+        link = client.dashboard_link
+        self.latest = render(sub.address, records, processes, identity, link, loops=loops)
         return self.latest

@@ -14,6 +14,10 @@ On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+`
   sequence number, the ring size, when it was published and the stream's tick interval.
 - metadata ``["headrace", "health", s]``: the loop's health record of the stream, a
   :class:`~headrace.etl.contract.health.HealthRecord` as a dict.
+- metadata ``["headrace", "loops", holder]``: each loop's role (active, or waiting to
+  take over), a :class:`~headrace.etl.contract.loops.LoopRecord` as a dict; and
+  ``["headrace", "fence", lineage]``: the newest epoch of a state's lease that published
+  (see :mod:`headrace.etl.contract.batch`).
 - topic ``headrace.frames``: one msgpack-able dict per frame, an :class:`Event`
   (``stream, seq, rows, first, last, published, v``), or (``v`` 2) one per tick of many
   streams, ``{"v": 2, "published": t, "frames": [[stream, seq, rows, first, last], ...]}``,

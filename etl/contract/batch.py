@@ -3,15 +3,23 @@
 What a reader finds is what :meth:`~headrace.etl.contract.FrameStream.publish` leaves, per
 stream: the dataset, the head and an event per frame (a tick message of version 2, which
 readers take as one :class:`~headrace.etl.contract.Event` per frame). A tick of any number
-of streams costs four calls: the datasets in one, the heads in one (the loop writes the
-mapping of every stream's head, so it keeps them all, and puts them back after a scheduler
-restart), the tick message, and the unpublishing of frames that left the ring. The
+of streams costs three calls: the datasets in one; the heads with the tick message in one
+(the loop writes the mapping of every stream's head, so it keeps them all, and puts them
+back after a scheduler restart); and the unpublishing of frames that left the ring. The
 loop's health records of every stream go in one call too (:func:`report_health`).
+
+**Fenced.** The heads and the message go through a handler the loop installs on the
+scheduler (a plugin, pickled by value: the scheduler needs no headrace). Given the loop's
+lease (its lineage and epoch, :mod:`headrace.etl.store.lease`), the handler refuses a loop
+whose epoch is older than one it has seen, in the same step as it would write: a loop that
+was paused and lost its lease cannot move a head or announce a frame once its successor
+has published.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,16 +44,27 @@ class Outgoing:
     interval: float
 
 
+# The lease of the loop publishing: (lineage, epoch), or None for a loop without one.
+Token = tuple[str, int] | None
+
+
+class FencedOut(Exception):
+    """The scheduler refused to publish: a loop with a newer lease has published."""
+
+
 class TickPublisher:
     """Publishes a tick's frames of every stream in one go (see the module's docstring).
 
-    The only writer of the heads on its scheduler: run one loop per scheduler (as
-    ``headrace etl`` is meant to be run).
+    The only writer of the heads on its scheduler: one active loop per state (two loops
+    of one state fence each other through ``token``, see the module's docstring).
     """
 
-    def __init__(self, client: Client, ring: int) -> None:
-        self.client, self.ring = client, ring
+    def __init__(
+        self, client: Client, ring: int, token: Callable[[], Token] = lambda: None
+    ) -> None:
+        self.client, self.ring, self.token = client, ring, token
         self.heads: dict[str, dict[str, Any]] | None = None
+        self._installed_on: str | None = None  # the scheduler (id) that has the handler
 
     async def publish(self, frames: list[Outgoing]) -> float:
         """Publish ``frames`` (at most one per stream); returns when they were published.
@@ -60,9 +79,9 @@ class TickPublisher:
         )
         if self.heads is None:  # heads of streams this loop has not published yet stay
             self.heads = dict(await client.get_metadata(_key("streams"), default=None) or {})
+        heads = dict(self.heads)
         for f in frames:
-            self.heads[f.stream] = asdict(Head(f.seq, self.ring, now, f.interval))
-        await client.set_metadata(_key("streams"), self.heads)
+            heads[f.stream] = asdict(Head(f.seq, self.ring, now, f.interval))
         # The datasets and heads exist before anyone hears of them: a reader acting on the
         # message always finds the frames.
         message = {
@@ -70,11 +89,57 @@ class TickPublisher:
             "published": now,
             "frames": [[f.stream, f.seq, f.span.rows, f.span.first, f.span.last] for f in frames],
         }
-        await client.log_event(TOPIC, message)
+        await self._install()
+        token = self.token()
+        newer = await client.scheduler.headrace_announce(
+            heads_key=_key("streams"),
+            heads=heads,
+            topic=TOPIC,
+            message=message,
+            fence_key=[*_key("fence"), token[0]] if token else None,
+            epoch=token[1] if token else None,
+        )
+        if newer is not None:
+            raise FencedOut(
+                f"epoch {token[1] if token else None} refused: a loop of epoch {newer} published"
+            )
+        self.heads = heads
         stale = [dataset_name(f.stream, f.seq - self.ring) for f in frames if f.seq > self.ring]
         if stale:
             await client.unpublish_dataset(stale)
         return now
+
+    async def _install(self) -> None:
+        """The handler on this scheduler, once per scheduler (a restarted one has none)."""
+        scheduler = self.client.scheduler_info().get("id")
+        if scheduler != self._installed_on:
+            await self.client.register_plugin(_announcer(), name="headrace-announce")
+            self._installed_on = scheduler
+
+
+def _announcer() -> Any:
+    """The scheduler plugin that installs the handler; a class made here, pickled by value."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Announcer(SchedulerPlugin):
+        idempotent = True  # installed already (by a loop before this one): left as it is
+
+        def start(self, scheduler: Any) -> None:
+            self.scheduler = scheduler
+            scheduler.handlers["headrace_announce"] = self.announce
+
+        def announce(self, heads_key, heads, topic, message, fence_key, epoch):
+            s = self.scheduler
+            if fence_key is not None:
+                newest = s.get_metadata(keys=fence_key, default=0)
+                if epoch < newest:
+                    return newest
+                s.set_metadata(keys=fence_key, value=epoch)
+            s.set_metadata(keys=heads_key, value=heads)
+            s.log_event(topic, message)
+            return None
+
+    return Announcer()
 
 
 async def report_health(client: Client, records: list[HealthRecord]) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from headrace.etl.contract.health import Counted
+    from headrace.etl.store.lease import Lease
 
 # Health counter -> (metric name without _total, help).
 COUNTERS = {
@@ -42,6 +43,7 @@ class LoopMetrics:
         # Each stream's name and health record, read at every scrape.
         self.healths: Callable[[], list[tuple[str, Counted]]] = list
         self.backlog: Callable[[], tuple[int, int]] | None = None  # the sink's (frames, bytes)
+        self.lease: Lease | None = None  # this loop's: active or waiting, takeovers
         self.tick_seconds = Histogram(
             "headrace_tick_duration_seconds",
             "Time a tick takes, extract to commit.",
@@ -102,6 +104,18 @@ class _HealthCollector(Collector):
             when.add_metric(name, h.last_published)
         yield from counters.values()
         yield from (failures, seq, when)
+        lease = self.metrics.lease
+        if lease is not None:
+            yield GaugeMetricFamily(
+                "headrace_loop_active",
+                "1 while this loop holds the lease and ticks, 0 while it waits to take over.",
+                int(lease.held),
+            )
+            yield CounterMetricFamily(
+                "headrace_lease_takeovers",
+                "Leases this loop took from another loop (stopped, dead or silent).",
+                lease.takeovers,
+            )
         if self.metrics.backlog is not None:
             frames, size = self.metrics.backlog()
             yield GaugeMetricFamily(

@@ -27,13 +27,13 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from distributed import Client
 
 from headrace.etl import contract
-from headrace.etl.contract.batch import Outgoing, TickPublisher
+from headrace.etl.contract.batch import Outgoing, TickPublisher, Token
 from headrace.etl.loop import pipeline
 from headrace.etl.loop.runner import Step, StreamRunner, next_slot, sleep_unless_stopped, task_key
 from headrace.etl.sources.streams import check_inputs
@@ -87,7 +87,7 @@ class Ticker:
         self._looked = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick at every multiple of the interval (Unix time) until ``stop`` is set."""
+        """Tick now, then at every multiple of the interval (Unix time) until ``stop`` is set."""
         for r in self.runners:
             log.info(
                 "stream %s: ticking every %.3gs from %s, next seq %d at byte %d, %d lines so far",
@@ -98,7 +98,9 @@ class Ticker:
                 r.state.cursor.offset,
                 r.health.lines,
             )
-        next_at = next_slot(self.interval)
+        # The first tick at once: a loop taking over from another has rows waiting since
+        # the other's last tick; the next ones on the grid.
+        next_at = time.time()
         while not stop.is_set():
             await sleep_unless_stopped(stop, next_at - time.time())
             if stop.is_set():
@@ -264,11 +266,12 @@ async def run_streams(
     runners: list[StreamRunner] | None = None,
     metrics: LoopMetrics | None = None,
     dead: DeadLetterStore | None = None,
+    token: Callable[[], Token] = lambda: None,
 ) -> list[StreamRunner]:
     """Tick every stream until ``stop`` is set; ``runners`` (if given) is filled as they start.
 
     ``metrics`` (if given) observes every tick and serves the runners' health;
-    ``dead`` keeps the malformed lines.
+    ``dead`` keeps the malformed lines; ``token`` fences publications (the loop's lease).
     """
     stop = stop or asyncio.Event()
     runners = runners if runners is not None else []
@@ -279,7 +282,7 @@ async def run_streams(
     if len(set(names)) != len(names):
         raise ValueError(f"stream names must be unique, got {names}")
     check_inputs([r.stream for r in runners])  # derived streams' inputs: here, no cycle
-    publisher = TickPublisher(client, ring)
+    publisher = TickPublisher(client, ring, token)
     by_interval: dict[float, list[StreamRunner]] = {}
     for r in runners:
         by_interval.setdefault(r.stream.interval, []).append(r)

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from headrace.etl.contract import history
 from headrace.etl.store import pickles
+from headrace.etl.store.database import check_url, make_engine, resolve_url, shown
 from headrace.etl.store.state import Queued, StateStore
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,10 @@ class SinkSpec:
             raise ValueError(f"retention {retention!r} is not a duration such as 30d") from None
         if span is not None and span <= pd.Timedelta(0):
             raise ValueError(f"retention must be positive, got {retention!r}")
-        url = raw.get("url")
-        if url is not None:
-            try:
-                sa.make_url(str(url))
-            except sa.exc.ArgumentError:
-                raise ValueError("url is not a SQLAlchemy database URL") from None
+        url = check_url(raw["url"]) if raw.get("url") is not None else None
         password_env = raw.get("password_env")
         return cls(
-            str(url) if url is not None else None,
+            url,
             span,
             str(password_env) if password_env else None,
         )
@@ -92,17 +88,11 @@ class SinkSpec:
     def engine_url(self) -> sa.URL:
         if self.url is None:
             raise ValueError("no database URL: resolve the spec with defaults() first")
-        url = sa.make_url(self.url)
-        if self.password_env:
-            password = os.environ.get(self.password_env)
-            if password is None:
-                raise ValueError(f"environment variable {self.password_env} is not set")
-            url = url.set(password=password)
-        return url
+        return resolve_url(self.url, self.password_env)
 
     def display(self) -> str:
         """The URL with any password hidden: safe to log."""
-        return sa.make_url(self.url or "sqlite://").render_as_string(hide_password=True)
+        return shown(self.url)
 
 
 def encode(frame: pd.DataFrame) -> bytes:
@@ -195,9 +185,7 @@ class Sink:
 
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
-        self.engine = sa.create_engine(spec.engine_url(), pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_wal)
+        self.engine = make_engine(spec.engine_url())
         self._created = False
 
     def write(self, queued: list[Queued]) -> int:
@@ -266,14 +254,6 @@ class Sink:
                     cond = sa.and_(mine, table.c.time <= edge)
                     deleted += conn.execute(sa.delete(table).where(cond)).rowcount or 0
         return deleted
-
-
-def _sqlite_wal(dbapi_connection: object, _record: object) -> None:
-    # WAL: the dashboards read while the loop writes, neither waiting for the other.
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
 
 
 def _frame_record(q: Queued, rows: pd.DataFrame, now: datetime) -> dict:

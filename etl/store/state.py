@@ -1,4 +1,4 @@
-"""Per-stream state that survives a restart of the tick loop, in one SQLite file.
+"""Per-stream state that survives a restart of the tick loop: a SQLite file, or a database.
 
 A row is written only after its frame is published, in one transaction, so a
 loop killed at any instant restarts from a consistent point: either before the
@@ -8,50 +8,20 @@ after it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import tempfile
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from headrace.etl.sources.base import CURRENT, Cursor
 from headrace.etl.store import pickles
+from headrace.etl.store.database import StateSpec, locate, make_engine, state_tables
 
-# Columns added since the first state directories, with their types: added to old ones.
-# A row without them is a cursor of a file being read (phase "current") with no head yet;
-# its first read fills the head in.
-_ADDED = {"totals": "TEXT", "head": "BLOB", "phase": "TEXT", "mtime": "TEXT", "inode": "INTEGER"}
-_CURSOR = ("offset", "line", "tail", "fingerprint", "head", "phase", "mtime", "inode")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    name TEXT PRIMARY KEY,
-    offset INTEGER NOT NULL,
-    line INTEGER NOT NULL,
-    tail BLOB NOT NULL,
-    fingerprint BLOB NOT NULL,
-    next_seq INTEGER NOT NULL,
-    carry BLOB,
-    pending_until INTEGER,
-    updated REAL NOT NULL,
-    totals TEXT,
-    head BLOB,
-    phase TEXT,
-    mtime TEXT,
-    inode INTEGER
-);
-CREATE TABLE IF NOT EXISTS backlog (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    frame BLOB NOT NULL,
-    added REAL NOT NULL
-)
-"""
+FILENAME = "state.sqlite"  # in a state directory
 
 
 @dataclass(frozen=True)
@@ -85,57 +55,56 @@ class StateError(Exception):
 
 
 class StateStore:
-    """``state.sqlite`` in ``directory``; safe to share between the loop's threads."""
+    """The loop's state: ``state.sqlite`` in ``directory``, or the tables in ``database``.
 
-    def __init__(self, directory: str | Path) -> None:
-        self.path = Path(directory) / "state.sqlite"
-        self._lock = threading.Lock()
+    Safe to share between the loop's threads, and between processes (the history writer
+    reads the backlog). ``fence``, when set (by the :class:`~headrace.etl.store.lease.Lease`
+    of the active loop), runs first in every transaction that writes a stream's state, so
+    that a loop that lost its lease cannot commit.
+    """
+
+    def __init__(self, directory: str | os.PathLike, database: StateSpec | None = None) -> None:
+        here = locate(directory, FILENAME, database)
+        self.path, self.where, self.url = here.path, here.display, here.url
+        self.tables = state_tables(here.prefix)
+        self.fence: Callable[[sa.Connection], None] | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open()
-        except (OSError, sqlite3.Error) as exc:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = make_engine(here.url)
+            with self.engine.begin() as conn:
+                self.tables.metadata.create_all(conn)
+                _add_columns(conn, self.tables.streams)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise self._error("cannot open the loop's state in", exc) from exc
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        # WAL + NORMAL: a commit survives the process being killed, which is the failure
-        # that matters here; only a power cut may lose the last ticks.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(streams)")}
-        for column, kind in _ADDED.items():
-            if column not in columns:  # a state directory from before it was kept
-                db.execute(f"ALTER TABLE streams ADD COLUMN {column} {kind}")
-        return db
-
     def load(self, name: str) -> Checkpoint:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {', '.join(_CURSOR)}, next_seq, carry, pending_until, totals"
-                " FROM streams WHERE name=?",
-                (name,),
-            ).fetchone()
+        t = self.tables.streams
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.name == name)).mappings().first()
         if row is None:
             return Checkpoint()
-        offset, line, tail, fingerprint, head, phase, mtime, inode = row[: len(_CURSOR)]
-        next_seq, carry, pending_until, totals = row[len(_CURSOR) :]
         return Checkpoint(
             cursor=Cursor(
-                offset=offset,
-                line=line,
-                tail=bytes(tail),
-                fingerprint=bytes(fingerprint),
-                head=bytes(head or b""),
-                phase=CURRENT if phase is None else phase,
-                mtime=mtime or "",
-                inode=inode or 0,
+                offset=row["offset"],
+                line=row["line"],
+                tail=bytes(row["tail"]),
+                fingerprint=bytes(row["fingerprint"]),
+                head=bytes(row["head"] or b""),
+                phase=CURRENT if row["phase"] is None else row["phase"],
+                mtime=row["mtime"] or "",
+                inode=row["inode"] or 0,
             ),
-            next_seq=next_seq,
-            carry=pickles.loads(carry) if carry is not None else None,
-            pending_until=pending_until,
-            totals=json.loads(totals) if totals else {},
+            next_seq=row["next_seq"],
+            carry=pickles.loads(row["carry"]) if row["carry"] is not None else None,
+            pending_until=row["pending_until"],
+            totals=json.loads(row["totals"]) if row["totals"] else {},
         )
+
+    def names(self) -> list[str]:
+        """The streams that have a checkpoint."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(self.tables.streams.c.name)).scalars())
 
     def save(
         self, name: str, state: Checkpoint, updated: float, queue: bytes | None = None
@@ -151,83 +120,89 @@ class StateStore:
         rows, queued = [], []
         for name, state, queue in states:
             c = state.cursor
-            carry = pickles.dumps(state.carry) if state.carry is not None else None
-            cursor = (c.offset, c.line, c.tail, c.fingerprint, c.head, c.phase, c.mtime, c.inode)
-            totals = json.dumps(state.totals)
             rows.append(
-                (name, *cursor, state.next_seq, carry, state.pending_until, updated, totals)
+                dict(
+                    name=name,
+                    offset=c.offset,
+                    line=c.line,
+                    tail=c.tail,
+                    fingerprint=c.fingerprint,
+                    head=c.head,
+                    phase=c.phase,
+                    mtime=c.mtime,
+                    inode=c.inode,
+                    next_seq=state.next_seq,
+                    carry=pickles.dumps(state.carry) if state.carry is not None else None,
+                    pending_until=state.pending_until,
+                    updated=updated,
+                    totals=json.dumps(state.totals),
+                )
             )
             if queue is not None:
-                queued.append((name, state.next_seq - 1, queue, updated))
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    f"INSERT OR REPLACE INTO streams (name, {', '.join(_CURSOR)},"
-                    " next_seq, carry, pending_until, updated, totals)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                queued.append(dict(stream=name, seq=state.next_seq - 1, frame=queue, added=updated))
+        t = self.tables.streams
+        try:
+            with self.engine.begin() as conn:
+                if self.fence is not None:
+                    self.fence(conn)
+                # Delete and insert: the one replacement every database has (SQL Server
+                # has no ON CONFLICT), in slices under every database's parameter limit.
+                for part in _slices(rows):
+                    conn.execute(sa.delete(t).where(t.c.name.in_([r["name"] for r in part])))
+                    conn.execute(sa.insert(t), part)
                 if queued:
-                    self._db.executemany(
-                        "INSERT INTO backlog (stream, seq, frame, added) VALUES (?, ?, ?, ?)",
-                        queued,
-                    )
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error("cannot save the stream's state in", exc) from exc
-                raise
+                    conn.execute(sa.insert(self.tables.backlog), queued)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("cannot save the stream's state in", exc) from exc
 
     def queued(self, limit: int) -> list[Queued]:
         """The oldest ``limit`` frames of the backlog, in the order they were queued."""
-        with self._lock:
-            got = self._db.execute(
-                "SELECT id, stream, seq, frame, added FROM backlog ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
+        b = self.tables.backlog
+        query = sa.select(b.c.id, b.c.stream, b.c.seq, b.c.frame, b.c.added)
+        with self.engine.connect() as conn:
+            got = conn.execute(query.order_by(b.c.id).limit(limit)).all()
         return [Queued(i, s, q, bytes(f), a) for i, s, q, f, a in got]
 
     def unqueue(self, ids: list[int]) -> None:
-        # One statement, one transaction: the loop, in another process, waits for each
-        # write transaction here before it can commit its next tick.
-        if not ids:
-            return
-        marks = ",".join("?" * len(ids))
-        with self._lock:
-            self._db.execute(f"DELETE FROM backlog WHERE id IN ({marks})", ids)
+        # One statement per slice: the loop, in another process, waits for each write
+        # transaction of a SQLite file here before it can commit its next tick.
+        b = self.tables.backlog
+        with self.engine.begin() as conn:
+            for part in _slices(ids):
+                conn.execute(sa.delete(b).where(b.c.id.in_(part)))
 
     def backlog(self) -> tuple[int, int]:
         """Frames and bytes waiting in the backlog."""
-        with self._lock:
-            n, size = self._db.execute(
-                "SELECT count(*), coalesce(sum(length(frame)), 0) FROM backlog"
-            ).fetchone()
+        b = self.tables.backlog
+        size = _length(b.c.frame, self.engine.dialect.name)
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(size), 0))
+        with self.engine.connect() as conn:
+            n, size = conn.execute(query).one()
         return int(n), int(size)
 
     def trim_backlog(self, max_bytes: int) -> int:
         """Drop the oldest frames while the backlog holds more than ``max_bytes``; how many."""
-        dropped = 0
+        dropped, b = 0, self.tables.backlog
         while self.backlog()[1] > max_bytes:
-            with self._lock:
-                dropped += self._db.execute(
-                    "DELETE FROM backlog WHERE id IN (SELECT id FROM backlog ORDER BY id LIMIT 100)"
-                ).rowcount
+            with self.engine.begin() as conn:
+                oldest = conn.execute(sa.select(b.c.id).order_by(b.c.id).limit(100)).scalars()
+                dropped += conn.execute(sa.delete(b).where(b.c.id.in_(list(oldest)))).rowcount
         return dropped
 
     def _error(self, what: str, exc: Exception) -> StateError:
         why = self.unwritable()
         reason = f"{exc} ({why})" if why and why.lower() not in str(exc).lower() else exc
-        return StateError(f"{what} {self.path}: {reason}")
+        return StateError(f"{what} {self.where}: {reason}")
 
     def unwritable(self) -> str | None:
         """Why the state's directory cannot take a write now, in the system's words, or None.
 
         SQLite reports a file system gone read-only as "disk I/O error" or "unable to open
-        database file"; a small write beside the file says which it is.
+        database file"; a small write beside the file says which it is. A database
+        elsewhere says why itself.
         """
+        if self.path is None:
+            return None
         try:
             with tempfile.TemporaryFile(dir=self.path.parent) as probe:
                 probe.write(b"\0" * 4096)
@@ -238,5 +213,24 @@ class StateStore:
         return None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+
+
+def _add_columns(conn: sa.Connection, table: sa.Table) -> None:
+    """Columns a state file from before they were kept lacks, added (they are nullable)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in have:
+            kind = column.type.compile(dialect=conn.dialect)
+            quoted = conn.dialect.identifier_preparer.quote(column.name)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {quoted} {kind}"))
+
+
+def _length(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
+    # SQL Server's LEN ignores trailing blanks and refuses binaries: DATALENGTH counts bytes.
+    return sa.func.datalength(column) if dialect == "mssql" else sa.func.length(column)
+
+
+def _slices(items: list, size: int = 500) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,130 @@
+"""Moving the loop's state between a state directory and a database, nothing lost.
+
+``headrace state move SOURCE TARGET`` (each a directory or a SQLAlchemy URL): every
+stream's checkpoint, the history backlog in its order, the dead letters and the lease's
+lineage and epoch (so that the scheduler's fence goes on: the next loop's epoch is one
+more), copied in one transaction of the target, then deleted from the source in one of
+its own. A loop still holding the source's lease refuses the move; so does a target that
+already holds a state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from headrace.etl.store.database import StateSpec
+from headrace.etl.store.deadletter import DeadLetterStore
+from headrace.etl.store.lease import Lease
+from headrace.etl.store.state import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Place:
+    """A state's place: a directory, or a database (the directory then holds nothing)."""
+
+    directory: Path
+    database: StateSpec | None = None
+
+    @classmethod
+    def parse(cls, text: str, password_env: str | None = None) -> Place:
+        """A path, or a URL (anything with ``://``)."""
+        if "://" in text:
+            return cls(Path("."), StateSpec(text, password_env))
+        return cls(Path(text))
+
+    def __str__(self) -> str:
+        return self.database.display() if self.database else str(self.directory)
+
+
+@dataclass(frozen=True)
+class Moved:
+    streams: int
+    backlog: int
+    dead_letters: int
+
+
+def move(source: Place, target: Place, ttl: float = 1.0) -> Moved:
+    """Move the state at ``source`` to ``target`` (see the module's docstring)."""
+    src, dst = (
+        StateStore(source.directory, source.database),
+        StateStore(target.directory, target.database),
+    )
+    src_dead = DeadLetterStore(source.directory, database=source.database)
+    dst_dead = DeadLetterStore(target.directory, database=target.database)
+    try:
+        _check_idle(Lease(src, ttl), source, ttl)
+        if dst.names():
+            raise StateError(f"{target} already holds the state of {len(dst.names())} streams")
+        moved = _copy(src, dst, src_dead, dst_dead)
+        _clear(src, src_dead)
+        log.info(
+            "state: moved %d streams, %d backlog frames, %d dead letters from %s to %s",
+            moved.streams,
+            moved.backlog,
+            moved.dead_letters,
+            source,
+            target,
+        )
+        return moved
+    finally:
+        for store in (src, dst, src_dead, dst_dead):
+            store.close()
+
+
+def _check_idle(lease: Lease, place: Place, ttl: float) -> None:
+    """Refuse while a loop beats on ``place``'s lease (watched for one and a half ttl)."""
+    first = lease.current()
+    if first is None or first.holder is None:
+        return
+    time.sleep(ttl * 1.5)
+    now = lease.current()
+    if now is not None and (now.epoch, now.beat) != (first.epoch, first.beat):
+        raise StateError(
+            f"a loop holds the state in {place} ({now.holder}, epoch {now.epoch}): stop it first"
+        )
+
+
+def _copy(
+    src: StateStore, dst: StateStore, src_dead: DeadLetterStore, dst_dead: DeadLetterStore
+) -> Moved:
+    def rows(engine: sa.Engine, table: sa.Table, order: sa.Column | None = None) -> list[dict]:
+        query = sa.select(table).order_by(order) if order is not None else sa.select(table)
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    s, d = src.tables, dst.tables
+    streams = rows(src.engine, s.streams)
+    backlog = [
+        {k: v for k, v in r.items() if k != "id"}
+        for r in rows(src.engine, s.backlog, s.backlog.c.id)
+    ]
+    lease = [{**r, "holder": None} for r in rows(src.engine, s.lease)]
+    dead_table = src_dead.table
+    dead = [
+        {k: v for k, v in r.items() if k != "id"}
+        for r in rows(src_dead.engine, dead_table, dead_table.c.id)
+    ]
+    with dst.engine.begin() as conn:
+        conn.execute(sa.delete(d.lease))
+        for table, got in ((d.streams, streams), (d.backlog, backlog), (d.lease, lease)):
+            if got:
+                conn.execute(sa.insert(table), got)
+    if dead:  # another database, maybe (a state directory keeps them in a file of their own)
+        with dst_dead.engine.begin() as conn:
+            conn.execute(sa.insert(dst_dead.table), dead)
+    return Moved(len(streams), len(backlog), len(dead))
+
+
+def _clear(src: StateStore, src_dead: DeadLetterStore) -> None:
+    with src.engine.begin() as conn:
+        for table in (src.tables.streams, src.tables.backlog, src.tables.lease):
+            conn.execute(sa.delete(table))
+    with src_dead.engine.begin() as conn:
+        conn.execute(sa.delete(src_dead.table))
