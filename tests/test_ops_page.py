@@ -1,5 +1,6 @@
 """The operator page in a real Chromium: per-stream state by colour and word, malformed
-lines with file and line, viewers per Panel process, in light and dark themes."""
+lines with file and line, viewers per Panel process, the tick loops (active and waiting),
+in light and dark themes."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def test_ops_page_shows_each_streams_health_and_the_viewers(
         sync_playwright() as playwright,
     ):
         loop = headrace_etl(config, cluster.scheduler_address, log)
+        standby = headrace_etl(config, cluster.scheduler_address, log)  # same state: waits
         browser = chromium(playwright)
         try:
             wait_http(port, "/metrics", 60, proc)
@@ -65,7 +67,8 @@ def test_ops_page_shows_each_streams_health_and_the_viewers(
             def shown() -> str:
                 text = page.evaluate(TEXTS)
                 ready = "good.log:25" in text and "FAILING" in text and "Panel process" in text
-                return ready and "1 failing: broken" in text and text
+                loops = "ACTIVE" in text and "WAITING" in text
+                return ready and loops and "1 failing: broken" in text and text
 
             text = wait_for(shown, 60, "the operator page to show both streams")
             page.screenshot(path=str(tmp_path / "ops-light.png"), full_page=True)
@@ -81,8 +84,9 @@ def test_ops_page_shows_each_streams_health_and_the_viewers(
             dark = page.evaluate(LOOK)
         finally:
             browser.close()
-            loop.terminate()
-            loop.wait(30)
+            for proc in (loop, standby):
+                proc.terminate()
+                proc.wait(30)
 
     assert "OK" in text and "not a log line 25" in text and "does not match pattern" in text
     assert "missing.log" in text  # the failing stream's error names its file

@@ -21,6 +21,7 @@ from faultstack import Events, exactly_once
 from helpers import headrace_etl, wait_for
 from test_faults import RATE, config, drained, outcome, stack_for
 
+from headrace.cluster import status
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
 from headrace.etl.contract import history
@@ -94,6 +95,10 @@ def test_a_standby_takes_over_from_a_killed_a_paused_and_a_stopped_loop(
             wait_for(lambda: roles(client).get(a.pid) == "active", 60, "loop a active")
             b = headrace_etl(config, address, log_b)
             wait_for(lambda: roles(client).get(b.pid) == "waiting", 60, "loop b waiting")
+            said, _ = status.report(address, 30.0, as_json=False)
+            lines = said.splitlines()
+            assert f":{a.pid}:" in lines[0] and ": active, epoch 1 for" in lines[0], said
+            assert f":{b.pid}:" in lines[1] and ": waiting for" in lines[1], said
             time.sleep(2)
 
             # 1. The active loop is SIGKILLed: b publishes within 2 s.

@@ -3,17 +3,19 @@
 What a reader finds is what :meth:`~headrace.etl.contract.FrameStream.publish` leaves, per
 stream: the dataset, the head and an event per frame (a tick message of version 2, which
 readers take as one :class:`~headrace.etl.contract.Event` per frame). A tick of any number
-of streams costs three calls: the datasets in one; the heads with the tick message in one
-(the loop writes the mapping of every stream's head, so it keeps them all, and puts them
-back after a scheduler restart); and the unpublishing of frames that left the ring. The
-loop's health records of every stream go in one call too (:func:`report_health`).
+of streams costs three calls (four with a lease): the datasets in one; the heads with the
+tick message in one (the loop writes the mapping of every stream's head, so it keeps them
+all, and puts them back after a scheduler restart); and the unpublishing of frames that
+left the ring. The loop's health records of every stream go in one call too
+(:func:`report_health`).
 
 **Fenced.** The heads and the message go through a handler the loop installs on the
 scheduler (a plugin, pickled by value: the scheduler needs no headrace). Given the loop's
 lease (its lineage and epoch, :mod:`headrace.etl.store.lease`), the handler refuses a loop
 whose epoch is older than one it has seen, in the same step as it would write: a loop that
 was paused and lost its lease cannot move a head or announce a frame once its successor
-has published.
+has published. The same check runs before the datasets are written (one more call), so
+that such a loop does not write a dataset either.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class Outgoing:
 Token = tuple[str, int] | None
 
 
+# The plugin's name, one per version of its handlers: a scheduler keeps an older version's
+# plugin (idempotent) and gets this one beside it.
+PLUGIN = "headrace-publish-1"
+
+
 class FencedOut(Exception):
     """The scheduler refused to publish: a loop with a newer lease has published."""
 
@@ -74,6 +81,12 @@ class TickPublisher:
         if not frames:
             return time.time()
         client, now = self.client, time.time()
+        token = self.token()
+        fence = {"fence_key": [*_key("fence"), token[0]] if token else None}
+        fence["epoch"] = token[1] if token else None
+        await self._install()
+        if token:  # refused before writing anything, as well as when announcing
+            _refused(await client.scheduler.headrace_fence(**fence), token)
         await client.publish_dataset(
             {dataset_name(f.stream, f.seq): f.frame for f in frames}, override=True
         )
@@ -89,20 +102,10 @@ class TickPublisher:
             "published": now,
             "frames": [[f.stream, f.seq, f.span.rows, f.span.first, f.span.last] for f in frames],
         }
-        await self._install()
-        token = self.token()
         newer = await client.scheduler.headrace_announce(
-            heads_key=_key("streams"),
-            heads=heads,
-            topic=TOPIC,
-            message=message,
-            fence_key=[*_key("fence"), token[0]] if token else None,
-            epoch=token[1] if token else None,
+            heads_key=_key("streams"), heads=heads, topic=TOPIC, message=message, **fence
         )
-        if newer is not None:
-            raise FencedOut(
-                f"epoch {token[1] if token else None} refused: a loop of epoch {newer} published"
-            )
+        _refused(newer, token)
         self.heads = heads
         stale = [dataset_name(f.stream, f.seq - self.ring) for f in frames if f.seq > self.ring]
         if stale:
@@ -113,12 +116,18 @@ class TickPublisher:
         """The handler on this scheduler, once per scheduler (a restarted one has none)."""
         scheduler = self.client.scheduler_info().get("id")
         if scheduler != self._installed_on:
-            await self.client.register_plugin(_announcer(), name="headrace-announce")
+            await self.client.register_plugin(_announcer(), name=PLUGIN)
             self._installed_on = scheduler
 
 
+def _refused(newer: int | None, token: Token) -> None:
+    if newer is not None:
+        epoch = token[1] if token else None
+        raise FencedOut(f"epoch {epoch} refused: a loop of epoch {newer} published")
+
+
 def _announcer() -> Any:
-    """The scheduler plugin that installs the handler; a class made here, pickled by value."""
+    """The scheduler plugin that installs the handlers; a class made here, pickled by value."""
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     class Announcer(SchedulerPlugin):
@@ -126,18 +135,25 @@ def _announcer() -> Any:
 
         def start(self, scheduler: Any) -> None:
             self.scheduler = scheduler
+            scheduler.handlers["headrace_fence"] = self.fence
             scheduler.handlers["headrace_announce"] = self.announce
 
-        def announce(self, heads_key, heads, topic, message, fence_key, epoch):
-            s = self.scheduler
-            if fence_key is not None:
-                newest = s.get_metadata(keys=fence_key, default=0)
-                if epoch < newest:
-                    return newest
-                s.set_metadata(keys=fence_key, value=epoch)
-            s.set_metadata(keys=heads_key, value=heads)
-            s.log_event(topic, message)
+        def fence(self, fence_key, epoch):
+            """The newest epoch of the lineage if ``epoch`` is older, else None (and kept)."""
+            if fence_key is None:
+                return None
+            newest = self.scheduler.get_metadata(keys=fence_key, default=0)
+            if epoch < newest:
+                return newest
+            self.scheduler.set_metadata(keys=fence_key, value=epoch)
             return None
+
+        def announce(self, heads_key, heads, topic, message, fence_key, epoch):
+            newer = self.fence(fence_key, epoch)
+            if newer is None:
+                self.scheduler.set_metadata(keys=heads_key, value=heads)
+                self.scheduler.log_event(topic, message)
+            return newer
 
     return Announcer()
 

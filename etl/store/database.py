@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,28 @@ def make_engine(url: sa.URL | str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_wal)
     return engine
+
+
+def create_tables(engine: sa.Engine, metadata: sa.MetaData, attempts: int = 3) -> None:
+    """The tables of ``metadata`` that do not exist yet.
+
+    Two loops started at once on a new database both find a table missing and both create
+    it; one of them fails (PostgreSQL: a duplicate type name) and, looking again, finds it.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == attempts - 1 or engine.dialect.name == "sqlite":
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def reason(exc: BaseException) -> str:
+    """A database error in the database's words (SQLAlchemy's wrapping and link left out)."""
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc)
 
 
 def _sqlite_wal(dbapi_connection: object, _record: object) -> None:

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from headrace.etl.parse.parser import Malformed
-from headrace.etl.store.database import StateSpec, deadletter_table, locate, make_engine
+from headrace.etl.store.database import (
+    StateSpec,
+    create_tables,
+    deadletter_table,
+    locate,
+    make_engine,
+)
 
 FILENAME = "deadletters.sqlite"
 PER_STREAM = 10_000  # rows kept per stream
@@ -67,7 +73,7 @@ class DeadLetterStore:
         self.fence: Callable[[], None] | None = None
         metadata, self.table = deadletter_table(here.prefix)
         self.engine = make_engine(here.url)
-        metadata.create_all(self.engine)
+        create_tables(self.engine, metadata)
 
     def add(
         self, stream: str, seq: int, samples: Iterable[Malformed], seen: float | None = None

@@ -19,7 +19,14 @@ import sqlalchemy as sa
 
 from headrace.etl.sources.base import CURRENT, Cursor
 from headrace.etl.store import pickles
-from headrace.etl.store.database import StateSpec, locate, make_engine, state_tables
+from headrace.etl.store.database import (
+    StateSpec,
+    create_tables,
+    locate,
+    make_engine,
+    reason,
+    state_tables,
+)
 
 FILENAME = "state.sqlite"  # in a state directory
 
@@ -72,8 +79,8 @@ class StateStore:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = make_engine(here.url)
+            create_tables(self.engine, self.tables.metadata)
             with self.engine.begin() as conn:
-                self.tables.metadata.create_all(conn)
                 _add_columns(conn, self.tables.streams)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise self._error("cannot open the loop's state in", exc) from exc
@@ -190,9 +197,9 @@ class StateStore:
         return dropped
 
     def _error(self, what: str, exc: Exception) -> StateError:
-        why = self.unwritable()
-        reason = f"{exc} ({why})" if why and why.lower() not in str(exc).lower() else exc
-        return StateError(f"{what} {self.where}: {reason}")
+        why, said = self.unwritable(), reason(exc)
+        told = f"{said} ({why})" if why and why.lower() not in said.lower() else said
+        return StateError(f"{what} {self.where}: {told}")
 
     def unwritable(self) -> str | None:
         """Why the state's directory cannot take a write now, in the system's words, or None.
