@@ -196,3 +196,16 @@ def test_the_scheduler_needs_no_headrace_to_install_the_handler():
         check=True,
     )
     assert got.stdout.strip() == b"Announcer"  # nothing of headrace imported by reference
+
+
+def test_loops_started_at_once_on_a_new_database_all_open_it(postgres, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = postgres.create_database(f"race{os.getpid()}")
+    spec = StateSpec(url, lease=TTL)
+    with ThreadPoolExecutor(4) as pool:  # as four processes would: each its own engine
+        opened = list(pool.map(lambda _: StateStore(tmp_path, spec), range(4)))
+        leases = list(pool.map(lambda s: Lease(s, TTL).try_acquire(), opened))
+    assert sorted(leases) == [False, False, False, True]  # one holds it, three wait
+    for store in opened:
+        store.close()
