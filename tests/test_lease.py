@@ -209,3 +209,21 @@ def test_loops_started_at_once_on_a_new_database_all_open_it(postgres, tmp_path)
     assert sorted(leases) == [False, False, False, True]  # one holds it, three wait
     for store in opened:
         store.close()
+
+
+def test_a_database_outage_is_not_taken_for_a_silent_holder(postgres, tmp_path):
+    url = postgres.create_database(f"outage{os.getpid()}")
+    one, two = (Lease(StateStore(tmp_path, StateSpec(url, lease=TTL)), TTL) for _ in range(2))
+    assert one.try_acquire() and not two.try_acquire()
+    with postgres.down():
+        for lease in (one, two):
+            with pytest.raises(sa.exc.OperationalError):
+                lease.try_acquire() if lease is two else lease.renew()
+        time.sleep(TTL * 2)
+    # Back: the waiting loop watches the beat for a whole lease again, and the holder
+    # beats meanwhile: no takeover.
+    assert not two.try_acquire()
+    for _ in range(3):
+        time.sleep(TTL / 2)
+        assert one.renew() and not two.try_acquire()
+    assert one.held and two.takeovers == 0

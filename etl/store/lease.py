@@ -87,7 +87,13 @@ class Lease:
     def try_acquire(self) -> bool:
         """One look at the lease: take it if it is free or silent for ``ttl``. Taken?"""
         now, t = time.monotonic(), self.table
-        seen = self.current()
+        try:
+            seen = self.current()
+        except sa.exc.SQLAlchemyError:
+            # The database is away: so is the holder's beat. Watch it afresh once it is
+            # back, or the first look after an outage would take a lease held all along.
+            self._seen = None
+            raise
         if seen is None:
             first = sa.insert(t).values(name=NAME, lineage=uuid.uuid4().hex)
             return self._take(first, 1, None)
