@@ -22,7 +22,7 @@ from headrace.cluster import writer
 from headrace.cluster.connection import LocalSpec, connect
 from headrace.cluster.standby import Keeper, Roles, wait_for_lease
 from headrace.etl import contract
-from headrace.etl.contract.batch import report_health
+from headrace.etl.contract.batch import FencedOut, claim, report_health
 from headrace.etl.contract.loops import WAITING
 from headrace.etl.loop.metrics import LoopMetrics
 from headrace.etl.loop.runner import StreamRunner, backoff, sleep_unless_stopped
@@ -69,7 +69,11 @@ async def serve(
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     store = StateStore(state_dir, database)
-    dead = DeadLetterStore(state_dir, database=database)
+    try:
+        dead = DeadLetterStore(state_dir, database=database)
+    except Exception:
+        store.close()
+        raise
     lease = Lease(store, database.lease if database is not None else DEFAULT_LEASE)
     store.fence, dead.fence = lease.fence, lease.check
     keeper = Keeper(lease)
@@ -109,8 +113,10 @@ async def serve(
                         if not lease.held and not await wait_for_lease(lease, client, roles, stop):
                             break
                         await _run_connected(
-                            client, streams, store, ring, stop, figures, dead, lease, roles
+                            client, streams, store, ring, stop, figures, dead, lease, roles, keeper
                         )
+                    if stop.is_set():
+                        await roles.leave(client)
             except (OSError, TimeoutError) as exc:
                 # Only an external scheduler can be away; the streams' state is in the store.
                 failures += 1
@@ -173,6 +179,10 @@ async def _keep_writing(
             if process.is_alive():
                 process.kill()
             continue
+        if process.exitcode == 0:  # it stopped by itself: it saw this loop lose the lease
+            log.info("history: the writer stopped; started again if this loop holds the lease")
+            await sleep_unless_stopped(stop, 1.0)
+            continue
         failures += 1
         log.error("history: the writer process exited with %s; starting it again", process.exitcode)
         await sleep_unless_stopped(stop, backoff(failures))
@@ -188,6 +198,7 @@ async def _run_connected(
     dead: DeadLetterStore,
     lease: Lease,
     roles: Roles,
+    keeper: Keeper,
 ) -> None:
     """Tick while this loop holds the lease: until ``stop``, until the lease is lost, or until
     the client gives up on a scheduler that went away.
@@ -195,6 +206,16 @@ async def _run_connected(
     A Client reconnects by itself for ``distributed.comm.timeouts.connect``; after that it
     closes, and :func:`serve` connects afresh, carrying on from the stored state.
     """
+    try:
+        await claim(client, lease.token())
+    except FencedOut as exc:  # a newer epoch of this state published: the lease is not ours
+        lease.give_up(str(exc))
+        roles.became(WAITING)
+        return
+    except Exception as exc:  # the scheduler is away: the client's status will say so
+        log.error("etl: cannot tell the scheduler this loop's epoch: %s", exc)
+        await sleep_unless_stopped(stop, 0.5)
+        return
     session = asyncio.Event()
     runners: list[StreamRunner] = []
     ticking = asyncio.create_task(
@@ -206,6 +227,8 @@ async def _run_connected(
     status = client.status
     while not session.is_set():
         await sleep_unless_stopped(stop, 0.1)
+        if client.status == "running":
+            keeper.in_touch()
         if client.status != status:
             log.info("etl: client %s (was %s)", client.status, status)
             status = client.status

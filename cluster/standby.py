@@ -20,13 +20,14 @@ import time
 import sqlalchemy as sa
 from distributed import Client
 
-from headrace.etl.contract.loops import ACTIVE, WAITING, LoopRecord, report_loop
+from headrace.etl.contract.loops import ACTIVE, WAITING, LoopRecord, forget_loop, report_loop
 from headrace.etl.loop.runner import sleep_unless_stopped
 from headrace.etl.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 1.0  # seconds between the loop's records on the scheduler
+OUT_OF_TOUCH = 10.0  # seconds without the scheduler after which the active loop stops beating
 
 
 class Keeper(threading.Thread):
@@ -39,11 +40,18 @@ class Keeper(threading.Thread):
         super().__init__(daemon=True, name="headrace-lease")
         self.lease = lease
         self._halt = threading.Event()
+        self._in_touch = time.monotonic()
+
+    def in_touch(self) -> None:
+        """The loop reaches its scheduler now (called while its client runs)."""
+        self._in_touch = time.monotonic()
 
     def run(self) -> None:
         failing = False
         while not self._halt.wait(self.lease.ttl / 4):
-            if not self.lease.held:
+            # A loop cut off from its scheduler for long lets the lease go, so that a
+            # standby that reaches it takes over; a scheduler restart is shorter.
+            if not self.lease.held or time.monotonic() - self._in_touch > OUT_OF_TOUCH:
                 continue
             try:
                 self.lease.renew()
@@ -92,6 +100,11 @@ class Roles:
         with contextlib.suppress(Exception):
             await report_loop(client, record)
 
+    async def leave(self, client: Client) -> None:
+        """A clean stop: this loop's record goes (``headrace status`` stops listing it)."""
+        with contextlib.suppress(Exception):
+            await forget_loop(client, self.lease.holder)
+
 
 async def wait_for_lease(lease: Lease, client: Client, roles: Roles, stop: asyncio.Event) -> bool:
     """Look at the lease ten times a ``ttl`` until this loop holds it (True) or must stop."""
@@ -99,7 +112,7 @@ async def wait_for_lease(lease: Lease, client: Client, roles: Roles, stop: async
     said = None
     while not stop.is_set() and client.status == "running":
         try:
-            if await asyncio.to_thread(lease.try_acquire):
+            if lease.held or await asyncio.to_thread(lease.try_acquire):
                 roles.became(ACTIVE)
                 await roles.report(client, force=True)
                 return True

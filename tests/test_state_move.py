@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from threading import Event, Thread
 
+import pytest
 from click.testing import CliRunner
 
 from headrace.cluster.cli import main
@@ -13,7 +14,7 @@ from headrace.etl.sources.base import Cursor
 from headrace.etl.store.database import StateSpec
 from headrace.etl.store.deadletter import DeadLetterStore
 from headrace.etl.store.lease import Lease
-from headrace.etl.store.state import Checkpoint, StateStore
+from headrace.etl.store.state import Checkpoint, StateError, StateStore
 
 
 def fill(directory) -> None:
@@ -57,14 +58,22 @@ def test_a_state_moves_to_postgresql_and_back_with_nothing_lost(tmp_path, postgr
     there = run(main, ["state", "move", str(tmp_path / "a"), url])
     assert there.exit_code == 0, there.output
     assert "moved 3 streams, 3 backlog frames and 1 dead letters" in there.output
-    assert snapshot(tmp_path, StateSpec(url)) == before
+    lineage, epoch = before[3]
+    # Each move holds the lease once, as a loop would: one epoch more.
+    assert snapshot(tmp_path, StateSpec(url)) == (*before[:3], (lineage, epoch + 1))
     assert snapshot(tmp_path / "a")[:3] == ({}, [], [])  # the source is emptied
+    # A loop started on the old place says where the state went, and does not start afresh.
+    with pytest.raises(StateError, match="moved to postgresql"):
+        Lease(StateStore(tmp_path / "a"), 1).try_acquire()
     back = run(main, ["state", "move", url, str(tmp_path / "b")])
     assert back.exit_code == 0, back.output
-    assert snapshot(tmp_path / "b") == before
+    assert snapshot(tmp_path / "b") == (*before[:3], (lineage, epoch + 2))
     # The next loop goes on from the moved lease: same lineage, the next epoch.
     lease = Lease(StateStore(tmp_path / "b"), 1)
-    assert lease.try_acquire() and lease.token() == (before[3][0], before[3][1] + 1)
+    assert lease.try_acquire() and lease.token() == (lineage, epoch + 3)
+    missing = run(main, ["state", "move", str(tmp_path / "typo"), url])
+    assert missing.exit_code == 1 and "no state in" in missing.output
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_move_is_refused_while_a_loop_holds_the_state_or_onto_a_state(tmp_path):

@@ -120,6 +120,17 @@ class TickPublisher:
             self._installed_on = scheduler
 
 
+async def claim(client: Client, token: Token) -> None:
+    """Tell the scheduler this loop's epoch before its first tick (:class:`FencedOut` if a
+    newer one published): from then on a paused predecessor cannot announce a frame, even
+    one it had committed to publish before it lost the lease."""
+    if token is None:
+        return
+    await client.register_plugin(_announcer(), name=PLUGIN)
+    fence_key = [*_key("fence"), token[0]]
+    _refused(await client.scheduler.headrace_fence(fence_key=fence_key, epoch=token[1]), token)
+
+
 def _refused(newer: int | None, token: Token) -> None:
     if newer is not None:
         epoch = token[1] if token else None
@@ -138,7 +149,7 @@ def _announcer() -> Any:
             scheduler.handlers["headrace_fence"] = self.fence
             scheduler.handlers["headrace_announce"] = self.announce
 
-        def fence(self, fence_key, epoch):
+        def fence(self, fence_key: list[str] | None, epoch: int | None) -> int | None:
             """The newest epoch of the lineage if ``epoch`` is older, else None (and kept)."""
             if fence_key is None:
                 return None
@@ -148,7 +159,15 @@ def _announcer() -> Any:
             self.scheduler.set_metadata(keys=fence_key, value=epoch)
             return None
 
-        def announce(self, heads_key, heads, topic, message, fence_key, epoch):
+        def announce(
+            self,
+            heads_key: list[str],
+            heads: dict,
+            topic: str,
+            message: dict,
+            fence_key: list[str] | None,
+            epoch: int | None,
+        ) -> int | None:
             newer = self.fence(fence_key, epoch)
             if newer is None:
                 self.scheduler.set_metadata(keys=heads_key, value=heads)

@@ -46,11 +46,18 @@ async def report_loop(client: Client, record: LoopRecord) -> None:
     await client.set_metadata(["headrace", "loops", record.holder], asdict(record))
 
 
+async def forget_loop(client: Client, holder: str) -> None:
+    """A loop's record gone: it stopped (metadata has no delete: None is read as none)."""
+    await client.set_metadata(["headrace", "loops", holder], None)
+
+
 async def loop_records(client: Client) -> list[LoopRecord]:
     """Every loop's record, the active first, then the waiting, then the gone."""
     raw: dict[str, Any] = await client.get_metadata(["headrace", "loops"], default=None) or {}
     found = []
     for msg in raw.values():
+        if msg is None:  # a loop that stopped
+            continue
         try:
             found.append(LoopRecord(**msg))
         except TypeError:  # a record of another version of headrace: not ours to judge

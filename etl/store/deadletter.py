@@ -94,9 +94,15 @@ class DeadLetterStore:
         }
         if not rows:
             return 0
-        t = self.table
         if self.fence is not None:
             self.fence()
+        try:
+            return self._add(stream, seq, rows)
+        except sa.exc.IntegrityError:  # another loop kept this tick's lines meanwhile
+            return self._add(stream, seq, rows)
+
+    def _add(self, stream: str, seq: int, rows: dict[int, dict]) -> int:
+        t = self.table
         with self.engine.begin() as conn:
             # The lines of this tick kept before (a replay) stay as they are.
             kept = sa.select(t.c.line).where(t.c.stream == stream, t.c.seq == seq)

@@ -32,6 +32,7 @@ from headrace.etl.store.state import StateError, StateStore
 log = logging.getLogger(__name__)
 
 NAME = "loop"  # one lease per state: every stream of a config is ticked by one loop
+MOVED = "moved to "  # a holder that is a state's new place (headrace state move)
 
 
 class Fenced(StateError):
@@ -67,6 +68,9 @@ class Lease:
         self.takeovers = 0  # leases taken from another holder, released or silent
         self._seen: tuple | None = None
         self._seen_at = 0.0
+        # A renewal and a release never interleave: a beat after the release would find
+        # the row released and take it for a takeover.
+        self._lock = threading.Lock()
 
     @property
     def held(self) -> bool:
@@ -85,8 +89,12 @@ class Lease:
         return Holder(row["lineage"], row["holder"], row["epoch"], row["beat"], row["since"])
 
     def try_acquire(self) -> bool:
-        """One look at the lease: take it if it is free or silent for ``ttl``. Taken?"""
-        now, t = time.monotonic(), self.table
+        """One look at the lease: take it if it is free or silent for ``ttl``. Taken?
+
+        Raises :class:`StateError` when the state was moved elsewhere (``headrace state
+        move`` leaves its new place in the lease).
+        """
+        t = self.table
         try:
             seen = self.current()
         except sa.exc.SQLAlchemyError:
@@ -94,19 +102,25 @@ class Lease:
             # back, or the first look after an outage would take a lease held all along.
             self._seen = None
             raise
+        now = time.monotonic()  # after the look: a slow one must not count as silence
         if seen is None:
-            first = sa.insert(t).values(name=NAME, lineage=uuid.uuid4().hex)
-            return self._take(first, 1, None)
+            return self._take(sa.insert(t).values(name=NAME), 1, None, uuid.uuid4().hex)
+        if seen.holder is not None and seen.holder.startswith(MOVED):
+            raise StateError(f"this state {seen.holder}: point the config at it")
         mark = (seen.holder, seen.epoch, seen.beat)
         if mark != self._seen:
             self._seen, self._seen_at = mark, now
         if seen.holder is not None and now - self._seen_at < self.ttl:
             return False
         same = sa.update(t).where(t.c.name == NAME, t.c.epoch == seen.epoch, t.c.beat == seen.beat)
-        return self._take(same, seen.epoch + 1, seen)
+        return self._take(same, seen.epoch + 1, seen, seen.lineage)
 
-    def _take(self, statement: sa.Executable, epoch: int, seen: Holder | None) -> bool:
+    def _take(
+        self, statement: sa.Executable, epoch: int, seen: Holder | None, lineage: str
+    ) -> bool:
         values = dict(holder=self.holder, epoch=epoch, beat=0, since=time.time())
+        if seen is None:
+            values["lineage"] = lineage
         try:
             with self.store.engine.begin() as conn:
                 done = conn.execute(statement.values(**values))  # type: ignore[attr-defined]
@@ -116,8 +130,7 @@ class Lease:
                     return False
         except sa.exc.IntegrityError:  # another loop inserted the first row first
             return False
-        self.epoch = epoch
-        self.lineage = self.current().lineage  # type: ignore[union-attr]
+        self.lineage, self.epoch = lineage, epoch
         self.lost.clear()
         if seen is None:
             log.info("lease: taken, epoch %d (the first loop on this state)", epoch)
@@ -143,13 +156,14 @@ class Lease:
 
     def renew(self) -> bool:
         """A beat in a transaction of its own; False (and :attr:`lost` set) when taken."""
-        if not self.held:
+        with self._lock:
+            if not self.held:
+                return False
+            with self.store.engine.begin() as conn:
+                if self._beat(conn):
+                    return True
+            self._lose()
             return False
-        with self.store.engine.begin() as conn:
-            if self._beat(conn):
-                return True
-        self._lose()
-        return False
 
     def _beat(self, conn: sa.Connection) -> bool:
         t = self.table
@@ -157,6 +171,11 @@ class Lease:
             t.c.name == NAME, t.c.holder == self.holder, t.c.epoch == self.epoch
         )
         return conn.execute(mine.values(beat=t.c.beat + 1)).rowcount == 1
+
+    def give_up(self, why: str) -> None:
+        """Stop holding the lease on another's word (the scheduler's fence refused it)."""
+        log.error("lease: epoch %s given up: %s", self.epoch, why)
+        self.lost.set()
 
     def _lose(self) -> Fenced:
         if not self.lost.is_set():
@@ -166,15 +185,20 @@ class Lease:
         self.lost.set()
         return Fenced(f"this loop's lease (epoch {self.epoch}) was taken over by another loop")
 
-    def release(self) -> None:
-        """Give the lease up (a clean stop): a waiting loop takes it at its next look."""
-        if not self.held:
-            return
-        t = self.table
-        mine = sa.update(t).where(
-            t.c.name == NAME, t.c.holder == self.holder, t.c.epoch == self.epoch
-        )
-        with self.store.engine.begin() as conn:
-            conn.execute(mine.values(holder=None, since=time.time()))
-        log.info("lease: released, epoch %d", self.epoch)
-        self.epoch = None
+    def release(self, to: str | None = None) -> None:
+        """Give the lease up (a clean stop): a waiting loop takes it at its next look.
+
+        ``to``: the state moved there; no loop takes the lease again (they say where).
+        """
+        with self._lock:
+            if not self.held:
+                return
+            t = self.table
+            mine = sa.update(t).where(
+                t.c.name == NAME, t.c.holder == self.holder, t.c.epoch == self.epoch
+            )
+            holder = f"{MOVED}{to}" if to is not None else None
+            with self.store.engine.begin() as conn:
+                conn.execute(mine.values(holder=holder, since=time.time()))
+            log.info("lease: released, epoch %d", self.epoch)
+            self.epoch = None

@@ -4,8 +4,12 @@
 stream's checkpoint, the history backlog in its order, the dead letters and the lease's
 lineage and epoch (so that the scheduler's fence goes on: the next loop's epoch is one
 more), copied in one transaction of the target, then deleted from the source in one of
-its own. A loop still holding the source's lease refuses the move; so does a target that
-already holds a state.
+its own.
+
+The move takes the source's lease first, as a loop would, so that no loop commits while
+it copies: a loop beating on it (running, or a standby that took it) refuses the move.
+The source keeps a lease naming where the state went, and a loop started on it says so
+instead of starting afresh. A target that already holds a state refuses the move too.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import sqlalchemy as sa
 
 from headrace.etl.store.database import StateSpec
 from headrace.etl.store.deadletter import DeadLetterStore
-from headrace.etl.store.lease import Lease
-from headrace.etl.store.state import StateError, StateStore
+from headrace.etl.store.lease import Lease, holder_name
+from headrace.etl.store.state import FILENAME, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +55,28 @@ class Moved:
 
 
 def move(source: Place, target: Place, ttl: float = 1.0) -> Moved:
-    """Move the state at ``source`` to ``target`` (see the module's docstring)."""
-    src, dst = (
-        StateStore(source.directory, source.database),
-        StateStore(target.directory, target.database),
-    )
-    src_dead = DeadLetterStore(source.directory, database=source.database)
-    dst_dead = DeadLetterStore(target.directory, database=target.database)
+    """Move the state at ``source`` to ``target`` (see the module's docstring).
+
+    ``ttl``: the loops' lease; a holder is watched for at least 5 s before it counts as gone.
+    """
+    if source.database is None and not (source.directory / FILENAME).exists():
+        raise StateError(f"no state in {source}: {source.directory / FILENAME} does not exist")
+    stores: list[StateStore | DeadLetterStore] = []
     try:
-        _check_idle(Lease(src, ttl), source, ttl)
+        src = StateStore(source.directory, source.database)
+        stores.append(src)
+        dst = StateStore(target.directory, target.database)
+        stores.append(dst)
+        src_dead = DeadLetterStore(source.directory, database=source.database)
+        stores.append(src_dead)
+        dst_dead = DeadLetterStore(target.directory, database=target.database)
+        stores.append(dst_dead)
         if dst.names():
             raise StateError(f"{target} already holds the state of {len(dst.names())} streams")
+        lease = _take(src, source, max(ttl, 5.0))
         moved = _copy(src, dst, src_dead, dst_dead)
-        _clear(src, src_dead)
+        _clear(src, src_dead, lease)
+        lease.release(to=str(target))
         log.info(
             "state: moved %d streams, %d backlog frames, %d dead letters from %s to %s",
             moved.streams,
@@ -74,25 +87,28 @@ def move(source: Place, target: Place, ttl: float = 1.0) -> Moved:
         )
         return moved
     finally:
-        for store in (src, dst, src_dead, dst_dead):
+        for store in stores:
             store.close()
 
 
-def _check_idle(lease: Lease, place: Place, ttl: float) -> None:
-    """Refuse while a loop beats on ``place``'s lease (watched for one and a half ttl)."""
-    first = lease.current()
-    if first is None or first.holder is None:
-        return
-    time.sleep(ttl * 1.5)
-    now = lease.current()
-    if now is not None and (now.epoch, now.beat) != (first.epoch, first.beat):
-        raise StateError(
-            f"a loop holds the state in {place} ({now.holder}, epoch {now.epoch}): stop it first"
-        )
+def _take(store: StateStore, place: Place, ttl: float) -> Lease:
+    """The source's lease, held by this move; a loop beating on it refuses the move."""
+    lease = Lease(store, ttl, holder=f"headrace state move:{holder_name()}")
+    deadline = time.monotonic() + ttl * 1.5
+    while not lease.try_acquire():
+        if time.monotonic() > deadline:
+            now = lease.current()
+            who = f" ({now.holder}, epoch {now.epoch})" if now is not None else ""
+            raise StateError(f"a loop holds the state in {place}{who}: stop it first")
+        time.sleep(0.1)
+    return lease
 
 
 def _copy(
-    src: StateStore, dst: StateStore, src_dead: DeadLetterStore, dst_dead: DeadLetterStore
+    src: StateStore,
+    dst: StateStore,
+    src_dead: DeadLetterStore,
+    dst_dead: DeadLetterStore,
 ) -> Moved:
     def rows(engine: sa.Engine, table: sa.Table, order: sa.Column | None = None) -> list[dict]:
         query = sa.select(table).order_by(order) if order is not None else sa.select(table)
@@ -105,7 +121,8 @@ def _copy(
         {k: v for k, v in r.items() if k != "id"}
         for r in rows(src.engine, s.backlog, s.backlog.c.id)
     ]
-    lease = [{**r, "holder": None} for r in rows(src.engine, s.lease)]
+    # The lease as the move holds it, released: the next loop's epoch is one more.
+    held = [{**r, "holder": None} for r in rows(src.engine, s.lease)]
     dead_table = src_dead.table
     dead = [
         {k: v for k, v in r.items() if k != "id"}
@@ -113,7 +130,7 @@ def _copy(
     ]
     with dst.engine.begin() as conn:
         conn.execute(sa.delete(d.lease))
-        for table, got in ((d.streams, streams), (d.backlog, backlog), (d.lease, lease)):
+        for table, got in ((d.streams, streams), (d.backlog, backlog), (d.lease, held)):
             if got:
                 conn.execute(sa.insert(table), got)
     if dead:  # another database, maybe (a state directory keeps them in a file of their own)
@@ -122,9 +139,10 @@ def _copy(
     return Moved(len(streams), len(backlog), len(dead))
 
 
-def _clear(src: StateStore, src_dead: DeadLetterStore) -> None:
+def _clear(src: StateStore, src_dead: DeadLetterStore, lease: Lease) -> None:
     with src.engine.begin() as conn:
-        for table in (src.tables.streams, src.tables.backlog, src.tables.lease):
+        lease.fence(conn)  # still the move's: nothing was committed since the copy
+        for table in (src.tables.streams, src.tables.backlog):
             conn.execute(sa.delete(table))
     with src_dead.engine.begin() as conn:
         conn.execute(sa.delete(src_dead.table))

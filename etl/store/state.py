@@ -80,8 +80,12 @@ class StateStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = make_engine(here.url)
             create_tables(self.engine, self.tables.metadata)
-            with self.engine.begin() as conn:
-                _add_columns(conn, self.tables.streams)
+            try:
+                with self.engine.begin() as conn:
+                    _add_columns(conn, self.tables.streams)
+            except sa.exc.OperationalError:  # another loop added them at the same moment
+                with self.engine.begin() as conn:
+                    _add_columns(conn, self.tables.streams)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise self._error("cannot open the loop's state in", exc) from exc
 
