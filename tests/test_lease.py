@@ -198,16 +198,16 @@ def test_the_scheduler_needs_no_headrace_to_install_the_handler():
     assert got.stdout.strip() == b"Announcer"  # nothing of headrace imported by reference
 
 
-def test_loops_started_at_once_on_a_new_database_all_open_it(postgres, tmp_path):
+def test_loops_started_at_once_on_a_new_state_all_open_it(state):
     from concurrent.futures import ThreadPoolExecutor
 
-    url = postgres.create_database(f"race{os.getpid()}")
-    spec = StateSpec(url, lease=TTL)
-    with ThreadPoolExecutor(4) as pool:  # as four processes would: each its own engine
-        opened = list(pool.map(lambda _: StateStore(tmp_path, spec), range(4)))
+    directory, database = state
+    with ThreadPoolExecutor(6) as pool:  # as six processes would: each its own engine
+        opened = list(pool.map(lambda _: StateStore(directory, database), range(6)))
+        dead = list(pool.map(lambda _: DeadLetterStore(directory, database=database), range(6)))
         leases = list(pool.map(lambda s: Lease(s, TTL).try_acquire(), opened))
-    assert sorted(leases) == [False, False, False, True]  # one holds it, three wait
-    for store in opened:
+    assert sorted(leases) == [False] * 5 + [True]  # one holds it, five wait
+    for store in [*opened, *dead]:
         store.close()
 
 

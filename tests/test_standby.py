@@ -194,13 +194,13 @@ def test_two_loops_on_one_host_keep_one_active_across_scheduler_restarts(
         stack.start("etl2")  # the same config and state directory
         writer.start()
         pair = ["active", "waiting"]
-        wait_for(lambda: roles_at(stack.address) == pair, 60, f"two loops\n{stack.tail()}")
+        wait_for(lambda: roles_at(stack.address) == pair, 60, lambda: f"two loops\n{stack.tail()}")
         for _ in range(2):
             time.sleep(4)
             stack.kill("scheduler")  # its worker closes; `headrace worker` starts it again
             time.sleep(3)
             stack.start("scheduler")
-            wait_for(lambda: roles_at(stack.address) == pair, 60, f"roles\n{stack.tail()}")
+            wait_for(lambda: roles_at(stack.address) == pair, 60, lambda: f"roles\n{stack.tail()}")
             after_restarts.append(roles_at(stack.address))
         time.sleep(3)
         writer.stop()

@@ -62,15 +62,16 @@ def make_engine(url: sa.URL | str) -> sa.Engine:
 def create_tables(engine: sa.Engine, metadata: sa.MetaData, attempts: int = 3) -> None:
     """The tables of ``metadata`` that do not exist yet.
 
-    Two loops started at once on a new database both find a table missing and both create
-    it; one of them fails (PostgreSQL: a duplicate type name) and, looking again, finds it.
+    Two loops started at once on a new state both find a table missing and both create it;
+    one of them fails (SQLite: the table already exists; PostgreSQL: a duplicate type name)
+    and, looking again, finds it.
     """
     for attempt in range(attempts):
         try:
             metadata.create_all(engine)
             return
-        except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
-            if attempt == attempts - 1 or engine.dialect.name == "sqlite":
+        except sa.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 
