@@ -9,6 +9,7 @@ are written with :func:`faultreport.record`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -63,6 +64,14 @@ class Stack:
             processes.stop(self.procs.pop(name))
         for f in self.files:
             f.close()
+
+    def stalled(self) -> float:
+        """The longest the scheduler's event loop stood still (s, as Dask logs it): the whole
+        machine stopping (a host pausing the VM) stops it too, while a fault in a source,
+        a worker or the loop does not."""
+        text = (self.logs / "scheduler.log").read_text(errors="replace")
+        found = re.findall(r"Event loop was unresponsive in Scheduler for ([\d.]+)s", text)
+        return max((float(s) for s in found), default=0.0)
 
     def tail(self) -> str:
         return "\n".join(

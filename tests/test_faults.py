@@ -263,6 +263,7 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
         for name, path in (("hung", hung), ("other", other)):
             drained(stack, tmp_path, name, path)
         other_pause = events["other"].longest_pause(after=hanging)
+        stalled = stack.stalled()
         back = min(p for _, p, _ in events["hung"].seen if p > healed) - healed
         log = (tmp_path / "logs" / "etl.log").read_text(errors="replace")
         figures = {
@@ -278,6 +279,7 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
         f"an FTP server hangs ({what})",
         HANGS[what],
         other_stream_longest_pause_s=round(other_pause, 2),
+        **({"machine_stalled_s": round(stalled, 1)} if stalled else {}),
         back_after_heal_s=round(back, 1),
         **figures["hung"],
     )
@@ -285,7 +287,9 @@ def test_a_hung_ftp_server_times_out_and_other_streams_never_slow_down(
     assert "(no answer within timeout: 2 s)" in log, log[-2000:]  # the setting, named
     if what == "data":  # the command that hung, named
         assert "RETR 'hung.log' from byte" in log, log[-2000:]
-    assert other_pause < 1.0, other_pause  # the other stream kept its 0.2 s ticks
+    # The other stream kept its 0.2 s ticks, but for the time the whole machine stood still
+    # (a CI run saw every process, the scheduler too, stopped for 5.7 s at once).
+    assert other_pause < 1.0 + stalled, (other_pause, stalled)
     assert back < 20, back
     for name, f in figures.items():
         assert f["lost"] == 0 and f["duplicated"] == 0, (name, f)
