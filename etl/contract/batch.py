@@ -82,11 +82,8 @@ class TickPublisher:
             return time.time()
         client, now = self.client, time.time()
         token = self.token()
-        fence = {"fence_key": [*_key("fence"), token[0]] if token else None}
-        fence["epoch"] = token[1] if token else None
         await self._install()
-        if token:  # refused before writing anything, as well as when announcing
-            _refused(await client.scheduler.headrace_fence(**fence), token)
+        await _check(client, token)  # refused before writing anything, as when announcing
         await client.publish_dataset(
             {dataset_name(f.stream, f.seq): f.frame for f in frames}, override=True
         )
@@ -103,7 +100,7 @@ class TickPublisher:
             "frames": [[f.stream, f.seq, f.span.rows, f.span.first, f.span.last] for f in frames],
         }
         newer = await client.scheduler.headrace_announce(
-            heads_key=_key("streams"), heads=heads, topic=TOPIC, message=message, **fence
+            heads_key=_key("streams"), heads=heads, topic=TOPIC, message=message, **_fence(token)
         )
         _refused(newer, token)
         self.heads = heads
@@ -127,8 +124,20 @@ async def claim(client: Client, token: Token) -> None:
     if token is None:
         return
     await client.register_plugin(_announcer(), name=PLUGIN)
-    fence_key = [*_key("fence"), token[0]]
-    _refused(await client.scheduler.headrace_fence(fence_key=fence_key, epoch=token[1]), token)
+    await _check(client, token)
+
+
+def _fence(token: Token) -> dict[str, Any]:
+    """The handlers' fence arguments for ``token`` (None: a loop without a lease)."""
+    if token is None:
+        return {"fence_key": None, "epoch": None}
+    return {"fence_key": [*_key("fence"), token[0]], "epoch": token[1]}
+
+
+async def _check(client: Client, token: Token) -> None:
+    """:class:`FencedOut` if the scheduler has seen a newer epoch of ``token``'s lineage."""
+    if token is not None:
+        _refused(await client.scheduler.headrace_fence(**_fence(token)), token)
 
 
 def _refused(newer: int | None, token: Token) -> None:

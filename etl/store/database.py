@@ -25,6 +25,8 @@ import sqlalchemy as sa
 PREFIX = "headrace_state_"  # the tables' names in a database of their own
 DEFAULT_LEASE = 1.0  # seconds without a beat of the active loop before a standby takes over
 NAME = sa.String(255)  # stream names: a key SQL Server can index (it cannot index TEXT)
+# Row ids in the order rows were added: SQLite's own rowid there (INTEGER PRIMARY KEY).
+ROW_ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
 
 def resolve_url(url: str, password_env: str | None) -> sa.URL:
@@ -60,20 +62,34 @@ def make_engine(url: sa.URL | str) -> sa.Engine:
 
 
 def create_tables(engine: sa.Engine, metadata: sa.MetaData, attempts: int = 3) -> None:
-    """The tables of ``metadata`` that do not exist yet.
+    """The tables of ``metadata`` that do not exist yet, and the columns that tables from
+    before those columns were kept lack (they are nullable: a row without them reads as
+    before).
 
-    Two loops started at once on a new state both find a table missing and both create it;
-    one of them fails (SQLite: the table already exists; PostgreSQL: a duplicate type name)
-    and, looking again, finds it.
+    Two loops started at once on a new or old state both find a table or column missing
+    and both add it; one of them fails (SQLite: the table or column already exists;
+    PostgreSQL: a duplicate type name) and, looking again, finds it.
     """
     for attempt in range(attempts):
         try:
             metadata.create_all(engine)
+            with engine.begin() as conn:
+                for table in metadata.sorted_tables:
+                    _add_columns(conn, table)
             return
         except sa.exc.SQLAlchemyError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_columns(conn: sa.Connection, table: sa.Table) -> None:
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in have:
+            kind = column.type.compile(dialect=conn.dialect)
+            quoted = conn.dialect.identifier_preparer.quote(column.name)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {quoted} {kind}"))
 
 
 def reason(exc: BaseException) -> str:
@@ -173,7 +189,7 @@ def state_tables(prefix: str = "") -> Tables:
     backlog = sa.Table(
         f"{prefix}backlog",
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("id", ROW_ID, primary_key=True),
         sa.Column("stream", NAME, nullable=False),
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("frame", sa.LargeBinary, nullable=False),
@@ -199,7 +215,7 @@ def deadletter_table(prefix: str = "") -> tuple[sa.MetaData, sa.Table]:
     table = sa.Table(
         name,
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("id", ROW_ID, primary_key=True),
         sa.Column("stream", NAME, nullable=False),
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("source", sa.Text, nullable=False),

@@ -167,10 +167,14 @@ class Lease:
 
     def _beat(self, conn: sa.Connection) -> bool:
         t = self.table
-        mine = sa.update(t).where(
+        return conn.execute(self._mine().values(beat=t.c.beat + 1)).rowcount == 1
+
+    def _mine(self) -> sa.Update:
+        """An update of the lease where this loop's holder and epoch still stand."""
+        t = self.table
+        return sa.update(t).where(
             t.c.name == NAME, t.c.holder == self.holder, t.c.epoch == self.epoch
         )
-        return conn.execute(mine.values(beat=t.c.beat + 1)).rowcount == 1
 
     def give_up(self, why: str) -> None:
         """Stop holding the lease on another's word (the scheduler's fence refused it)."""
@@ -193,12 +197,8 @@ class Lease:
         with self._lock:
             if not self.held:
                 return
-            t = self.table
-            mine = sa.update(t).where(
-                t.c.name == NAME, t.c.holder == self.holder, t.c.epoch == self.epoch
-            )
             holder = f"{MOVED}{to}" if to is not None else None
             with self.store.engine.begin() as conn:
-                conn.execute(mine.values(holder=holder, since=time.time()))
+                conn.execute(self._mine().values(holder=holder, since=time.time()))
             log.info("lease: released, epoch %d", self.epoch)
             self.epoch = None

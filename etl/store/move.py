@@ -71,8 +71,8 @@ def move(source: Place, target: Place, ttl: float = 1.0) -> Moved:
         stores.append(src_dead)
         dst_dead = DeadLetterStore(target.directory, database=target.database)
         stores.append(dst_dead)
-        if dst.names():
-            raise StateError(f"{target} already holds the state of {len(dst.names())} streams")
+        if there := dst.names():
+            raise StateError(f"{target} already holds the state of {len(there)} streams")
         lease = _take(src, source, max(ttl, 5.0))
         moved = _copy(src, dst, src_dead, dst_dead)
         _clear(src, src_dead, lease)
@@ -110,24 +110,20 @@ def _copy(
     src_dead: DeadLetterStore,
     dst_dead: DeadLetterStore,
 ) -> Moved:
-    def rows(engine: sa.Engine, table: sa.Table, order: sa.Column | None = None) -> list[dict]:
-        query = sa.select(table).order_by(order) if order is not None else sa.select(table)
+    def rows(engine: sa.Engine, table: sa.Table) -> list[dict]:
+        """``table``'s rows; with ids, in their order and without them (the target numbers
+        them anew)."""
+        query = sa.select(*(c for c in table.c if c.name != "id"))
+        if "id" in table.c:
+            query = query.order_by(table.c.id)
         with engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     s, d = src.tables, dst.tables
-    streams = rows(src.engine, s.streams)
-    backlog = [
-        {k: v for k, v in r.items() if k != "id"}
-        for r in rows(src.engine, s.backlog, s.backlog.c.id)
-    ]
+    streams, backlog = rows(src.engine, s.streams), rows(src.engine, s.backlog)
     # The lease as the move holds it, released: the next loop's epoch is one more.
     held = [{**r, "holder": None} for r in rows(src.engine, s.lease)]
-    dead_table = src_dead.table
-    dead = [
-        {k: v for k, v in r.items() if k != "id"}
-        for r in rows(src_dead.engine, dead_table, dead_table.c.id)
-    ]
+    dead = rows(src_dead.engine, src_dead.table)
     with dst.engine.begin() as conn:
         conn.execute(sa.delete(d.lease))
         for table, got in ((d.streams, streams), (d.backlog, backlog), (d.lease, held)):

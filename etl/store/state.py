@@ -72,7 +72,7 @@ class StateStore:
 
     def __init__(self, directory: str | os.PathLike, database: StateSpec | None = None) -> None:
         here = locate(directory, FILENAME, database)
-        self.path, self.where, self.url = here.path, here.display, here.url
+        self.path, self.where = here.path, here.display
         self.tables = state_tables(here.prefix)
         self.fence: Callable[[sa.Connection], None] | None = None
         try:
@@ -80,12 +80,6 @@ class StateStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = make_engine(here.url)
             create_tables(self.engine, self.tables.metadata)
-            try:
-                with self.engine.begin() as conn:
-                    _add_columns(conn, self.tables.streams)
-            except sa.exc.OperationalError:  # another loop added them at the same moment
-                with self.engine.begin() as conn:
-                    _add_columns(conn, self.tables.streams)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise self._error("cannot open the loop's state in", exc) from exc
 
@@ -241,18 +235,7 @@ class StateStore:
         return None
 
     def close(self) -> None:
-        if hasattr(self, "engine"):
-            self.engine.dispose()
-
-
-def _add_columns(conn: sa.Connection, table: sa.Table) -> None:
-    """Columns a state file from before they were kept lacks, added (they are nullable)."""
-    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-    for column in table.columns:
-        if column.name not in have:
-            kind = column.type.compile(dialect=conn.dialect)
-            quoted = conn.dialect.identifier_preparer.quote(column.name)
-            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {quoted} {kind}"))
+        self.engine.dispose()
 
 
 def _length(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
