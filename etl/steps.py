@@ -47,3 +47,5 @@ class Carry:
     published_until: int | None = None
     watermark: int | None = None  # the latest event time seen (None: before grace existed)
     seen: float | None = None  # wall-clock time rows last came (for idle_close)
+    # emit="early": the open windows as published so far, with their revision numbers.
+    early: pd.DataFrame | None = None

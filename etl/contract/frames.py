@@ -7,8 +7,11 @@ A frame is a ``pandas.DataFrame`` with
 - ``value``: float64;
 - optionally ``count`` (int64: log lines in the period, from aggregating transforms) and
   ``key`` (the series, when one file carries several); other columns pass through;
+- with windows that emit early (``emit: early``), ``revision`` (int64): 0 for a row
+  published for the first time, n for its n-th change, which replaces the row with the
+  same ``time`` and ``key`` (:func:`headrace.etl.windows.early.latest` applies them);
 
-and only rows not published before. :func:`empty_frame` makes one without rows;
+and otherwise only rows not published before. :func:`empty_frame` makes one without rows;
 :func:`conform` checks and coerces what user code returns (a parser's or a ``Map``'s
 function), naming who returned it and the column at fault.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TIME, VALUE, COUNT, KEY = "time", "value", "count", "key"
+TIME, VALUE, COUNT, KEY, REVISION = "time", "value", "count", "key", "revision"
 REQUIRED = (TIME, VALUE)
 TIME_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 VALUE_DTYPE = np.dtype(np.float64)

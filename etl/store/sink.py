@@ -6,7 +6,8 @@ exactly once whatever kills the loop. :func:`drain` writes the backlog, oldest f
 each stream's database (:class:`Sink`), one transaction per batch that writes a frame
 only if ``headrace_frames`` does not have it yet, then unqueues it. A database that is
 down or slow holds up only the backlog, which lives on local disk and is bounded.
-The schema is :mod:`headrace.etl.contract.history`.
+The schema is :mod:`headrace.etl.contract.history`; a revision of a row published early
+replaces it (:mod:`headrace.etl.store.rollups`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from headrace.etl.contract import history
-from headrace.etl.store import pickles
+from headrace.etl.store import pickles, rollups
 from headrace.etl.store.database import check_url, make_engine, resolve_url, shown
 from headrace.etl.store.state import Queued, StateStore
 
@@ -122,6 +123,7 @@ def _rows(stream: str, seq: int, frame: pd.DataFrame) -> pd.DataFrame:
             "value": frame["value"].astype(float),
             "count": frame["count"].astype("int64") if "count" in frame else np.ones(n, "int64"),
             "seq": seq,
+            **({"revision": frame["revision"].to_numpy()} if "revision" in frame else {}),
         }
     )
 
@@ -132,52 +134,6 @@ def _further(rows: pd.DataFrame, frame: pd.DataFrame) -> list[pd.DataFrame]:
     names = [c for c in frame.columns if c.startswith("value_") and frame[c].dtype.kind in "fiub"]
     keys = rows[["stream", "key", "time", "seq"]]
     return [keys.assign(name=name, value=frame[name].to_numpy(float)) for name in names]
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as SQLAlchemy parameters: NaN as NULL, datetimes as Python datetimes."""
-    out = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    for record in out:
-        for name, value in record.items():
-            if isinstance(value, pd.Timestamp):
-                record[name] = value.to_pydatetime()
-    return out
-
-
-_KEYS = ["stream", "key", "time"]
-# How buckets of the same stream, key and time combine: what makes rollups mergeable.
-_COMBINE = {
-    "value_min": ("value_min", "min"),
-    "value_max": ("value_max", "max"),
-    "value_sum": ("value_sum", "sum"),
-    "periods": ("periods", "sum"),
-    "count": ("count", "sum"),
-}
-
-
-def _combine(parts: pd.DataFrame) -> pd.DataFrame:
-    """Buckets with the same stream, key and time as one (NaN values skipped)."""
-    out = parts.groupby(_KEYS).agg(**_COMBINE).reset_index()
-    return out.assign(value_mean=out["value_sum"] / out["periods"])
-
-
-def _buckets(new: pd.DataFrame, level: history.Level) -> pd.DataFrame:
-    """Rows as ``level``'s buckets: each row a bucket of one period, then combined."""
-    value = new["value"]
-    return _combine(
-        pd.DataFrame(
-            {
-                "stream": new["stream"],
-                "key": new["key"],
-                "time": new["time"].dt.floor(pd.Timedelta(seconds=level.width)),
-                "value_min": value,
-                "value_max": value,
-                "value_sum": value,
-                "periods": 1,
-                "count": new["count"],
-            }
-        )
-    )
 
 
 class Sink:
@@ -201,12 +157,7 @@ class Sink:
             each = [_rows(q.stream, q.seq, f) for q, f in zip(fresh, decoded, strict=True)]
             new = pd.concat(each)
             further = [p for r, f in zip(each, decoded, strict=True) for p in _further(r, f)]
-            if further:
-                conn.execute(sa.insert(history.values), _records(pd.concat(further)))
-            if len(new):
-                conn.execute(sa.insert(history.rows), _records(new))
-                for level in history.LEVELS:
-                    self._roll_up(conn, level, new)
+            rollups.write(conn, new, further)
             now = datetime.now(UTC).replace(tzinfo=None)
             conn.execute(sa.insert(history.frames), [_frame_record(q, new, now) for q in fresh])
         return len(new)
@@ -223,19 +174,6 @@ class Sink:
                 seen.add((q.stream, q.seq))
                 fresh.append(q)
         return fresh
-
-    def _roll_up(self, conn: sa.Connection, level: history.Level, new: pd.DataFrame) -> None:
-        # Read, merge, replace the buckets these rows touch: plain SQL every database has
-        # (SQL Server has no ON CONFLICT), safe because one sink writes a stream at a time.
-        t, add = level.table, _buckets(new, level)
-        for (stream, key), part in add.groupby(["stream", "key"]):
-            lo, hi = part["time"].min().to_pydatetime(), part["time"].max().to_pydatetime()
-            where = sa.and_(t.c.stream == stream, t.c.key == key, t.c.time.between(lo, hi))
-            old = pd.DataFrame(conn.execute(sa.select(t).where(where)).mappings().all())
-            merged = _combine(pd.concat([old, part], ignore_index=True)) if len(old) else part
-            if len(old):
-                conn.execute(sa.delete(t).where(where))
-            conn.execute(sa.insert(t), _records(merged))
 
     def prune(self, stream: str, now: pd.Timestamp) -> int:
         """Delete ``stream``'s rows older than the retention, a slice per transaction."""

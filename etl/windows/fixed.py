@@ -11,6 +11,9 @@ Without ``grace`` (Resample's way) the watermark moves once per tick, so rows of
 are never late among themselves. With ``grace`` (``0s`` included) it follows the rows in
 their order in the file, as a stream processor sees them.
 
+``emit="early"`` publishes open windows too, each change as a revision of its row
+(:mod:`headrace.etl.windows.early`).
+
 ``idle_close``: when a tick brings no rows and none came for that many seconds (wall
 clock), every open window is published, followed by one empty window (``value`` NaN,
 ``count`` 0) so that a chart shows a gap instead of a line drawn across it.
@@ -28,6 +31,7 @@ import headrace.etl.windows.rows as R
 from headrace.etl.contract.frames import TIME_DTYPE
 from headrace.etl.steps import Carry, Step
 from headrace.etl.windows.aggregate import aggregate, aggregations, columns
+from headrace.etl.windows.early import emit_mode, revise
 from headrace.etl.windows.spec import duration, seconds, text
 
 MAX_WINDOWS_PER_ROW = 1000
@@ -48,8 +52,10 @@ class Window:
         agg: str | Sequence[str] = "max",
         grace: str | pd.Timedelta | None = None,
         idle_close: str | float | None = None,
+        emit: str = "final",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.emit = emit_mode(emit)
         self.size_ns = duration(size, "size")
         self.step_ns = self.size_ns if step is None else duration(step, "step")
         if self.step_ns > self.size_ns:
@@ -73,6 +79,8 @@ class Window:
             parts.append(f"grace={text(self.grace_ns)!r}")
         if self.idle_close is not None:
             parts.append(f"idle_close={self.idle_close:g}")
+        if self.emit != "final":
+            parts.append(f"emit={self.emit!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     @property
@@ -127,12 +135,20 @@ class Window:
         if idle:
             frame = self._gap(frame, data[2], now_until)
             now_until += self.step_ns
-        kept_rows = R.frame(R.take(data, data_latest >= now_until))
+        kept = data_latest >= now_until
+        early = None
+        if self.emit == "early":
+            still_open = R.take(data, kept)
+            opened = self._closed(
+                still_open, data_latest[kept], data_floors[kept], R.END, since=now_until
+            )
+            frame, early = revise(frame, opened, carry.early if carry is not None else None)
+        kept_rows = R.frame(R.take(data, kept))
         # How far past the close of its last window the watermark was when the row came.
         past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
         return Step(
             frame=frame,
-            carry=Carry(kept_rows, None if now_until == R.NAT else now_until, mark, seen),
+            carry=Carry(kept_rows, None if now_until == R.NAT else now_until, mark, seen, early),
             late=int(late.sum()),
             carried=len(kept_rows),
             late_rows=np.flatnonzero(late),
@@ -140,10 +156,17 @@ class Window:
         )
 
     def _closed(
-        self, data: R.Arrays, latest: np.ndarray, floors: np.ndarray, until: int
+        self,
+        data: R.Arrays,
+        latest: np.ndarray,
+        floors: np.ndarray,
+        until: int,
+        since: int = R.NAT,
     ) -> pd.DataFrame:
-        """The windows before ``until`` of the rows, each row in those open when it came."""
+        """The windows from ``since`` to before ``until`` of the rows, each row in those
+        open when it came."""
         times, values, keys = data
+        floors = np.maximum(floors, since)
         if self.step_ns == self.size_ns:  # tumbling: a row's one window
             mask = (latest >= floors) & (latest < until)
             if mask.all():

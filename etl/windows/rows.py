@@ -10,6 +10,7 @@ from headrace.etl.contract.frames import TIME_DTYPE, missing_columns, utc_ns
 
 Arrays = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
 NAT = np.iinfo(np.int64).min  # NaT as int64
+END = np.iinfo(np.int64).max  # after every window start
 
 
 def arrays(rows: pd.DataFrame) -> Arrays:

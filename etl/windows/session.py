@@ -24,6 +24,7 @@ import headrace.etl.windows.rows as R
 from headrace.etl.contract.frames import TIME_DTYPE
 from headrace.etl.steps import Step
 from headrace.etl.windows.aggregate import aggregate, aggregations, columns
+from headrace.etl.windows.early import emit_mode
 from headrace.etl.windows.spec import duration, seconds, text
 
 
@@ -45,8 +46,16 @@ class Session:
         agg: str | Sequence[str] = "max",
         grace: str | pd.Timedelta | None = None,
         idle_close: str | float | None = None,
+        emit: str = "final",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if emit_mode(emit) != "final":
+            # A session's start and end move as rows join or merge it: an early result
+            # would have no fixed time to revise.
+            raise ValueError(
+                "emit: early is for tumbling and hopping windows; a session window is "
+                "published once closed"
+            )
         self.gap_ns = duration(gap, "gap")
         self.aggs = aggregations(agg)
         self.grace_ns = None if grace is None else duration(grace, "grace", zero=True)
