@@ -40,8 +40,8 @@ _OPTIONS = ("agg", "grace", "idle_close", "emit")
 def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin | IntervalJoin:
     """A window from ``{window: tumbling|hopping|session, size|step|gap: ..., agg: ...,
     grace: ..., idle_close: ..., emit: final|early}``, or a join from ``{join: asof,
-    left: a, right: b, tolerance: 100ms, grace: ..., wait: 5s}`` (``join: interval`` with ``within: 100ms``
-    instead of ``tolerance``); ValueError naming the setting."""
+    left: a, right: b, tolerance: 100ms, grace: ..., wait: 5s}`` (``join: interval``
+    with ``within: 100ms`` instead of ``tolerance``); ValueError naming the setting."""
     spec = dict(spec)
     if "join" in spec:
         return _join(spec)
