@@ -27,9 +27,22 @@ class Projected:
 
 
 class Channel(Projected):
-    """One stream as every in-sync session has it: the newest ``rollover`` rows, wire form."""
+    """One stream as every in-sync session has it: the newest ``rollover`` rows, wire form.
 
-    __slots__ = ("end", "pending", "pending_end", "rollover", "stream")
+    Revised rows (a window that emits early) are replaced in the window and kept as
+    numbered patches, which each session gets for the rows its browser already has.
+    """
+
+    __slots__ = (
+        "end",
+        "patched",
+        "patches",
+        "pending",
+        "pending_end",
+        "pending_patches",
+        "rollover",
+        "stream",
+    )
 
     def __init__(self, stream: str, window: Columns, end: int, rollover: int) -> None:
         self.stream = stream
@@ -39,6 +52,9 @@ class Channel(Projected):
         self.pending: list[Columns] = []
         self.pending_end = end
         self._as: dict[tuple[str, ...], Columns] = {}  # the window projected, until it moves
+        self.pending_patches: list[tuple[np.ndarray, Columns]] = []
+        self.patches: list[tuple[int, np.ndarray, Columns]] = []  # (number, indices, rows)
+        self.patched = 0  # the newest patch's number
 
     @property
     def start(self) -> int:
@@ -55,15 +71,68 @@ class Channel(Projected):
         self.pending_end = first + n
         return True
 
+    def locate(self, column: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The indices (as :meth:`add`'s) of the last rows whose ``column`` (ascending)
+        equals each of ``values``, and which of ``values`` were found."""
+        rows = concat([self.window, *self.pending]) if self.pending else self.window
+        held = rows.get(column)
+        if held is None or not len(held) or not len(values):
+            return np.empty(0, np.int64), np.zeros(len(values), bool)
+        at = np.searchsorted(held, values, side="right") - 1
+        found = (at >= 0) & (held[np.maximum(at, 0)] == values)
+        return self.start + at[found], found
+
+    def patch(self, indices: np.ndarray, rows: Columns) -> None:
+        """Queue new values for rows added before (indices as :meth:`add`'s)."""
+        self.pending_patches.append((indices, rows))
+
     def advance(self) -> bool:
-        """The pending rows join the window (and the oldest roll out); False if none."""
-        if not self.pending:
+        """The pending rows join the window (and the oldest roll out), the pending
+        patches replace their rows; False if neither was pending."""
+        if not self.pending and not self.pending_patches:
             return False
-        window = concat([self.window, *self.pending])
-        self.window = take(window, max(0, length(window) - self.rollover))
-        self.end, self.pending = self.pending_end, []
+        if self.pending:
+            window = concat([self.window, *self.pending])
+            self.window = take(window, max(0, length(window) - self.rollover))
+            self.end, self.pending = self.pending_end, []
+        if self.pending_patches:
+            self._apply(self.pending_patches)
+            self.pending_patches = []
         self._as = {}
         return True
+
+    def _apply(self, patches: list[tuple[np.ndarray, Columns]]) -> None:
+        # Copied: sessions' sources and earlier messages share the window's arrays.
+        self.window = {name: array.copy() for name, array in self.window.items()}
+        start = self.start
+        for indices, rows in patches:
+            at = indices - start
+            held = (at >= 0) & (at < length(self.window))
+            if not held.any():
+                continue
+            rows = {n: a[held] for n, a in rows.items() if n in self.window and n != "time"}
+            for name, values in rows.items():
+                self.window[name][at[held]] = values
+            self.patched += 1
+            self.patches.append((self.patched, indices[held], rows))
+        while self.patches and self.patches[0][1].max() < start:  # rolled out for everyone
+            self.patches.pop(0)
+
+    def patches_for(self, offset: int, have: int, after: int, columns: list[str]) -> dict:
+        """Bokeh patches (``{column: [(index, value)]}``) of the rows a browser holds:
+        rows ``offset`` to ``have - 1`` at its indices 0 on, patches numbered after ``after``."""
+        out: dict[str, list] = {}
+        for number, indices, rows in self.patches:
+            if number <= after:
+                continue
+            mine = (indices >= offset) & (indices < have)
+            if not mine.any():
+                continue
+            at = (indices[mine] - offset).tolist()
+            for name in columns:
+                if name in rows:
+                    out.setdefault(name, []).extend(zip(at, rows[name][mine].tolist(), strict=True))
+        return out
 
     def newest(self) -> float:
         """The newest row's time (ms since the epoch, as Bokeh has it), 0 when empty."""
@@ -100,6 +169,7 @@ class Replaced(Projected):
     __slots__ = ("end", "pending", "stream")
     rollover = None  # replace, not stream
     start = 0  # nothing rolls out: a session is never told it skipped rows
+    patched = 0  # replaced whole: never patched
 
     def __init__(self, stream: str, window: Columns) -> None:
         self.stream = stream
@@ -124,3 +194,6 @@ class Replaced(Projected):
 
     def since(self, index: int, columns: list[str]) -> Columns:
         return self.window_as(columns)
+
+    def patches_for(self, offset: int, have: int, after: int, columns: list[str]) -> dict:
+        return {}

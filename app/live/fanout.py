@@ -5,7 +5,8 @@ source holds (the newest ``rollover`` rows, as Bokeh sends them). Rows arriving 
 subscriber wait :data:`COALESCE_MS` for the other streams of the tick, then one flush
 for the whole process
 
-1. appends them to each channel's window,
+1. appends them to each channel's window (and replaces the rows revised since: a window
+   that emits early publishes a changed period again, with the same time),
 2. groups the sessions by what they need (their sources' ids and first missing row per
    stream): sessions in sync with copies of the same plots (``internals.clone``) all need
    the same, so the ``PATCH-DOC`` is encoded once (:func:`headrace.app.live.internals.encode`),
@@ -21,8 +22,12 @@ So queued data per session is bounded by one message, and nobody waits for anybo
 session that fell behind by more than the window gets the whole window (its browser's
 rollover drops the rest) and is told through :meth:`Fanout.open_session`'s ``on_skip``.
 
+A revised row reaches a session as a ``ColumnsPatched`` at its browser's index of that
+row, in the same message as the rows that follow it, or, if the browser has not had
+the row yet, with the new value in the rows it gets.
+
 Documents that are not served sessions (tests, notebooks) get the same rows through
-``cds.stream``.
+``cds.patch`` and ``cds.stream``.
 """
 
 from __future__ import annotations
@@ -37,12 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.app.live.channel import Channel, Replaced
 from headrace.app.live.columns import Columns, to_wire
-from headrace.app.live.internals import Encoded, encode, sockets
+from headrace.app.live.gates import Gate, Sink
+from headrace.app.live.internals import Encoded
 from headrace.app.live.subscriber import Subscriber
 
 if TYPE_CHECKING:
-    from asyncio import Future
-
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource
 
@@ -51,145 +55,6 @@ log = logging.getLogger(__name__)
 # How long a flush waits for rows of the other streams: streams that tick at the same
 # instants (see headrace.etl.loop.runner) arrive within a few ms of each other.
 COALESCE_MS = 25
-
-
-class Sink:
-    """One session's source for one stream, and the first row its browser does not have."""
-
-    __slots__ = ("__weakref__", "_cds", "columns", "gate", "held", "model", "next_index", "stream")
-
-    def __init__(
-        self, stream: str, cds: ColumnDataSource, columns: list[str], next_index: int, gate: Gate
-    ) -> None:
-        self.stream = stream
-        # Weak: a sink must never be what keeps a finished session's document alive.
-        self._cds = weakref.ref(cds)
-        self.model = cds.id
-        self.columns = columns
-        self.next_index = next_index
-        self.gate = gate
-        self.held = False
-        gate.sinks.add(self)
-
-    def source(self) -> ColumnDataSource | None:
-        return self._cds()
-
-    def release(self) -> None:
-        """Start sending rows held back since :meth:`Fanout.register` (``held=True``)."""
-        with self.gate.fanout.lock:
-            self.held = False
-        self.gate.fanout.wake()
-
-
-class Gate:
-    """One session: whether its browser can take rows, and what it was last sent."""
-
-    __slots__ = (
-        "__weakref__",
-        "_doc",
-        "draining",
-        "fanout",
-        "on_skip",
-        "ready",
-        "sinks",
-        "skipped",
-    )
-
-    def __init__(
-        self,
-        doc: Document,
-        fanout: Fanout,
-        ready: bool,
-        on_skip: Callable[[int], None] | None = None,
-    ) -> None:
-        self._doc = weakref.ref(doc)
-        self.fanout = fanout
-        self.ready = ready
-        self.on_skip = on_skip
-        self.sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
-        self.draining: list[Future[None]] = []  # writes the kernel has not taken yet
-        self.skipped = 0  # rows that rolled out of the window before this session got them
-
-    @property
-    def alive(self) -> bool:
-        return self._doc() is not None
-
-    def flush(self, channels: dict[str, Channel | Replaced], encoded: dict[tuple, Encoded]) -> bool:
-        """Send this session what it is missing, if it can take it now. False once gone."""
-        doc = self._doc()
-        if doc is None:
-            return False
-        if not self.ready:
-            return True
-        due = sorted(  # in one order in every session: the key of the shared encoding
-            (
-                (sink, channels[sink.stream])
-                for sink in self.sinks
-                if not sink.held and sink.next_index < channels[sink.stream].end
-            ),
-            key=lambda due: due[0].model,
-        )
-        if not due:
-            return True
-        targets = sockets(doc)
-        if targets is None:  # not a served session: Bokeh's own path
-            self._stream_in_document(doc, due)
-            return True
-        if not targets or any(not f.done() for f in self.draining):
-            return True  # falls behind; a later flush sends what it missed
-        if not all(socket.writable() for socket in targets):
-            return True
-        key = tuple((s.model, s.stream, s.next_index, tuple(s.columns)) for s, _ in due)
-        message = encoded.get(key)
-        if message is None:
-            message = encoded[key] = encode(
-                [(s.model, ch.since(s.next_index, s.columns), ch.rollover) for s, ch in due]
-            )
-        try:
-            written = [socket.write(message) for socket in targets]
-        except (OSError, RuntimeError) as exc:  # closed under us (StreamClosedError is an OSError)
-            log.info("fan-out: a session's websocket closed while writing: %s", exc)
-            return True
-        self.draining = [f for f in written if not f.done()]
-        for future in self.draining:
-            future.add_done_callback(self.fanout.wake_soon)
-        self.fanout.messages += 1
-        self.fanout.sent_bytes += message.size * len(targets)
-        self._sent(due)
-        return True
-
-    def _sent(self, due: list[tuple[Sink, Channel | Replaced]]) -> None:
-        skipped = 0
-        for sink, channel in due:
-            skipped += max(0, channel.start - sink.next_index)
-            sink.next_index = channel.end
-            cds = sink.source()
-            if cds is not None:
-                # What the browser has now; dict.__setitem__ since it already has it.
-                data = cds.data
-                for name, array in channel.window_as(sink.columns).items():
-                    dict.__setitem__(data, name, array)
-        if skipped:
-            self.skipped += skipped
-            if self.on_skip is not None:
-                self.on_skip(skipped)
-
-    def _stream_in_document(
-        self, doc: Document, due: list[tuple[Sink, Channel | Replaced]]
-    ) -> None:
-        from panel.io.state import set_curdoc
-
-        with set_curdoc(doc):
-            for sink, channel in due:
-                cds = sink.source()
-                if cds is None:
-                    pass
-                elif channel.rollover is None:
-                    cds.data = dict(channel.window_as(sink.columns))
-                else:
-                    cds.stream(channel.since(sink.next_index, sink.columns), channel.rollover)
-                sink.next_index = channel.end
-        self.fanout.messages += 1
 
 
 def settle_bokeh_settings() -> None:
@@ -225,6 +90,7 @@ class Fanout:
         # Told after each flush: its seconds and each moved stream's lag (telemetry, admission).
         self.observers: list[Callable[[float, list[float]], None]] = []
         subscriber.add_listener(self._on_rows)
+        subscriber.add_reviser(self._on_revised)
 
     def open_session(self, doc: Document, on_skip: Callable[[int], None] | None = None) -> None:
         """Hold ``doc``'s rows until its browser reports the document ready.
@@ -271,7 +137,7 @@ class Fanout:
             channel = self._channel(stream)
             gate = self._by_doc.get(doc) or self._gate(doc, ready=True)
             names = columns or [n for n, a in channel.window.items() if a.dtype != object]
-            sink = Sink(stream, cds, names, channel.end, gate)
+            sink = Sink(stream, cds, names, channel, gate)
             sink.held = held
             # Under the subscriber's lock: no rows can fall between the window and the sink.
             cds.data = channel.window_as(names)
@@ -319,6 +185,13 @@ class Fanout:
         # On the loop, under the subscriber's lock: queue, and have one flush soon.
         channel = self._channels.get(stream)
         if channel is not None and channel.add(to_wire(rows), first):
+            self.wake_soon()
+
+    def _on_revised(self, stream: str, indices: Any, rows: Columns) -> None:
+        # Revised rows (a window that emits early): patched in the channel, sent at the flush.
+        channel = self._channels.get(stream)
+        if isinstance(channel, Channel):
+            channel.patch(indices, to_wire(rows))
             self.wake_soon()
 
     def wake_soon(self, *_args: Any) -> None:

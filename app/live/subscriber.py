@@ -18,23 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from headrace.app.live.columns import Columns, frame_columns, names_of, take
-from headrace.app.live.window import Snapshot, Window
+from headrace.app.live.columns import Columns, frame_columns, names_of
+from headrace.app.live.window import Feed, Snapshot, Window
 from headrace.app.settings import scheduler_address, window_seconds
 from headrace.app.views import freshness
 from headrace.etl import contract
+from headrace.etl.contract.frames import REVISION
 
 if TYPE_CHECKING:
+    import numpy as np
     from distributed import Client
 
 log = logging.getLogger(__name__)
@@ -44,21 +46,8 @@ FETCH_TIMEOUT = 10.0
 
 # listener(stream, rows, index of the first row): called on the loop with new rows only
 Listener = Callable[[str, Columns, int], None]
-
-
-@dataclass
-class Feed:
-    """What the subscriber knows of one stream: how far fetching is, and the window."""
-
-    name: str
-    window: Window
-    seq: int = 0  # newest frame ingested (or skipped as unavailable)
-    target: int = 0  # newest frame known to exist
-    arrived: float | None = None  # wall-clock time the newest rows arrived
-    lag: freshness.Lag = field(default_factory=freshness.Lag)
-    interval: float = 0.0
-    ring: int = contract.DEFAULT_RING
-    reset: bool = False  # head went backwards: drop rows not newer than what we have
+# reviser(stream, indices, rows): rows held before, replaced by a revision (emit: early)
+Reviser = Callable[[str, "np.ndarray", Columns], None]
 
 
 class Subscriber:
@@ -83,6 +72,7 @@ class Subscriber:
         self.connected = asyncio.Event()  # set once heads were read from a scheduler
         self._streams: dict[str, Feed] = {}
         self._listeners: list[Listener] = []
+        self._revisers: list[Reviser] = []
         self._scheduler_id: str | None = None
         self._task: asyncio.Task | None = None
         self._fetcher: asyncio.Task | None = None  # fetching the frames of _due streams
@@ -99,6 +89,7 @@ class Subscriber:
                 "fetches",  # calls fetching frames (of every stream due at once)
                 "missing",  # announced frames that could not be fetched
                 "late_rows",  # rows dropped for being older than the newest row
+                "revised_rows",  # rows held before, replaced by a revision
                 "connects",  # clients created
                 "subscriptions",  # subscribe calls (first and after a new scheduler)
                 "errors",
@@ -307,6 +298,8 @@ class Subscriber:
             columns = frame_columns(frame, window.names)
             if window.names is None:
                 window.names = [n for n in columns if n != "time"]
+            if REVISION in columns:
+                columns = self._revise(feed, columns)
             columns = self._drop_late(feed, columns)
             n = len(columns["time"])
             if n == 0:
@@ -323,23 +316,37 @@ class Subscriber:
                     self.stats["errors"] += 1
                     log.exception("listener failed for stream %s", feed.name)
 
+    def _revise(self, feed: Feed, columns: Columns) -> Columns:
+        """Apply the frame's revisions (``Window.revised``), tell the revisers; the rest."""
+        indices, rows, rest = feed.window.revised(columns)
+        if len(indices):
+            self.stats["revised_rows"] += len(indices)
+            for reviser in list(self._revisers):
+                try:
+                    reviser(feed.name, indices, rows)
+                except Exception:
+                    self.stats["errors"] += 1
+                    log.exception("reviser failed for stream %s", feed.name)
+        return rest
+
     def _drop_late(self, feed: Feed, columns: Columns) -> Columns:
         """Keep sessions' rows in time order: drop rows older than the newest we have."""
-        # After a reset, equal times are repeats of rows we hold; otherwise they can be real.
-        late = feed.window.older(columns, or_equal=feed.reset)
-        if late < len(columns["time"]):
-            # Past the rows we held before the reset: from here on, equal times are real.
-            feed.reset = False
+        late, columns = feed.newer(columns)
         if not late:
             return columns
         self.stats["late_rows"] += late
         log.info("stream %s: dropped %d rows not newer than the newest row", feed.name, late)
-        return take(columns, late)
+        return columns
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(stream, rows, first_index)`` on the loop for every batch of new rows."""
         with self.lock:
             self._listeners.append(listener)
+
+    def add_reviser(self, reviser: Reviser) -> None:
+        """Call ``reviser(stream, indices, rows)`` on the loop when held rows are revised."""
+        with self.lock:
+            self._revisers.append(reviser)
 
     def remove_listener(self, listener: Listener) -> None:
         with self.lock, contextlib.suppress(ValueError):
@@ -388,12 +395,6 @@ def _short(exc: BaseException) -> str:
 
 
 def _ranges(seqs: list[int]) -> str:
-    out, start, prev = [], seqs[0], seqs[0]
-    for s in [*seqs[1:], None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
-    return ",".join(out)
+    """``[1, 2, 3, 5]`` as ``1-3,5``."""
+    runs = [[s for _, s in g] for _, g in itertools.groupby(enumerate(seqs), lambda p: p[1] - p[0])]
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)

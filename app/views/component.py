@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.models import GlyphRenderer, Model
 
-    from headrace.app.live.fanout import Sink
+    from headrace.app.live.gates import Sink
 
 LIVE, STALE = "#2e7d32", "#b26a00"
 LOADING = 30.0  # seconds a page may take to load before its view counts as unwatched

@@ -11,7 +11,10 @@ fan-out, which sends every session the same encoded message.
 
 On every tick of a stream it reads (the subscriber's listener, on the server's loop),
 the engine calls the function once with the new rows and hands each glyph's part to its
-channel. A failing function, a missing column or a wrong shape becomes the view's
+channel. Rows revised in place (a window that emits early) go through the function
+too: a streamed glyph's points at their x are patched, in every session.
+
+A failing function, a missing column or a wrong shape becomes the view's
 error (logged once, shown on its plot in every session); other views go on, and the
 view recovers on the next tick that works.
 """
@@ -32,6 +35,7 @@ from headrace.app.live.internals import scratch_document
 from headrace.app.settings import follow_seconds
 from headrace.app.views.calls import APPENDED, TAG, WINDOW, Calls, View
 from headrace.app.views.tree import (
+    UNORDERED,
     Glyph,
     Rendering,
     ViewError,
@@ -87,6 +91,7 @@ class Engine:
         self.idle = False  # no session watched: ticks skipped, drawn again on the next watch
         with self.lock:
             self.subscriber.add_listener(self._on_rows)
+            self.subscriber.add_reviser(self._on_revised)
             self._prepare()
 
     # -- what sessions use ------------------------------------------------------------------
@@ -205,6 +210,14 @@ class Engine:
     # -- every tick -------------------------------------------------------------------------
 
     def _on_rows(self, stream: str, rows: Columns, first: int) -> None:
+        self._on_change(stream, rows)
+
+    def _on_revised(self, stream: str, indices: np.ndarray, rows: Columns) -> None:
+        # Held rows replaced (a window that emits early): streamed glyphs patch the points
+        # at their x, replaced ones are computed again from the revised window.
+        self._on_change(stream, rows, revised=True)
+
+    def _on_change(self, stream: str, rows: Columns, revised: bool = False) -> None:
         if stream not in self.view.streams:
             return
         if self.rendering is not None and not any(w.active for w in list(self._watchers)):
@@ -215,14 +228,14 @@ class Engine:
                 self._prepare()
             return
         try:
-            self._tick(stream, rows)
+            self._tick(stream, rows, revised)
         except Exception as exc:
             self._fail(exc)
             return
         self._recovered()
         self.fanout.wake_soon()
 
-    def _tick(self, stream: str, rows: Columns) -> None:
+    def _tick(self, stream: str, rows: Columns, revised: bool = False) -> None:
         assert self.rendering is not None
         result = self.calls(self.calls.inputs((stream, rows)))
         redrawn: dict[tuple, Any] | None = None
@@ -236,7 +249,9 @@ class Engine:
                     return
                 continue
             kind = self.kinds.get(path)
-            if kind == APPEND:
+            if kind == APPEND and revised:
+                self._patch(path, glyph, glyph.data(found.element))
+            elif kind == APPEND:
                 self._append(path, glyph, glyph.data(found.element))
             elif kind == REPLACE:
                 self._replace(path, glyph.data(found.element))
@@ -262,6 +277,20 @@ class Engine:
         channel = self.channels[path]
         assert isinstance(channel, Channel)
         channel.add(columns, channel.pending_end)
+
+    def _patch(self, path: tuple, glyph: Glyph, columns: Columns) -> None:
+        """Replace the glyph's points at the x of ``columns``' rows; markers it lacks
+        are added (a line's cannot be: it is drawn in x order)."""
+        self._check_shape(glyph, columns)
+        channel = self.channels[path]
+        assert isinstance(channel, Channel)
+        indices, found = channel.locate(glyph.x, columns[glyph.x])
+        if len(indices):
+            channel.patch(indices, {name: array[found] for name, array in columns.items()})
+        if glyph.kind in UNORDERED and not found.all():
+            channel.add(
+                {name: array[~found] for name, array in columns.items()}, channel.pending_end
+            )
 
     def _replace(self, path: tuple, columns: Columns) -> None:
         channel = self.channels[path]

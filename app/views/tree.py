@@ -28,6 +28,9 @@ Path = tuple
 # Glyphs a row of data draws on its own: new rows are streamed (appended). Others
 # (a Patch outlines all rows at once) are drawn again from the whole window.
 STREAMED_GLYPHS = {"Line", "Scatter", "Circle", "Segment", "Step", "VBar", "HBar", "Rect"}
+# Elements whose glyph rows draw alone, in any order (markers): a revised row that now
+# draws one where there was none (a spike after all) adds it, out of x order.
+UNORDERED = {"Scatter", "Points", "Spikes", "Segments", "Labels", "Rectangles"}
 # Elements that summarise many rows into one glyph row: they take a window of rows.
 SUMMARIES = {
     "Histogram",

@@ -42,18 +42,32 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return head + payload
 
 
-def encode(streams: Sequence[tuple[str, Columns, int | None]]) -> Encoded:
+def encode(
+    streams: Sequence[tuple[str, Columns, int | None]],
+    patches: Sequence[tuple[str, dict[str, list]]] = (),
+) -> Encoded:
     """A ``PATCH-DOC`` streaming ``rows`` into each ``(source id, rows, rollover)``.
 
     The same message ``cds.stream(rows, rollover)`` on each source would make, events in
     the given order, without a document: the rows are only serialised. A rollover of
     None replaces the source's data with ``rows`` instead (``cds.data = rows``).
+    ``patches`` (``(source id, {column: [(index, value)]})``, as ``cds.patch`` takes them)
+    come first: their indices are those of the rows the browser has before the streams.
     """
     from bokeh.core.serialization import Serializer
     from bokeh.protocol.messages.patch_doc import patch_doc
 
     serializer = Serializer()
     events = [
+        {
+            "kind": "ColumnsPatched",
+            "model": {"id": model},
+            "attr": "data",
+            "patches": serializer.encode(patch),
+        }
+        for model, patch in patches
+    ]
+    events += [
         (
             {
                 "kind": "ColumnsStreamed",
