@@ -49,7 +49,8 @@ class Revising:
     def expected(self) -> dict[int, float]:
         """Value by time (µs) with revisions applied."""
         rows = latest(self.frames)
-        return dict(zip((rows["time"].astype("int64") // 1000).tolist(), rows["value"], strict=True))
+        micros = (rows["time"].astype("int64") // 1000).tolist()
+        return dict(zip(micros, rows["value"], strict=True))
 
 
 def test_a_window_revises_its_rows_in_a_copy_and_says_which():
