@@ -76,6 +76,16 @@ def test_derived_streams_are_named_tasks_and_bad_inputs_say_which_stream():
         ({"a": {"source": "stream://zz"}}, "input 'zz' is not a stream of this loop"),
         ({"a": {"source": "stream://x,y,z"}}, "name one stream (stream://cpu) or two"),
         ({"a": {"source": "stream://a"}}, "cycle: a -> a"),
+        (
+            {
+                "a": {"source": "stream://e"},
+                "e": {
+                    "source": "/tmp/e.log",
+                    "transform": {"window": "tumbling", "size": "1s", "emit": "early"},
+                },
+            },
+            "input 'e' emits early (revisions of its rows); a derived stream reads final rows",
+        ),
     ]:
         with pytest.raises(ConfigError) as err:
             parse({"streams": streams})

@@ -1,6 +1,7 @@
 """A window with a grace period, out-of-order lines and a SIGKILL of the loop: the frames
 equal pandas over the rows within the grace, the late lines are exactly the dead letters
-with reason "late", and the history database holds the frames once."""
+with reason "late", and the history database holds the frames once. Emitting early, the
+frames with their revisions applied equal the same, and so does the database."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from headrace.etl import contract
 from headrace.etl.contract import history
 from headrace.etl.store.deadletter import DeadLetterStore
 from headrace.etl.store.state import StateStore
+from headrace.etl.windows.early import latest
 
 START = pd.Timestamp("2026-12-04T09:00:00Z").value
 MS = 1_000_000
@@ -64,7 +66,10 @@ def _iso(ns: int) -> str:
 
 @pytest.mark.fault
 @pytest.mark.timeout(180)
-def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, cluster_options):
+@pytest.mark.parametrize("emit", ["final", "early"])
+def test_windows_exactly_once_across_a_sigkill(
+    ftp_server, ftp_root, tmp_path, cluster_options, emit
+):
     path = ftp_root / "w.log"
     path.write_text("")
     sink_url = f"sqlite:///{tmp_path}/history.sqlite"
@@ -81,6 +86,7 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
             "agg": ["max", "count"],
             "grace": "200ms",
             "idle_close": 1,
+            "emit": emit,
         },
     }
     config.write_text(
@@ -139,7 +145,14 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
         frames = contract.FrameStream("w", client).read(after=0)
 
     assert [s for s, _ in frames] == list(range(1, len(frames) + 1))
-    got = pd.concat([f for _, f in frames], ignore_index=True)
+    published = pd.concat([f for _, f in frames], ignore_index=True)
+    got = latest([f for _, f in frames])  # revisions applied (none when emitting final)
+    assert ("revision" in published) == (emit == "early")
+    revisions = int((published["revision"] > 0).sum()) if emit == "early" else 0
+    assert revisions > 0 or emit == "final"
+    if emit == "early":  # each revision once across the SIGKILL: 0, 1, 2... per window
+        numbers = published.groupby(["time", "key"])["revision"].agg(list)
+        assert all(n == list(range(len(n))) for n in numbers), numbers[numbers.map(len) > 1]
     # The oracle: the file's lines in order; a line is late once its window had closed.
     lines = pd.DataFrame(writer.lines, columns=["t", "key", "value"])
     t = lines["t"].to_numpy()
@@ -163,13 +176,18 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
     assert late == (np.flatnonzero(~ok) + 1).tolist()  # line numbers, 1-based
     engine = sa.create_engine(sink_url)
     with engine.connect() as conn:
-        stored = pd.read_sql(sa.select(history.rows).where(history.rows.c.stream == "w"), conn)
+        query = sa.select(history.rows).where(history.rows.c.stream == "w")
+        stored = pd.read_sql(query.order_by(history.rows.c.time, history.rows.c.key), conn)
     engine.dispose()
     assert len(stored) == len(got) and stored["count"].sum() == got["count"].sum()
+    assert stored["key"].tolist() == got["key"].tolist()
+    np.testing.assert_array_equal(stored["value"], got["value"])  # revisions replaced rows
+    early = ", emitting early (each open window's changes as revisions)" if emit == "early" else ""
     record(
-        "the loop dies mid-window",
+        f"the loop dies mid-window{', emitting early' if early else ''}",
         "SIGKILL of `headrace etl` under ~1,000 out-of-order lines/s into 100 ms windows with "
-        "a 200 ms grace, then a restart; frames and dead letters against pandas over the file",
+        f"a 200 ms grace{early}, then a restart; frames and dead letters against pandas over "
+        "the file",
         written=len(lines),
         published=int(ok.sum()),
         open=0,
@@ -177,4 +195,5 @@ def test_windows_exactly_once_across_a_sigkill(ftp_server, ftp_root, tmp_path, c
         duplicated=0,
         late_lines_kept_as_dead_letters=len(late),
         late_lines_in_the_file=int((~ok).sum()),
+        **({"revisions": revisions} if emit == "early" else {}),
     )

@@ -10,9 +10,10 @@ lacking the same (:mod:`headrace.app.live.fanout`).
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from headrace.app.live.channel import Channel, Replaced
 from headrace.app.live.internals import Encoded, encode, sockets
@@ -23,9 +24,19 @@ if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource
 
-    from headrace.app.live.fanout import Fanout
-
 log = logging.getLogger(__name__)
+
+
+class Owner(Protocol):
+    """What a gate needs of its fan-out (:class:`headrace.app.live.fanout.Fanout`)."""
+
+    lock: threading.RLock
+    messages: int
+    sent_bytes: int
+
+    def wake(self) -> None: ...
+
+    def wake_soon(self, *_args: Any) -> None: ...
 
 
 class Sink:
@@ -82,7 +93,7 @@ class Sink:
         return self._cds()
 
     def release(self) -> None:
-        """Start sending rows held back since :meth:`Fanout.register` (``held=True``)."""
+        """Start sending rows held back since the fan-out's ``register(held=True)``."""
         with self.gate.fanout.lock:
             self.held = False
         self.gate.fanout.wake()
@@ -105,7 +116,7 @@ class Gate:
     def __init__(
         self,
         doc: Document,
-        fanout: Fanout,
+        fanout: Owner,
         ready: bool,
         on_skip: Callable[[int], None] | None = None,
     ) -> None:

@@ -123,11 +123,25 @@ def check_inputs(streams: Iterable[object]) -> None:
         for s in streams
         if isinstance(getattr(s, "source", None), StreamsSource)
     }
+    streams = list(streams)
     names = {s.name for s in streams}  # type: ignore[attr-defined]
+    early = {
+        s.name  # type: ignore[attr-defined]
+        for s in streams
+        if getattr(getattr(s, "transform", None), "emit", "final") == "early"
+    }
     for name, used in inputs.items():
         unknown = [u for u in used if u not in names]
         if unknown:
             raise InputError(name, f"input {unknown[0]!r} is not a stream of this loop")
+        revised = [u for u in used if u in early]
+        if revised:
+            # Its windows would take a revised row as one more row: counted twice.
+            raise InputError(
+                name,
+                f"input {revised[0]!r} emits early (revisions of its rows); a derived "
+                "stream reads final rows: give it emit: final",
+            )
     done: set[str] = set()
 
     def cycle(at: str, path: list[str]) -> list[str] | None:
