@@ -13,7 +13,11 @@ streaming, exactly once and with late rows handled, costs over a batch computati
 - tumbling 25 ms, max: ``groupby([key, time.dt.floor("25ms")]).max()``;
 - hopping 100 ms every 25 ms, sum: 25 ms sums, then a rolling sum of 4 per key;
 - session, gap 5 ms, max: a new session where a key's sorted times jump over 5 ms;
-- m4 (max, min, first, last) of 25 ms: ``agg(["max", "min", "first", "last"])``.
+- m4 (max, min, first, last) of 25 ms: ``agg(["max", "min", "first", "last"])``;
+- tumbling 25 ms, max, emitting early (each open window's changes as revisions): the
+  same pandas call, which gives only final values;
+- as-of join within 100 ms, per key, of two streams (the rows alternately, in time
+  order): ``pd.merge_asof(left, right, on="time", by="key", tolerance=...)``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from headrace.etl.windows import Hopping, Session, Tumbling
+from headrace.etl.windows import AsofJoin, Hopping, Session, Tumbling
 
 from . import common
 
@@ -79,12 +83,31 @@ def _m4(rows):
     )
 
 
+def _asof(rows):
+    left, right = (rows[rows["input"] == name].drop(columns="input") for name in ("cpu", "mem"))
+    return pd.merge_asof(
+        left, right, on="time", by="key", tolerance=pd.Timedelta("100ms"), suffixes=("", "_mem")
+    )
+
+
+def joined(rows: pd.DataFrame) -> pd.DataFrame:
+    """Two streams' rows, alternately, in time order: what a join reads from frames."""
+    rows = rows.sort_values("time", kind="stable", ignore_index=True)
+    return rows.assign(input=np.where(np.arange(len(rows)) % 2, "mem", "cpu"))
+
+
 KINDS = {
     "tumbling 25ms max": (lambda: Tumbling("25ms", agg="max", grace="50ms"), _tumbling),
     "hopping 100ms/25ms sum": (lambda: Hopping("100ms", "25ms", agg="sum", grace="50ms"), _hopping),
     "session 5ms max": (lambda: Session("5ms", agg="max", grace="50ms"), _session),
     "m4 25ms": (lambda: Tumbling("25ms", agg="m4", grace="50ms"), _m4),
+    "tumbling 25ms max, emit early": (
+        lambda: Tumbling("25ms", agg="max", grace="50ms", emit="early"),
+        _tumbling,
+    ),
+    "as-of join 100ms": (lambda: AsofJoin("cpu", "mem", tolerance="100ms", wait="1s"), _asof),
 }
+JOINS = {"as-of join 100ms"}
 
 
 def run(rows: int, tick: int, runs: int) -> list[dict]:
@@ -92,10 +115,11 @@ def run(rows: int, tick: int, runs: int) -> list[dict]:
     out = []
     for name, (make, batch) in KINDS.items():
         ratios, ours, theirs = [], [], []
+        given = joined(frame) if name in JOINS else frame
         for _ in range(runs):
-            a = streamed(make(), frame, tick)
+            a = streamed(make(), given, tick)
             started = time.perf_counter()
-            batch(frame)
+            batch(given)
             b = time.perf_counter() - started
             ours.append(rows / a)
             theirs.append(rows / b)
@@ -115,7 +139,7 @@ def run(rows: int, tick: int, runs: int) -> list[dict]:
 
 def table(results: list[dict]) -> str:
     rows = [
-        "| window | headrace, ticks of N rows (rows/s) | pandas, all at once (rows/s) "
+        "| window or join | headrace, ticks of N rows (rows/s) | pandas, all at once (rows/s) "
         "| headrace time / pandas time |",
         "|---|---|---|---|",
     ]

@@ -37,32 +37,42 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (pd.isna(a) & pd.isna(b))
 
 
+def _codes(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per row for its ``time`` and ``key``, ordered as the rows sort."""
+    times = np.concatenate([a[TIME].array.asi8, b[TIME].array.asi8])
+    codes = np.unique(times, return_inverse=True)[1].astype(np.int64).ravel()
+    if KEY in a.columns:
+        keys, uniques = pd.factorize(pd.concat([a[KEY], b[KEY]], ignore_index=True), sort=True)
+        codes = codes * (len(uniques) + 1) + keys
+    return codes[: len(a)], codes[len(a) :]
+
+
 def revise(
     closed: pd.DataFrame, open_: pd.DataFrame, before: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What to publish this tick, and the open windows as published so far.
 
     ``closed``: windows that close now (final values); ``open_``: windows still open;
-    both sorted by time, the closed ones first. ``before``: the open windows published
-    at earlier ticks, with their ``revision``. Windows whose columns did not change
-    since are left out; the others get ``revision`` 0 (new) or one more than before.
+    both sorted by time (and key), the closed ones first. ``before``: the open windows
+    published at earlier ticks, with their ``revision``, sorted the same way. Windows
+    whose columns did not change since are left out; the others get ``revision`` 0
+    (new) or one more than before.
     """
     rows = pd.concat([closed, open_], ignore_index=True) if len(open_) else closed
     revision = np.zeros(len(rows), np.int64)
     changed = np.ones(len(rows), bool)
     if before is not None and len(before) and len(rows):
-        keys = _keys(rows)
-        at = pd.MultiIndex.from_frame(before[keys]).get_indexer(
-            pd.MultiIndex.from_frame(rows[keys])
-        )
-        known = at >= 0
+        was_codes, codes = _codes(before, rows)
+        at = np.minimum(np.searchsorted(was_codes, codes), len(was_codes) - 1)
+        known = was_codes[at] == codes
         if known.any():
-            was = before.iloc[at[known]]
-            same = np.ones(int(known.sum()), bool)
+            at = at[known]
+            same = np.ones(len(at), bool)
             for column in rows.columns:
-                if column not in keys and column in was.columns:
-                    same &= _same(rows[column].to_numpy()[known], was[column].to_numpy())
-            revision[known] = was[REVISION].to_numpy() + (~same)
+                if column not in (TIME, KEY) and column in before.columns:
+                    was = before[column].to_numpy()[at]
+                    same &= _same(rows[column].to_numpy()[known], was)
+            revision[known] = before[REVISION].to_numpy()[at] + (~same)
             changed[known] = ~same
     rows = rows.assign(**{REVISION: revision})
     published_open = rows.iloc[len(closed) :].reset_index(drop=True)
