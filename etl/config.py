@@ -21,7 +21,8 @@ streams:
     parser: {pattern: '^(?P<time>\\S+) (?P<value>\\S+)$', time_format: ISO8601, max_future: 1h}
     transform: {resample: 25ms, agg: max}    # or none, or "package.module:function", or
     # {window: tumbling|hopping|session, size: 1s, step: 250ms, gap: 5s,
-    #  agg: [max, mean] or m4, grace: 2s, idle_close: 1s, emit: final or early}
+    #  agg: [max, mean] or m4, grace: 2s, idle_close: 1s, emit: final or early,
+    #  key_skew: 30s}
     sink: {retention: 7d}                    # overrides the defaults below; none: no history
   secure:
     source: ftps://reader@ftp.example/app.log  # explicit FTPS (AUTH TLS), data connections too

@@ -49,3 +49,4 @@ class Carry:
     seen: float | None = None  # wall-clock time rows last came (for idle_close)
     # emit="early": the open windows as published so far, with their revision numbers.
     early: pd.DataFrame | None = None
+    marks: dict[str, int] | None = None  # key_skew: each key's watermark

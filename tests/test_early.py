@@ -119,3 +119,62 @@ def test_latest_keeps_rows_of_frames_without_revisions():
     rows = latest([pd.DataFrame({"time": t, "value": [1.0, 2.0]})])
     assert rows["value"].tolist() == [1.0, 2.0]
     assert latest([]).empty
+
+
+def _skewed(n: int = 4000, seed: int = 4) -> pd.DataFrame:
+    """Two keys, b's clock a second behind a's, each a little out of order, and a key
+    seen once at the start."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)
+    t = T0 + i * MS - np.where(i % 2, 1000 * MS, 0)
+    t -= np.where(rng.random(n) < 0.05, rng.integers(0, 400 * MS, n), 0)
+    keys = np.where(i % 2, "b", "a").astype(object)
+    keys[3] = "once"
+    return pd.DataFrame(
+        {"time": pd.to_datetime(t, utc=True), "value": rng.normal(size=n), "key": keys}
+    )
+
+
+def test_with_key_skew_each_key_is_late_only_by_its_own_watermark():
+    lines = _skewed(n=8000)  # 8 s: the key seen once is more than key_skew behind
+    window = Tumbling("100ms", agg="max", grace="200ms", key_skew="5s")
+    carry, frames, late = None, [], []
+    for i in range(0, len(lines), 41):
+        step = window.step(lines.iloc[i : i + 41].reset_index(drop=True), carry)
+        carry = pickle.loads(pickle.dumps(step.carry))
+        frames.append(step.frame)
+        late += (step.late_rows + i).tolist()
+    # The oracle: per key, in file order, a row is late once its key's watermark passed
+    # its window's end plus the grace.
+    t = lines["time"].astype("int64").to_numpy()
+    want_late = []
+    for key in ("a", "b", "once"):
+        at = np.flatnonzero(lines["key"].to_numpy() == key)
+        mark = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, t[at][:-1]])
+        end = t[at] - t[at] % (100 * MS) + 100 * MS
+        want_late += at[mark >= end + 200 * MS].tolist()
+    assert sorted(late) == sorted(want_late)
+    assert len(late) < 0.1 * len(lines)  # without per-key marks, every b row would be late
+    got = pd.concat(frames, ignore_index=True)
+    assert got["time"].is_monotonic_increasing  # windows close at the slowest key
+    assert set(carry.marks) == {"a", "b"}  # "once" was forgotten: bounded state
+    kept = lines.drop(index=late)
+    want = kept.groupby([kept["time"].dt.floor("100ms"), "key"])["value"].max()
+    published = got.set_index(["time", "key"])["value"]
+    assert published.equals(want.loc[published.index])  # closed windows: pandas' values
+    carry, one_watermark = None, 0
+    for i in range(0, len(lines), 41):  # the same with one watermark: b is always late
+        step = Tumbling("100ms", agg="max", grace="200ms").step(
+            lines.iloc[i : i + 41].reset_index(drop=True), carry
+        )
+        carry, one_watermark = step.carry, one_watermark + step.late
+    assert one_watermark > 0.45 * len(lines)
+
+
+def test_key_skew_is_a_setting_of_the_yaml():
+    w = from_config({"window": "hopping", "size": "1s", "step": "500ms", "key_skew": "30s"})
+    assert repr(w) == "Hopping('1s', step='500ms', agg='max', key_skew='30s')"
+    with pytest.raises(ValueError, match="key_skew: 'soon' is not a duration"):
+        from_config({"window": "tumbling", "size": "1s", "key_skew": "soon"})
+    with pytest.raises(ValueError, match="key_skew: is for tumbling and hopping"):
+        Session("5s", key_skew="1s")

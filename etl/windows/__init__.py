@@ -34,12 +34,12 @@ _KINDS = {
     "hopping": (Hopping, ("size", "step")),
     "session": (Session, ("gap",)),
 }
-_OPTIONS = ("agg", "grace", "idle_close", "emit")
+_OPTIONS = ("agg", "grace", "idle_close", "emit", "key_skew")
 
 
 def from_config(spec: Mapping[str, object]) -> Window | Session | AsofJoin | IntervalJoin:
     """A window from ``{window: tumbling|hopping|session, size|step|gap: ..., agg: ...,
-    grace: ..., idle_close: ..., emit: final|early}``, or a join from ``{join: asof,
+    grace: ..., idle_close: ..., emit: final|early, key_skew: ...}``, or a join from ``{join: asof,
     left: a, right: b, tolerance: 100ms, grace: ..., wait: 5s}`` (``join: interval``
     with ``within: 100ms`` instead of ``tolerance``); ValueError naming the setting."""
     spec = dict(spec)

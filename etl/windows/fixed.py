@@ -14,6 +14,13 @@ their order in the file, as a stream processor sees them.
 ``emit="early"`` publishes open windows too, each change as a revision of its row
 (:mod:`headrace.etl.windows.early`).
 
+``key_skew``: a watermark per key. A row is late only when its own key's watermark
+had passed its windows (plus the grace): keys whose clocks or pipes lag each other
+do not make each other's rows late. Windows close once the slowest key's watermark
+passes them, so frames stay in time order; a key more than ``key_skew`` behind the
+newest is forgotten (it no longer holds windows open, and its rows are late once
+their windows closed).
+
 ``idle_close``: when a tick brings no rows and none came for that many seconds (wall
 clock), every open window is published, followed by one empty window (``value`` NaN,
 ``count`` 0) so that a chart shows a gap instead of a line drawn across it.
@@ -53,9 +60,11 @@ class Window:
         grace: str | pd.Timedelta | None = None,
         idle_close: str | float | None = None,
         emit: str = "final",
+        key_skew: str | pd.Timedelta | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.emit = emit_mode(emit)
+        self.key_skew_ns = None if key_skew is None else duration(key_skew, "key_skew", zero=True)
         self.size_ns = duration(size, "size")
         self.step_ns = self.size_ns if step is None else duration(step, "step")
         if self.step_ns > self.size_ns:
@@ -81,6 +90,8 @@ class Window:
             parts.append(f"idle_close={self.idle_close:g}")
         if self.emit != "final":
             parts.append(f"emit={self.emit!r}")
+        if self.key_skew_ns is not None:
+            parts.append(f"key_skew={text(self.key_skew_ns)!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     @property
@@ -109,7 +120,12 @@ class Window:
             mark = max(until, int(kept[0].max()) if kept is not None else until)
         floor_old = R.NAT if until is None else until
         latest = times - np.mod(times, self.step_ns)  # the last window holding each row
-        marks = R.arrival_marks(times, mark, per_line=self.grace_ns is not None)
+        per_key = self.key_skew_ns is not None and new[2] is not None
+        key_marks = (carry.marks if carry is not None else None) or {}
+        if per_key:
+            marks, groups = R.key_arrival_marks(times, new[2], key_marks, self.grace_ns is not None)
+        else:
+            marks = R.arrival_marks(times, mark, per_line=self.grace_ns is not None)
         floors = np.maximum(self._until(marks), floor_old)
         # NaT, and times so near int64's minimum that a window would start before it,
         # have no window: late (their floor would wrap round to the far future).
@@ -117,8 +133,13 @@ class Window:
         valid = (times != R.NAT) & (latest <= times) & (earliest <= latest)
         late = ~valid | (latest < floors)
         mark = R.advanced(mark, times, valid)
+        edge = mark
+        if per_key:
+            key_marks, edge = R.advanced_keys(
+                key_marks, times, valid, groups, mark, self.key_skew_ns
+            )
         now_until = (
-            floor_old if mark is None else max(int(self._until(np.array([mark]))[0]), floor_old)
+            floor_old if edge is None else max(int(self._until(np.array([edge]))[0]), floor_old)
         )
         data, data_floors = (R.take(new, ~late), floors[~late]) if late.any() else (new, floors)
         if kept is not None:
@@ -148,7 +169,14 @@ class Window:
         past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
         return Step(
             frame=frame,
-            carry=Carry(kept_rows, None if now_until == R.NAT else now_until, mark, seen, early),
+            carry=Carry(
+                kept_rows,
+                None if now_until == R.NAT else now_until,
+                mark,
+                seen,
+                early,
+                key_marks or None,
+            ),
             late=int(late.sum()),
             carried=len(kept_rows),
             late_rows=np.flatnonzero(late),

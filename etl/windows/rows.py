@@ -81,3 +81,41 @@ def advanced(mark: int | None, times: np.ndarray, valid: np.ndarray) -> int | No
 def idle(bound: float | None, seen: float | None, now: float) -> bool:
     """No rows for ``bound`` seconds of wall clock since ``seen`` (None: no bound)."""
     return bound is not None and seen is not None and now - seen >= bound
+
+
+def key_arrival_marks(
+    times: np.ndarray, keys: ExtensionArray, marks: dict[str, int], per_line: bool
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """:func:`arrival_marks` per key, each from its key's watermark in ``marks``; and
+    each key's rows (positions), for :func:`advanced_keys`."""
+    out = np.empty(len(times), np.int64)
+    codes, uniques = pd.factorize(keys, use_na_sentinel=False)
+    groups = []
+    for code, key in enumerate(uniques):
+        at = np.flatnonzero(codes == code)
+        name = str(key)
+        out[at] = arrival_marks(times[at], marks.get(name), per_line)
+        groups.append((name, at))
+    return out, groups
+
+
+def advanced_keys(
+    marks: dict[str, int],
+    times: np.ndarray,
+    valid: np.ndarray,
+    groups: list[tuple[str, np.ndarray]],
+    newest: int | None,
+    skew: int,
+) -> tuple[dict[str, int], int | None]:
+    """Each key's watermark moved by its ``valid`` rows; keys more than ``skew`` behind
+    the ``newest`` watermark forgotten (a key that stopped holds nothing back, and its
+    state is bounded); and the watermark windows close at: the slowest key's."""
+    marks = dict(marks)
+    for name, at in groups:
+        moved = advanced(marks.get(name), times[at], valid[at])
+        if moved is not None:
+            marks[name] = moved
+    if newest is None:
+        return marks, None
+    marks = {name: m for name, m in marks.items() if m >= newest - skew}
+    return marks, min(marks.values(), default=newest)

@@ -47,8 +47,13 @@ class Session:
         grace: str | pd.Timedelta | None = None,
         idle_close: str | float | None = None,
         emit: str = "final",
+        key_skew: str | pd.Timedelta | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if key_skew is not None:
+            # Sessions close by one watermark, in the order of their last rows, which keeps
+            # frames in time order; a key's own would publish them out of that order.
+            raise ValueError("key_skew: is for tumbling and hopping windows")
         if emit_mode(emit) != "final":
             # A session's start and end move as rows join or merge it: an early result
             # would have no fixed time to revise.
