@@ -95,9 +95,9 @@ def test_a_page_replaces_an_early_window_in_place(tmp_path, cluster_options):
                 want = latest(frames)
                 times = (want["time"].astype("int64") // 1_000_000).to_numpy(float)
                 mine = np.isin(times, shown["time"])
-                if list(shown["time"]) == times[mine].tolist() and mine[-1]:
-                    if list(shown["value"]) == want["value"].to_numpy()[mine].tolist():
-                        return {"shown": shown, "frames": pd.concat(frames)}
+                same = list(shown["time"]) == times[mine].tolist() and mine[-1]
+                if same and list(shown["value"]) == want["value"].to_numpy()[mine].tolist():
+                    return {"shown": shown, "frames": pd.concat(frames)}
                 return None
 
             seen = wait_for(same_as_the_frames, 30, "the page's points to equal the frames")
