@@ -122,9 +122,10 @@ class Channel(Projected):
         """Bokeh patches (``{column: [(index, value)]}``) of the rows a browser holds:
         rows ``offset`` to ``have - 1`` at its indices 0 on, patches numbered after ``after``."""
         out: dict[str, list] = {}
-        for number, indices, rows in self.patches:
-            if number <= after:
-                continue
+        # Numbered one by one and trimmed from the front: the first after ``after`` is at
+        # a known place, so an in-sync session costs nothing for the patches it had.
+        first = max(0, after + 1 - self.patches[0][0]) if self.patches else 0
+        for _, indices, rows in self.patches[first:]:
             mine = (indices >= offset) & (indices < have)
             if not mine.any():
                 continue

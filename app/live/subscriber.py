@@ -309,25 +309,24 @@ class Subscriber:
             assert window.newest_ns is not None
             feed.lag.add(feed.arrived, window.newest_ns)
             self.stats["rows"] += n
-            for listener in list(self._listeners):
-                try:
-                    listener(feed.name, columns, first)
-                except Exception:
-                    self.stats["errors"] += 1
-                    log.exception("listener failed for stream %s", feed.name)
+            self._tell(self._listeners, feed.name, columns, first)
 
     def _revise(self, feed: Feed, columns: Columns) -> Columns:
         """Apply the frame's revisions (``Window.revised``), tell the revisers; the rest."""
         indices, rows, rest = feed.window.revised(columns)
         if len(indices):
             self.stats["revised_rows"] += len(indices)
-            for reviser in list(self._revisers):
-                try:
-                    reviser(feed.name, indices, rows)
-                except Exception:
-                    self.stats["errors"] += 1
-                    log.exception("reviser failed for stream %s", feed.name)
+            self._tell(self._revisers, feed.name, indices, rows)
         return rest
+
+    def _tell(self, callbacks: list, stream: str, *args: Any) -> None:
+        # One failing listener (a view's bug) must not keep the rows from the others.
+        for callback in list(callbacks):
+            try:
+                callback(stream, *args)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("%r failed for stream %s", callback, stream)
 
     def _drop_late(self, feed: Feed, columns: Columns) -> Columns:
         """Keep sessions' rows in time order: drop rows older than the newest we have."""

@@ -55,9 +55,10 @@ def write(conn: sa.Connection, rows: pd.DataFrame, further: list[pd.DataFrame]) 
         for level in history.LEVELS:
             again = _buckets_of(revised, level)
             if len(again):
-                rows = rows[~_in(_floored(rows, level), again)]
-                _compute_again(conn, level, again)
-            _merge(conn, level, rows)
+                _compute_again(conn, level, again)  # from every row they hold, these included
+                _merge(conn, level, rows[~_in(_floored(rows, level), again)])
+            else:
+                _merge(conn, level, rows)
 
 
 def _delete(conn: sa.Connection, table: sa.Table, rows: pd.DataFrame) -> None:
