@@ -83,7 +83,7 @@ def aggregate(
     out["count"] = count
     if keys is not None:
         out["key"] = uniques.take(codes[first]) if len(values) else keys[:0]
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)
 
 
 def reduce(agg: str, values: np.ndarray, first: np.ndarray) -> np.ndarray:
