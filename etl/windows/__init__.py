@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from headrace.etl.windows.aggregate import AGGS, M4
+from headrace.etl.windows.early import latest
 from headrace.etl.windows.fixed import Hopping, Tumbling, Window
 from headrace.etl.windows.join import AsofJoin, IntervalJoin
 from headrace.etl.windows.session import Session
@@ -27,6 +28,7 @@ __all__ = [
     "Tumbling",
     "Window",
     "from_config",
+    "latest",
 ]
 
 _KINDS = {
