@@ -8,9 +8,6 @@ sampled, not fatal.
 
 from __future__ import annotations
 
-import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +16,7 @@ import pandas as pd
 from headrace.etl.contract import Span
 from headrace.etl.contract.frames import empty_frame
 from headrace.etl.parse.parser import Malformed, Parser
-from headrace.etl.sources.base import Chunk, Cursor, Source, SourceError, set_lane
+from headrace.etl.sources.base import Chunk, Cursor, Source, SourceError
 from headrace.etl.transforms import Transform
 from headrace.etl.windows.late import late_letters
 
@@ -104,36 +101,20 @@ class Work:
     carry: Any
 
 
-def lanes() -> int:
-    """Streams a task works on at once (``HEADRACE_READ_LANES``, default 4).
-
-    Each lane reads on a connection of its own, so a task's round trips to its server
-    overlap: with one, a task of a hundred files spent most of its time waiting for
-    replies. A server that allows fewer connections per client wants fewer.
-    """
-    return max(1, int(os.environ.get("HEADRACE_READ_LANES", "4")))
-
-
 def tick(works: list[Work]) -> list[Result]:
-    """Extract and transform each stream's chunk: one task for many streams.
+    """Extract and transform each stream's chunk, in order: one task for many streams.
 
-    The loop gives a task the streams of one server; they are read in :func:`lanes`
-    threads, each with its own connection (the results in the works' order). A stream
-    whose parse or transform raises gets its error in its summary, as one whose source
-    cannot be read does: it fails alone, and the others' results come back.
+    The loop gives a task the streams of one server (their reads share a connection).
+    A stream whose parse or transform raises gets its error in its summary, as one whose
+    source cannot be read does: it fails alone, and the others' results come back.
     """
-    n = min(lanes(), len(works))
-    if n <= 1:
-        return [_one(work) for work in works]
-    numbers = itertools.count()
-    with ThreadPoolExecutor(n, initializer=lambda: set_lane(next(numbers))) as pool:
-        return list(pool.map(_one, works))
-
-
-def _one(work: Work) -> Result:
-    try:
-        chunk = extract(work.source, work.cursor, work.limit)
-        return transform(chunk, work.parser, work.transform, work.carry)
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        return Result(empty_frame(), Summary(work.cursor, 0, 0, None, error=error))
+    results = []
+    for work in works:
+        try:
+            chunk = extract(work.source, work.cursor, work.limit)
+            results.append(transform(chunk, work.parser, work.transform, work.carry))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            summary = Summary(work.cursor, 0, 0, None, error=error)
+            results.append(Result(empty_frame(), summary))
+    return results

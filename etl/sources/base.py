@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -234,17 +233,3 @@ def redact_url(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
-
-
-_lane = threading.local()
-
-
-def lane() -> int:
-    """The read lane of this thread: sources keep a connection per lane, so that reads
-    in other lanes (threads of one task, :func:`headrace.etl.loop.pipeline.tick`) run
-    at once instead of one after the other on one connection."""
-    return getattr(_lane, "n", 0)
-
-
-def set_lane(n: int) -> None:
-    _lane.n = n

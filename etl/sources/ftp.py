@@ -2,7 +2,7 @@
 
 The cursor logic is the one every source shares (:func:`headrace.etl.sources.rotation.advance`);
 what lives here is FTP's own: credentials (URL, environment, netrc), one
-persistent login per process, server and read lane, reconnecting when a reused connection
+persistent login per process and server, reconnecting when a reused connection
 turns out dead, and the primitives the cursor logic reads with (``SIZE`` and
 ``MDTM``, a ``RETR`` from an offset, whole or cut short). Kept apart from
 :mod:`headrace.etl.sources.base` so that the local file source and the source types do not carry
@@ -33,7 +33,6 @@ from headrace.etl.sources.base import (
     SourceError,
     Stat,
     TailOptions,
-    lane,
     redact_url,
 )
 from headrace.etl.sources.credentials import netrc_lookup
@@ -177,13 +176,15 @@ class FTPSource:
     __str__ = __repr__
 
     def _key(self) -> tuple:
-        # The password's digest, so that other credentials never borrow a login; the
-        # TLS settings, so that ftp:// never gets an ftps:// connection, nor unverified a
-        # verified one; not the path: a server's files share its login (a tick of a
-        # hundred files costs no hundred logins); the thread's lane (a connection each).
+        # The password's digest is part of the key so that a source with other
+        # credentials never borrows a connection someone else logged in.
+        # The TLS settings too: an ftp:// source must never get an ftps:// one's
+        # connection, nor an unverified one a verified one's, or the other way round.
+        # Not the path: the files of one server share its login (one call at a time), so
+        # a tick that reads a hundred files of a server costs no hundred logins.
         digest = hashlib.sha256(self._password.encode()).hexdigest()[:16]
         tls = self.tls.key() if self.tls is not None else None
-        return (self.scheme, tls, self.host, self.port, self.user, digest, lane())
+        return (self.scheme, tls, self.host, self.port, self.user, digest)
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
         return self._with_connection(
@@ -199,11 +200,9 @@ class FTPSource:
         )
 
     def close(self) -> None:
-        """Close this source's connections, in every lane."""
-        mine = self._key()[:-1]
         with _pool_lock:
-            conns = [_pool.pop(k) for k in [k for k in _pool if k[:-1] == mine]]
-        for conn in conns:
+            conn = _pool.pop(self._key(), None)
+        if conn is not None:
             with conn.lock:
                 _drop(conn)
 
