@@ -74,8 +74,9 @@ class Channel(Projected):
     def locate(self, column: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The indices (as :meth:`add`'s) of the last rows whose ``column`` (ascending)
         equals each of ``values``, and which of ``values`` were found."""
-        rows = concat([self.window, *self.pending]) if self.pending else self.window
-        held = rows.get(column)
+        held = self.window.get(column)
+        if held is not None and self.pending:
+            held = np.concatenate([held, *(rows[column] for rows in self.pending)])
         if held is None or not len(held) or not len(values):
             return np.empty(0, np.int64), np.zeros(len(values), bool)
         at = np.searchsorted(held, values, side="right") - 1
@@ -91,19 +92,22 @@ class Channel(Projected):
         patches replace their rows; False if neither was pending."""
         if not self.pending and not self.pending_patches:
             return False
-        if self.pending:
+        grew = bool(self.pending)
+        if grew:
             window = concat([self.window, *self.pending])
             self.window = take(window, max(0, length(window) - self.rollover))
             self.end, self.pending = self.pending_end, []
         if self.pending_patches:
+            # Sessions' sources and earlier messages share the window's arrays: patched in
+            # a copy, unless the rows just added made the window new arrays already.
+            if not grew:
+                self.window = {name: array.copy() for name, array in self.window.items()}
             self._apply(self.pending_patches)
             self.pending_patches = []
         self._as = {}
         return True
 
     def _apply(self, patches: list[tuple[np.ndarray, Columns]]) -> None:
-        # Copied: sessions' sources and earlier messages share the window's arrays.
-        self.window = {name: array.copy() for name, array in self.window.items()}
         start = self.start
         for indices, rows in patches:
             at = indices - start

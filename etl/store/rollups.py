@@ -54,11 +54,11 @@ def write(conn: sa.Connection, rows: pd.DataFrame, further: list[pd.DataFrame]) 
         conn.execute(sa.insert(history.rows), records(rows))
         for level in history.LEVELS:
             again = _buckets_of(revised, level)
+            untouched = rows
             if len(again):
                 _compute_again(conn, level, again)  # from every row they hold, these included
-                _merge(conn, level, rows[~_in(_floored(rows, level), again)])
-            else:
-                _merge(conn, level, rows)
+                untouched = rows[~_in(_floored(rows, level), again)]
+            _merge(conn, level, untouched)
 
 
 def _delete(conn: sa.Connection, table: sa.Table, rows: pd.DataFrame) -> None:

@@ -157,14 +157,14 @@ class Window:
             frame = self._gap(frame, data[2], now_until)
             now_until += self.step_ns
         kept = data_latest >= now_until
+        still_open = R.take(data, kept)
         early = None
         if self.emit == "early":
-            still_open = R.take(data, kept)
             opened = self._closed(
                 still_open, data_latest[kept], data_floors[kept], R.END, since=now_until
             )
             frame, early = revise(frame, opened, carry.early if carry is not None else None)
-        kept_rows = R.frame(R.take(data, kept))
+        kept_rows = R.frame(still_open)
         # How far past the close of its last window the watermark was when the row came.
         past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
         return Step(
