@@ -1,7 +1,7 @@
 """Many streams: the stream-ticks per second the loop sustains, and how late their frames are.
 
 ``python -m benchmarks.streams [--streams 10,50,200,1000] [--intervals 0.2,1] [--workers 1,2,4]
-[--rate 5] [--duration 30] [--code DIR] [--source ftp|local] [--out FILE]``
+[--rate 5] [--duration 30] [--code DIR] [--source ftp|vsftpd|local] [--out FILE]``
 
 Per number of streams N and tick interval: a feed process (the FTP server, and a writer
 appending ``--rate`` demo lines a second to each of N files), then the measured
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +47,7 @@ def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
     for p in paths:
         p.touch()
     server = FTPServer(root, port=port).start() if source == "ftp" else None
+    vsftpd = _vsftpd(root, port) if source == "vsftpd" else None
     writer = LogWriter(paths, rate=rate, seed=1, flush_each_line=False).start()
     print("feeding", flush=True)
     try:
@@ -55,6 +57,22 @@ def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
         writer.stop()
         if server is not None:
             server.stop()
+        if vsftpd is not None:
+            vsftpd.kill()
+
+
+def _vsftpd(root: Path, port: int) -> subprocess.Popen:
+    """Debian's vsftpd serving ``root`` (a C server, as on site: its CPU is not ours)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from vsftpd import VSFTPD, config  # the tests' configuration of it
+
+    root.chmod(0o755)  # vsftpd refuses an anonymous root the ftp user could write to
+    empty = root.parent / "vsftpd-empty"
+    empty.mkdir(mode=0o755, exist_ok=True)
+    data = common.free_port()
+    conf = root.parent / "vsftpd.conf"
+    conf.write_text(config(root, empty, port, (data, data + 200)))
+    return subprocess.Popen([str(VSFTPD), str(conf)])
 
 
 def _config(work: Path, n: int, interval: float, port: int, source: str) -> Path:
@@ -62,7 +80,7 @@ def _config(work: Path, n: int, interval: float, port: int, source: str) -> Path
     lines = [f"state_dir: {work / 'state'}", "ring: 16", "sink: none", "streams:"]
     for i in range(n):
         path = work / "feed" / f"s{i:04d}.log"
-        url = f"ftp://{HOST}:{port}/s{i:04d}.log" if source == "ftp" else str(path)
+        url = f"ftp://{HOST}:{port}/s{i:04d}.log" if source != "local" else str(path)
         lines += [
             f"  s{i:04d}:",
             f"    source: {url}",
@@ -133,7 +151,7 @@ def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, wor
     config = _config(work, n, interval, ftp_port, args.source)
     procs: dict[str, object] = {}
     with common.stopping(feed):
-        if args.source == "ftp":
+        if args.source != "local":
             common.wait_port(ftp_port, 60, feed)
         procs["scheduler"] = common.dask_scheduler(sched_port, work / "scheduler.log", env)
         with common.stopping(procs["scheduler"]):
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="2", help="dask workers, or a list: 1,2,4")
     p.add_argument("--rate", type=float, default=5.0, help="lines per second per stream")
     p.add_argument("--duration", type=float, default=30.0)
-    p.add_argument("--source", choices=("ftp", "local"), default="ftp")
+    p.add_argument("--source", choices=("ftp", "vsftpd", "local"), default="ftp")
     p.add_argument("--code", default=None, help="run the cluster and loop from this checkout")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.add_argument("--doc", default=None, help="markdown file for the tables (overwritten)")

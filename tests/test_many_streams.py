@@ -17,6 +17,7 @@ from headrace.etl import contract
 from headrace.etl.contract.batch import Outgoing, TickPublisher, report_health
 from headrace.etl.contract.health import HealthRecord
 from headrace.etl.contract.version import SchemaVersionError
+from headrace.etl.loop import ticks
 from headrace.etl.loop.runner import StreamRunner
 from headrace.etl.loop.ticks import Ticker, owner, run_streams
 from headrace.etl.store.state import Checkpoint, StateStore
@@ -133,10 +134,12 @@ class Exploding:
 
 @pytest.mark.timeout(120)
 def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
-    cluster_options, ftp_server, ftp_root, tmp_path, caplog
+    cluster_options, ftp_server, ftp_root, tmp_path, caplog, monkeypatch
 ):
     """Twenty streams on one FTP server and two workers: at most two tasks a tick."""
     caplog.set_level(logging.INFO, logger="headrace")
+    # Tasks of ten intervals: a share's streams in one task however slow this machine is.
+    monkeypatch.setattr(ticks, "TASK_SHARE", 10)
     names = [f"s{i:02d}" for i in range(20)]
     for name in names:
         (ftp_root / f"{name}.log").write_bytes(_lines(3))

@@ -94,6 +94,34 @@ def _tls(certs: Certs) -> list[str]:
     ]
 
 
+def config(
+    root: Path, empty: Path, port: int, data_ports: tuple[int, int], certs: Certs | None = None
+) -> str:
+    """vsftpd's configuration: ``root`` read-only to anonymous users on 127.0.0.1:``port``,
+    passive data connections on ``data_ports`` (a range: one port per session at a time)."""
+    lines = [
+        "listen=YES",
+        "listen_ipv6=NO",
+        "background=NO",
+        "listen_address=127.0.0.1",
+        f"listen_port={port}",
+        "anonymous_enable=YES",
+        "no_anon_password=YES",
+        "local_enable=NO",
+        "write_enable=NO",
+        f"anon_root={root}",
+        *(_tls(certs) if certs is not None else []),
+        "pasv_enable=YES",
+        f"pasv_min_port={data_ports[0]}",
+        f"pasv_max_port={data_ports[1]}",
+        f"secure_chroot_dir={empty}",
+        "seccomp_sandbox=NO",  # its seccomp filter fails in some containers
+        "xferlog_enable=NO",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def vsftpd(root: Path, work: Path, certs: Certs | None = None) -> Iterator[Vsftpd]:
     """vsftpd serving ``root`` read-only to anonymous users; FTPS only if ``certs``.
@@ -110,27 +138,7 @@ def vsftpd(root: Path, work: Path, certs: Certs | None = None) -> Iterator[Vsftp
     empty.mkdir(mode=0o755, exist_ok=True)
     port, data_port = free_port(), free_port()
     conf = work / "vsftpd.conf"
-    lines = [
-        "listen=YES",
-        "listen_ipv6=NO",
-        "background=NO",
-        "listen_address=127.0.0.1",
-        f"listen_port={port}",
-        "anonymous_enable=YES",
-        "no_anon_password=YES",
-        "local_enable=NO",
-        "write_enable=NO",
-        f"anon_root={root}",
-        *(_tls(certs) if certs is not None else []),
-        "pasv_enable=YES",
-        f"pasv_min_port={data_port}",
-        f"pasv_max_port={data_port}",
-        f"secure_chroot_dir={empty}",
-        "seccomp_sandbox=NO",  # its seccomp filter fails in some containers
-        "xferlog_enable=NO",
-        "",
-    ]
-    conf.write_text("\n".join(lines))
+    conf.write_text(config(root, empty, port, (data_port, data_port), certs))
     server = Vsftpd(port, root, certs, conf, work / "vsftpd.out")
     try:
         yield server.start()

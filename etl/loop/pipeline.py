@@ -8,6 +8,7 @@ sampled, not fatal.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ class Summary:
     late_letters: list[Malformed] = field(default_factory=list)  # late rows, reason "late"
     carried: int = 0
     carry: Any = None  # the transform's carry, opaque to the loop
+    seconds: float = 0.0  # the stream's part of its task (extract and transform), wall clock
 
 
 @dataclass
@@ -110,11 +112,13 @@ def tick(works: list[Work]) -> list[Result]:
     """
     results = []
     for work in works:
+        began = time.perf_counter()
         try:
             chunk = extract(work.source, work.cursor, work.limit)
-            results.append(transform(chunk, work.parser, work.transform, work.carry))
+            result = transform(chunk, work.parser, work.transform, work.carry)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            summary = Summary(work.cursor, 0, 0, None, error=error)
-            results.append(Result(empty_frame(), summary))
+            result = Result(empty_frame(), Summary(work.cursor, 0, 0, None, error=error))
+        result.summary.seconds = time.perf_counter() - began
+        results.append(result)
     return results

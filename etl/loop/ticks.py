@@ -1,15 +1,23 @@
 """The tick loop: every interval, all streams' ticks together on the cluster, published at once.
 
 Streams with the same interval tick together (:class:`Ticker`). Each tick costs a few calls
-whatever the number of streams: one task per share (a worker's) and server for the extracts and
-transforms (the files of one server read on one connection; the streams split into as
-many shares as there are workers, by rendezvous hashing, and the scheduler places the
-shares' tasks, so that a worker added with ``dask worker`` takes a share at the next
-tick and one that leaves gives its share back), one state commit
-before publishing (write-ahead), one publish of every frame
+whatever the number of streams: a few tasks per share (a worker's) and server for the
+extracts and transforms (the files of one server read on one connection; the streams split
+into as many shares as there are workers, by rendezvous hashing, and the scheduler places
+the shares' tasks, so that a worker added with ``dask worker`` takes a share at the next
+tick and one that leaves gives its share back), one state commit before publishing
+(write-ahead), one publish of every frame
 (:class:`~headrace.etl.contract.batch.TickPublisher`), one commit after it with the frames
 queued for history. A stream's cursor and carry travel with its work, so a stream can tick
 on any worker.
+
+A share's streams go in as many tasks as it takes for each to last about a quarter of an
+interval (measured: each stream's part of its task comes back with its result): a worker
+runs its tasks one after the other, and each task's streams are published as it ends, so
+small tasks keep the workers busy and the first frames early. A task still running when the
+next tick comes keeps its streams out of that tick; they tick as soon as it is settled
+instead of waiting for the tick after, so that a loop with more streams than its workers
+can tick in an interval runs at what they can do.
 
 A stream fails alone: its error, backoff and health are its own
 (:class:`~headrace.etl.loop.runner.StreamRunner`). A task that has not finished when half
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -49,6 +58,9 @@ log = logging.getLogger(__name__)
 
 WAIT = 0.9  # of an interval: how long a tick settles its tasks as they end; later, the next
 WORKERS_EVERY = 1.0  # seconds between looks at which workers are present
+TASK_SHARE = 0.25  # of an interval: how long a task should last
+FIRST_BATCH = 32  # streams per task until what a stream costs is measured
+COST_WEIGHT = 0.2  # of each settle's measurement in the moving average of a stream's cost
 
 Outcome = pipeline.Result | BaseException
 
@@ -84,7 +96,11 @@ class Ticker:
         self.busy: set[str] = set()  # streams with a tick in flight
         self.shares: list[str] = []  # one per worker present
         self.owners: dict[str, str | None] = {}
+        self.slot_of: dict[str, int] = {}  # the tick (count) each stream last ticked in
+        self.cost: float | None = None  # seconds of a stream's part of a task (moving average)
         self._looked = float("-inf")
+        self._settling = asyncio.Lock()  # one settle at a time: heads are published in order
+        self._ended = asyncio.Event()  # a task ended
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick now, then at every multiple of the interval (Unix time) until ``stop`` is set."""
@@ -101,6 +117,7 @@ class Ticker:
         # The first tick at once: a loop taking over from another has rows waiting since
         # the other's last tick; the next ones on the grid.
         next_at = time.time()
+        settler = asyncio.ensure_future(self._settle_as_they_end(stop))
         while not stop.is_set():
             await sleep_unless_stopped(stop, next_at - time.time())
             if stop.is_set():
@@ -111,6 +128,10 @@ class Ticker:
             except Exception:  # a bug of the loop's own: said, and the next tick tries again
                 log.exception("tick of %d streams failed", len(self.runners))
             next_at = max(next_slot(self.interval, after=started), time.time())
+        settler.cancel()  # while it waits; a settle under way finishes (shielded)
+        await asyncio.gather(settler, return_exceptions=True)
+        async with self._settling:
+            pass
         for task in self.flying:  # not settled: read again at the next start
             task.cancel()
         await asyncio.gather(*self.flying, return_exceptions=True)
@@ -125,9 +146,10 @@ class Ticker:
         still running near the end of the interval is settled by a later tick.
         """
         started = time.time()
+        await self._settle_done()  # streams whose task ended since are free to tick again
+        self.count += 1
         due = [r for r in self.runners if r.name not in self.busy and r.retry_at <= started]
         new = await self._submit(due, started) if due else []
-        await self._settle_done()
         deadline = started + self.interval * WAIT
         while new and time.time() < deadline:
             done, pending = await asyncio.wait(
@@ -138,48 +160,93 @@ class Ticker:
             new = list(pending)
             await self._settle_done()
 
+    async def _settle_as_they_end(self, stop: asyncio.Event) -> None:
+        """Settle tasks that end after their tick stopped waiting for them, and tick their
+        streams at once if they missed a tick meanwhile."""
+        while True:
+            await self._ended.wait()
+            self._ended.clear()
+            await asyncio.shield(self._catch_up(stop))
+
+    async def _catch_up(self, stop: asyncio.Event) -> None:
+        try:
+            await self._settle_done()
+            now = time.time()
+            owed = [
+                r
+                for r in self.runners
+                if r.name not in self.busy
+                and self.slot_of.get(r.name, self.count) < self.count
+                and r.retry_at <= now
+            ]
+            if owed and not stop.is_set():
+                await self._submit(owed, now)
+        except Exception:  # a bug of the loop's own: said, and the next tick tries again
+            log.exception("settling the ticks of %d streams failed", len(self.runners))
+
     async def _settle_done(self) -> None:
         """Settle the streams of every task that has finished."""
-        outcomes: list[tuple[StreamRunner, Outcome, float]] = []
-        for task in [t for t in self.flying if t.done()]:
-            runners, submitted = self.flying.pop(task)
-            self.busy.difference_update(r.name for r in runners)
-            try:
-                results: list[Outcome] = list(task.result())
-            except Exception as exc:  # the task failed (a lost worker, the scheduler away)
-                results = [exc] * len(runners)
-            outcomes += [(r, o, submitted) for r, o in zip(runners, results, strict=True)]
-        if outcomes:
-            await self._settle([(r, o) for r, o, _ in outcomes])
-        for r, _, submitted in outcomes:
-            r.ticked(submitted, self.interval)
+        async with self._settling:
+            outcomes: list[tuple[StreamRunner, Outcome, float]] = []
+            for task in [t for t in self.flying if t.done()]:
+                runners, submitted = self.flying.pop(task)
+                try:
+                    results: list[Outcome] = list(task.result())
+                except Exception as exc:  # the task failed (a lost worker, the scheduler away)
+                    results = [exc] * len(runners)
+                outcomes += [(r, o, submitted) for r, o in zip(runners, results, strict=True)]
+            if outcomes:
+                self._measure([o for _, o, _ in outcomes])
+                await self._settle([(r, o) for r, o, _ in outcomes])
+            # Free once settled, not before: a stream's next tick reads from its new cursor.
+            self.busy.difference_update(r.name for r, _, _ in outcomes)
+            for r, _, submitted in outcomes:
+                r.ticked(submitted, self.interval)
+
+    def _measure(self, outcomes: list[Outcome]) -> None:
+        seconds = [o.summary.seconds for o in outcomes if isinstance(o, pipeline.Result)]
+        if seconds:
+            # The median: a worker's first stream pays for its imports and FTP logins.
+            typical = statistics.median(seconds)
+            old = typical if self.cost is None else self.cost
+            self.cost = old + COST_WEIGHT * (typical - old)
+
+    def _batches(self, runners: list[StreamRunner]) -> list[list[StreamRunner]]:
+        """``runners`` (of one share and server) in tasks of about ``TASK_SHARE`` interval."""
+        size = FIRST_BATCH if not self.cost else max(1, int(self.interval * TASK_SHARE / self.cost))
+        n = -(-len(runners) // size)
+        return [runners[i::n] for i in range(n)]
 
     async def _submit(self, due: list[StreamRunner], started: float) -> list[asyncio.Future]:
         await self._look_at_workers()
+        # Another submission may have taken some while this one looked at the workers.
+        due = [r for r in due if r.name not in self.busy]
         groups: dict[tuple[str | None, str], list[StreamRunner]] = {}
         for r in due:
             if r.name not in self.owners:
                 self.owners[r.name] = owner(r.name, self.shares)
             place = (self.owners[r.name], r.stream.source.server)
             groups.setdefault(place, []).append(r)
-        self.count += 1
         new = []
-        for (_, server), runners in groups.items():
-            # A token per task: one server's streams in two shares are two tasks.
-            token = uuid.uuid4().hex[:6]
-            # No worker restrictions: the scheduler spreads the shares' tasks over the
-            # workers (a task restricted to a worker that died with no other present
-            # would wait for that worker for ever).
-            future = self.client.submit(
-                pipeline.tick,
-                [r.work() for r in runners],
-                key=task_key("tick", server.split("://", 1)[-1] or "local", self.count, token),
-                pure=False,
-            )
-            task = asyncio.ensure_future(future)
-            self.flying[task] = (runners, started)
-            self.busy.update(r.name for r in runners)
-            new.append(task)
+        for (_, server), share in groups.items():
+            for runners in self._batches(share):
+                # A token per task: one server's streams in two tasks.
+                token = uuid.uuid4().hex[:6]
+                # No worker restrictions: the scheduler spreads the shares' tasks over the
+                # workers (a task restricted to a worker that died with no other present
+                # would wait for that worker for ever).
+                future = self.client.submit(
+                    pipeline.tick,
+                    [r.work() for r in runners],
+                    key=task_key("tick", server.split("://", 1)[-1] or "local", self.count, token),
+                    pure=False,
+                )
+                task = asyncio.ensure_future(future)
+                task.add_done_callback(lambda _: self._ended.set())
+                self.flying[task] = (runners, started)
+                self.busy.update(r.name for r in runners)
+                self.slot_of.update((r.name, self.count) for r in runners)
+                new.append(task)
         return new
 
     async def _look_at_workers(self) -> None:
