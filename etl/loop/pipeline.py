@@ -16,7 +16,8 @@ import pandas as pd
 
 from headrace.etl.contract import Span
 from headrace.etl.contract.frames import empty_frame
-from headrace.etl.parse.parser import Malformed, Parser
+from headrace.etl.parse import together
+from headrace.etl.parse.parser import Malformed, Parsed, Parser
 from headrace.etl.sources.base import Chunk, Cursor, Source, SourceError
 from headrace.etl.transforms import Transform
 from headrace.etl.windows.late import late_letters
@@ -59,8 +60,10 @@ class Result:
     summary: Summary
 
 
-def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) -> Result:
-    """Parse the chunk's complete lines and apply the stream's transform.
+def transform(
+    chunk: Chunk, parser: Parser, transform: Transform, carry: Any, parsed: Parsed | None = None
+) -> Result:
+    """Parse the chunk's complete lines (unless ``parsed`` already) and apply the transform.
 
     Without new lines there is nothing to parse or transform: the task returns at once
     with the carry untouched, so the loop can go on to the next tick in one round trip,
@@ -70,7 +73,8 @@ def transform(chunk: Chunk, parser: Parser, transform: Transform, carry: Any) ->
     if not chunk.data and not getattr(transform, "ticks_when_idle", False):
         summary.carry = carry
         return Result(empty_frame(), summary)
-    parsed = parser.parse(chunk.data, first_line=chunk.first_line, source=chunk.source)
+    if parsed is None:
+        parsed = parser.parse(chunk.data, first_line=chunk.first_line, source=chunk.source)
     step = transform.step(parsed.frame, carry)
     frame = step.frame
     summary.span = Span.of(frame)
@@ -107,18 +111,60 @@ def tick(works: list[Work]) -> list[Result]:
     """Extract and transform each stream's chunk, in order: one task for many streams.
 
     The loop gives a task the streams of one server (their reads share a connection).
-    A stream whose parse or transform raises gets its error in its summary, as one whose
-    source cannot be read does: it fails alone, and the others' results come back.
+    Streams whose parsers parse alike have their lines parsed in one call
+    (:mod:`headrace.etl.parse.together`). A stream whose parse or transform raises gets
+    its error in its summary, as one whose source cannot be read does: it fails alone,
+    and the others' results come back.
     """
-    results = []
+    chunks: list[Chunk | Exception] = []
+    seconds = []
     for work in works:
         began = time.perf_counter()
         try:
-            chunk = extract(work.source, work.cursor, work.limit)
-            result = transform(chunk, work.parser, work.transform, work.carry)
+            chunks.append(extract(work.source, work.cursor, work.limit))
+        except Exception as exc:
+            chunks.append(exc)
+        seconds.append(time.perf_counter() - began)
+    parsed = _parse_together(works, chunks, seconds)
+    results = []
+    for i, (work, chunk) in enumerate(zip(works, chunks, strict=True)):
+        began = time.perf_counter()
+        try:
+            if isinstance(chunk, Exception):
+                raise chunk
+            result = transform(chunk, work.parser, work.transform, work.carry, parsed.get(i))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             result = Result(empty_frame(), Summary(work.cursor, 0, 0, None, error=error))
-        result.summary.seconds = time.perf_counter() - began
+        result.summary.seconds = seconds[i] + time.perf_counter() - began
         results.append(result)
     return results
+
+
+def _parse_together(
+    works: list[Work], chunks: list[Chunk | Exception], seconds: list[float]
+) -> dict[int, Parsed]:
+    """The parses of the chunks whose parsers parse alike, by position; their cost shared."""
+    groups: dict[Any, list[int]] = {}
+    for i, (work, chunk) in enumerate(zip(works, chunks, strict=True)):
+        if isinstance(chunk, Chunk) and chunk.data:
+            k = together.key(work.parser)
+            if k is not None:
+                groups.setdefault(k, []).append(i)
+    out: dict[int, Parsed] = {}
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        began = time.perf_counter()
+        parser = works[group[0]].parser
+        try:
+            many = together.parse_together(
+                parser, [(chunks[i].data, chunks[i].first_line, chunks[i].source) for i in group]
+            )
+        except Exception:  # each parses alone, and fails alone
+            continue
+        out.update(zip(group, many, strict=True))
+        share = (time.perf_counter() - began) / len(group)
+        for i in group:
+            seconds[i] += share
+    return out

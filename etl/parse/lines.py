@@ -30,6 +30,18 @@ def valid_utf8(data: bytes) -> bytes:
     return data
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def prepared(data: bytes, first_line: int) -> bytes:
+    """A chunk's bytes as the parser reads them: without the file's byte order mark (its
+    first line only) and without NUL padding."""
+    data = bytes(data)
+    if first_line == 1 and data.startswith(BOM):
+        data = data[len(BOM) :]
+    return drop_nul_padding(data)  # one memchr pass when there is no NUL
+
+
 def drop_nul_padding(data: bytes) -> bytes:
     """``data`` without the runs of NUL bytes at the start or end of a line.
 

@@ -53,7 +53,7 @@ import pyarrow.csv as pacsv
 
 from headrace.etl.contract.frames import TIME_DTYPE
 from headrace.etl.parse import convert
-from headrace.etl.parse.lines import Lines, drop_nul_padding, pieces, valid_utf8
+from headrace.etl.parse.lines import Lines, pieces, prepared, valid_utf8
 from headrace.etl.parse.parser import Malformed, Parsed
 from headrace.etl.parse.patterns import re2_accepts, split_fields
 
@@ -66,7 +66,6 @@ _TEXT_MAX = 200  # characters of a malformed line kept in a sample
 _FIELD_MAX = 60  # characters of a bad field quoted in a reason
 
 _NO_MATCH, _BAD_TIME, _BAD_VALUE, _FUTURE = 1, 2, 3, 4
-_BOM = b"\xef\xbb\xbf"
 
 # CSV column types that parse a time field in the given format.
 _CSV_TIME = {"ISO8601": pa.timestamp("ns", "UTC"), "epoch": pa.float64(), "epoch_ms": pa.float64()}
@@ -150,10 +149,7 @@ class RegexParser:
         return f"RegexParser({self.pattern!r}, time_format={self.time_format!r})"
 
     def parse(self, data: bytes, first_line: int = 1, source: str = "") -> Parsed:
-        data = bytes(data)
-        if first_line == 1 and data.startswith(_BOM):
-            data = data[len(_BOM) :]
-        data = drop_nul_padding(data)  # one memchr pass when there is no NUL
+        data = prepared(data, first_line)
         plan: list[_Part | tuple[int, int]] = []
         latest = convert.latest_ns(self.max_future)  # one bound for every line of the call
         for pos, end in pieces(data, self.PIECE):
