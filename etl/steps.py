@@ -12,6 +12,9 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
+
+from headrace.etl.contract.frames import TIME_DTYPE
 
 C = TypeVar("C")
 
@@ -37,11 +40,35 @@ class Transform(Protocol[C]):
     def step(self, rows: pd.DataFrame, carry: C | None) -> Step[C]: ...
 
 
+@dataclass(frozen=True)
+class Held:
+    """Rows a window holds between ticks, as arrays: building a frame of them, and reading
+    it back at the next tick, cost more than the rest of a tick's step on a few rows."""
+
+    times: np.ndarray  # ns since the epoch
+    values: np.ndarray
+    keys: ExtensionArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, ExtensionArray | None]:
+        return self.times, self.values, self.keys
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a frame: ``time``, ``value`` and ``key`` if any."""
+        rows = {"time": pd.array(self.times.view("M8[ns]"), TIME_DTYPE), "value": self.values}
+        if self.keys is not None:
+            rows["key"] = self.keys
+        return pd.DataFrame(rows, copy=False)
+
+
 @dataclass
 class Carry:
     """A window's state between ticks (the name Resample's carry has always had)."""
 
-    rows: pd.DataFrame  # rows of windows still open: time, value and key if any
+    # Rows of windows still open: time, value and key if any (a frame in older carries).
+    rows: Held | pd.DataFrame
     # ns since the epoch; windows starting before it are closed, whether or not they
     # had rows, and never published again.
     published_until: int | None = None

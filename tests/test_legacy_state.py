@@ -109,5 +109,5 @@ def test_the_loop_continues_an_old_state_with_every_period_once(
     assert len(published) == len(set(published)), "a period was published twice"
     # every period of every line, but for the newest, still open (held in the carry)
     periods = set(_times(log).floor(PERIOD))
-    held = set(state.carry.rows["time"].dt.floor(PERIOD))
+    held = set(state.carry.rows.frame()["time"].dt.floor(PERIOD))
     assert set(published) | held == periods and not (held & set(published))

@@ -119,7 +119,7 @@ def test_keyed_carry_survives_a_frame_without_keys() -> None:
     first = Resample().step(rows, None)
     step = Resample().step(empty_frame(), first.carry)  # what a failed parser publishes
     assert step.carried == first.carried
-    pd.testing.assert_frame_equal(step.carry.rows, first.carry.rows)
+    pd.testing.assert_frame_equal(step.carry.rows.frame(), first.carry.rows.frame())
 
 
 def test_late_rows_are_dropped_and_counted() -> None:
@@ -136,7 +136,7 @@ def test_late_rows_are_dropped_and_counted() -> None:
     )
     step = Resample("25ms", "sum").step(late, first.carry)
     assert (step.late, step.carried, len(step.frame)) == (1, 2, 0)
-    assert step.carry.rows["value"].tolist() == [3.0, 4.0]
+    assert step.carry.rows.values.tolist() == [3.0, 4.0]
 
 
 def test_out_of_order_rows_are_accounted_and_never_republished() -> None:
@@ -176,7 +176,7 @@ def test_carry_pickles() -> None:
     carry = Resample().step(rows, None).carry
     clone = pickle.loads(pickle.dumps(carry))
     assert isinstance(clone, Carry)
-    pd.testing.assert_frame_equal(clone.rows, carry.rows)
+    pd.testing.assert_frame_equal(clone.rows.frame(), carry.rows.frame())
     assert clone.published_until == carry.published_until
     assert len(pickle.dumps(carry)) < 10_000  # only the open period is kept
 

@@ -114,7 +114,7 @@ class Window:
         new = R.arrays(rows)
         times = new[0]
         until = carry.published_until if carry is not None else None
-        kept = R.arrays(carry.rows) if carry is not None and len(carry.rows) else None
+        kept = R.held(carry.rows) if carry is not None and len(carry.rows) else None
         mark = carry.watermark if carry is not None else None
         if mark is None and until is not None:  # a carry from before grace existed
             mark = max(until, int(kept[0].max()) if kept is not None else until)
@@ -164,7 +164,7 @@ class Window:
                 still_open, data_latest[kept], data_floors[kept], R.END, since=now_until
             )
             frame, early = revise(frame, opened, carry.early if carry is not None else None)
-        kept_rows = R.frame(still_open)
+        kept_rows = R.Held(*still_open)
         # How far past the close of its last window the watermark was when the row came.
         past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
         return Step(

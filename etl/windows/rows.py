@@ -7,6 +7,7 @@ import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
 from headrace.etl.contract.frames import REQUIRED, TIME_DTYPE, utc_ns
+from headrace.etl.steps import Held
 
 Arrays = tuple[np.ndarray, np.ndarray, ExtensionArray | None]
 NAT = np.iinfo(np.int64).min  # NaT as int64
@@ -26,6 +27,11 @@ def arrays(rows: pd.DataFrame) -> Arrays:
         times = utc_ns(times)
     keys = rows.iloc[:, names.index("key")].array if "key" in names else None
     return times.array.asi8, rows.iloc[:, names.index("value")].to_numpy(np.float64), keys
+
+
+def held(rows: Held | pd.DataFrame) -> Arrays:
+    """The arrays of a carry's rows (a frame in a carry kept before :class:`Held` was)."""
+    return rows.arrays() if isinstance(rows, Held) else arrays(rows)
 
 
 def join(carried: Arrays, new: Arrays) -> Arrays:
@@ -50,12 +56,8 @@ def take(data: Arrays, mask: np.ndarray) -> Arrays:
 
 
 def frame(data: Arrays) -> pd.DataFrame:
-    """Rows as a frame (what a carry holds)."""
-    times, values, keys = data
-    rows = {"time": pd.array(times.view("M8[ns]"), TIME_DTYPE), "value": values}
-    if keys is not None:
-        rows["key"] = keys
-    return pd.DataFrame(rows, copy=False)
+    """Rows as a frame."""
+    return Held(*data).frame()
 
 
 def arrival_marks(times: np.ndarray, before: int | None, per_line: bool) -> np.ndarray:
