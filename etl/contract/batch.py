@@ -31,17 +31,22 @@ from headrace.etl.contract.version import TICK_VERSION
 if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
+    from distributed.protocol import Serialized
 
     from headrace.etl.contract.health import HealthRecord
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One frame to publish: its stream, sequence number, rows and the stream's interval."""
+    """One frame to publish: its stream, sequence number, rows and the stream's interval.
+
+    The frame may come serialized (:class:`distributed.protocol.Serialized`), as it left
+    the worker that made it: it is published as it is.
+    """
 
     stream: str
     seq: int
-    frame: pd.DataFrame
+    frame: pd.DataFrame | Serialized
     span: Span
     interval: float
 

@@ -79,8 +79,8 @@ class Step:
 
     ``ahead``: the checkpoint to commit before publishing (write-ahead: a restart after a
     crash re-reads exactly the same bytes and publishes the same frame under the same
-    seq), or, without a frame, the only commit. ``done``: the checkpoint once ``frame``
-    is published, committed with the frame queued for history.
+    seq), or, without a frame, the only commit. ``done``: the checkpoint once the frame
+    of ``result`` is published, committed with the frame queued for history.
     """
 
     runner: StreamRunner
@@ -88,7 +88,7 @@ class Step:
     summary: pipeline.Summary
     ahead: Checkpoint | None = None
     done: Checkpoint | None = None
-    frame: pd.DataFrame | None = None
+    result: pipeline.Result | None = None  # with the frame to publish
 
 
 class StreamRunner:
@@ -152,7 +152,7 @@ class StreamRunner:
             state.cursor, seq, state.carry, summary.cursor.offset, totals=state.totals
         )
         done.next_seq = seq + 1
-        return Step(self, seq, summary, ahead, done, result.frame)
+        return Step(self, seq, summary, ahead, done, result)
 
     def committed(self, state: Checkpoint) -> None:
         self.state = state

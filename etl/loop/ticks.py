@@ -290,18 +290,19 @@ class Ticker:
             for s in steps:
                 if s.ahead is not None:
                     s.runner.committed(s.ahead)
-        publishing = [s for s in steps if s.frame is not None]
+        publishing = [s for s in steps if s.result is not None]
         if publishing:
             frames = [
-                Outgoing(s.runner.name, s.seq, s.frame, s.summary.span, s.runner.stream.interval)
+                Outgoing(s.runner.name, s.seq, s.result.wire(), s.summary.span, r.stream.interval)
                 for s in publishing
+                if (r := s.runner)
             ]
             try:
                 published = await self.publisher.publish(frames)
                 await asyncio.to_thread(self._commit_published, publishing)
             except Exception as exc:
                 _fail(publishing, exc)
-                steps = [s for s in steps if s.frame is None]
+                steps = [s for s in steps if s.result is None]
             else:
                 for s in publishing:
                     s.runner.published(s, published)
@@ -311,8 +312,9 @@ class Ticker:
     def _commit_published(self, steps: list[Step]) -> None:
         # The history sink gets each frame through the backlog, queued with this commit.
         states = [
-            (s.runner.name, s.done, encode(s.frame) if s.runner.stream.sink is not None else None)
+            (r.name, s.done, None if r.stream.sink is None else encode(s.result.frame))
             for s in steps
+            if (r := s.runner)
         ]
         self.store.save_many(states, time.time())
         for s in steps:
