@@ -20,6 +20,7 @@ from headrace.etl.contract.version import SchemaVersionError
 from headrace.etl.loop import ticks
 from headrace.etl.loop.runner import StreamRunner
 from headrace.etl.loop.ticks import Ticker, owner, run_streams
+from headrace.etl.parse.regex import RegexParser
 from headrace.etl.store.state import Checkpoint, StateStore
 from headrace.etl.streams import Stream
 
@@ -227,3 +228,64 @@ def test_a_worker_added_takes_its_share_at_the_next_ticks(
     workers_after = [t["worker"] for t in after if t["key"].startswith("tick(")]
     assert added in workers_after and set(workers_after) - {added}  # both have a share now
     assert all(r.health.published == 1 and r.health.failures == 0 for r in runners)
+
+
+class Slow:
+    """The built-in parser, taking ``seconds`` more per chunk: a task outlasts its tick."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def parse(self, data: bytes, first_line: int = 1, source: str = "") -> object:
+        time.sleep(self.seconds)
+        return RegexParser().parse(data, first_line, source)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_tick_at_once(
+    cluster_options, ftp_server, ftp_root, tmp_path
+):
+    names = ["a", "b"]
+    for name in names:
+        (ftp_root / f"{name}.log").write_bytes(_lines(3))
+    streams = [
+        Stream(n, ftp_server.url(f"{n}.log"), parser=Slow(0.3), transform=None, interval=0.1)
+        for n in names
+    ]
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
+
+    async def main():
+        opts = {**cluster_options, "n_workers": 1, "threads_per_worker": 1, "processes": False}
+        async with (
+            LocalCluster(**opts, asynchronous=True) as cluster,
+            Client(cluster, asynchronous=True) as client,
+        ):
+            store = StateStore(tmp_path / "state")
+            runners = [StreamRunner(s, store) for s in streams]
+            ticker = Ticker(client, runners, store, TickPublisher(client, 16), 0.1)
+            settler = asyncio.ensure_future(ticker._settle_as_they_end(asyncio.Event()))
+            await ticker.tick()  # waits 0.09 s of the task's 0.6 s
+            assert ticker.busy == set(names) and len(ticker.flying) == 1
+            await ticker.tick()  # the next tick: both streams still in flight
+            assert len(ticker.flying) == 1
+            for name in names:
+                with open(ftp_root / f"{name}.log", "ab") as f:
+                    f.write(_lines(2, start=3))
+            # No tick from here on: what settles and ticks them is the task's end.
+            await until(lambda: all(r.health.published == 1 for r in runners), "settled")
+            await until(lambda: ticker.flying, "ticked again at once")
+            assert ticker.busy == set(names)
+            await until(lambda: all(r.health.published == 2 for r in runners), "second tick")
+            settler.cancel()
+            store.close()
+            read = await contract.read_many(client, {n: (0, 2) for n in names})
+            return read
+
+    read = asyncio.run(main())
+    for name in names:
+        assert [len(f) for _, f in read[name]] == [3, 2], name  # every line once, in order
