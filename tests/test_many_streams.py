@@ -144,8 +144,10 @@ def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
     names = [f"s{i:02d}" for i in range(20)]
     for name in names:
         (ftp_root / f"{name}.log").write_bytes(_lines(3))
-    streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.1) for n in names]
-    streams.append(Stream("bad", ftp_server.url("s00.log"), parser=Exploding(), interval=0.1))
+    # Ticks long enough for every task to end within its tick: a task that outlasts it
+    # has its streams tick again at once, in a task of their own under the same tick.
+    streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.5) for n in names]
+    streams.append(Stream("bad", ftp_server.url("s00.log"), parser=Exploding(), interval=0.5))
 
     async def main():
         opts = {**cluster_options, "n_workers": 2, "threads_per_worker": 1}
@@ -289,3 +291,22 @@ def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_ti
     read = asyncio.run(main())
     for name in names:
         assert [len(f) for _, f in read[name]] == [3, 2], name  # every line once, in order
+
+
+@pytest.mark.parametrize(
+    ("cost", "streams", "sizes"),
+    [
+        (None, 64, [32, 32]),  # not measured yet: FIRST_BATCH streams a task
+        (0.001, 100, [25] * 4),  # 1 ms a stream, 0.1 s tick: tasks of 25 ms
+        (0.0001, 100, [100]),  # fast streams: one task
+        (0.05, 100, [25] * 4),  # slow: at most four tasks a share
+        (10.0, 20, [20]),  # a worker short of CPU: not tasks of fewer than MIN_BATCH
+        (10.0, 40, [20, 20]),
+    ],
+)
+def test_a_shares_streams_go_in_tasks_of_a_quarter_interval(cost, streams, sizes):
+    ticker = Ticker(None, [], None, None, 0.1)
+    ticker.cost = cost
+    tasks = ticker._batches(list(range(streams)))
+    assert sorted(map(len, tasks), reverse=True) == sizes
+    assert sorted(s for t in tasks for s in t) == list(range(streams))  # each once
