@@ -90,3 +90,15 @@ def test_a_tick_of_streams_with_one_parser_equals_each_stream_alone(tmp_path, mo
         assert [s.line for s in a.samples] == [s.line for s in b.samples]
         pd.testing.assert_frame_equal(a.carry.rows.frame(), b.carry.rows.frame())
         assert a.seconds > 0
+
+
+def test_one_stream_with_a_bad_line_costs_a_few_reads_not_one_a_stream(monkeypatch):
+    calls = counting(monkeypatch)
+    parser = RegexParser(keep=10**6)
+    streams = [clean(1000 * i) for i in range(32)]
+    streams[21] = clean(21_000, 2) + CASES["not finite"]
+    chunks = [(data_of(e), 1 + 50 * i, f"s{i}") for i, e in enumerate(streams)]
+    parsed = together.parse_together(parser, chunks)
+    assert len(calls) < 16  # halves down to the stream: 1 + 2 a level; alone, 33
+    for got, e, (_, first, _) in zip(parsed, streams, chunks, strict=True):
+        check_parsed(got, e, first)

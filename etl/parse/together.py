@@ -3,8 +3,9 @@
 Arrow's CSV reader costs about 0.3 ms a call whatever it reads, which was most of a tick's
 parse of a stream's few lines. Streams whose parsers parse alike (:func:`key`) have their
 chunks read in one call, then cut into each stream's rows. Only when every line of every
-chunk is clean: one line the fast path rejects, and each chunk is parsed alone, exactly as
-:meth:`RegexParser.parse` parses it, so a stream's result never depends on its neighbours.
+chunk is clean: one line the fast path rejects, and the chunks are tried in halves, down
+to the chunk that holds it, which is parsed alone, exactly as :meth:`RegexParser.parse`
+parses it. So a stream's result never depends on its neighbours.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ def key(parser: object) -> Hashable | None:
 
 
 def parse_together(parser: RegexParser, chunks: Sequence[Chunk]) -> list[Parsed]:
-    """``parser.parse`` of each chunk, in one CSV read when every line is clean."""
+    """``parser.parse`` of each chunk, in one CSV read when every line is clean.
+
+    Otherwise each half is tried on its own, down to single chunks, which parse alone:
+    a stream with a malformed line costs a few more reads, not one read per stream.
+    """
+    if len(chunks) == 1:
+        return [parser.parse(*chunks[0])]
     datas = [prepared(data, first) for data, first, _ in chunks]
     total = sum(len(d) for d in datas)
-    if 0 < total <= parser.PIECE and all(d.endswith(b"\n") for d in datas):
+    if total <= parser.PIECE and all(d.endswith(b"\n") for d in datas):
         joined = b"".join(datas)
         part = parser._parse_csv(joined, 0, len(joined), convert.latest_ns(parser.max_future))
         if part is not None:  # every line a row
@@ -40,4 +47,5 @@ def parse_together(parser: RegexParser, chunks: Sequence[Chunk]) -> list[Parsed]
                 out.append(parser._assemble([_Part(part.table.slice(at, n), n, n)]))
                 at += n
             return out
-    return [parser.parse(data, first, source) for data, first, source in chunks]
+    half = len(chunks) // 2
+    return parse_together(parser, chunks[:half]) + parse_together(parser, chunks[half:])
