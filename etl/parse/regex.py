@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from headrace.etl.contract.frames import TIME_DTYPE
+from headrace.etl import pandas_internals as internals
 from headrace.etl.parse import convert
 from headrace.etl.parse.lines import Lines, pieces, prepared, valid_utf8
 from headrace.etl.parse.parser import Malformed, Parsed
@@ -80,12 +80,12 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     cost was half a tick's parse of a few lines."""
     times = pc.fill_null(table.column("time").cast(pa.int64()), convert.NAT)
     columns = {
-        "time": pd.array(times.to_numpy().view("M8[ns]"), TIME_DTYPE),
+        "time": internals.times(times.to_numpy()),
         "value": table.column("value").to_numpy(),  # nulls, if any, as NaN
     }
     if "key" in table.column_names:
         columns["key"] = table.select(["key"]).to_pandas()["key"].array  # "str", as before
-    return pd.DataFrame(columns, copy=False)
+    return internals.frame(columns)
 
 
 @dataclass

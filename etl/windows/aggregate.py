@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-from headrace.etl.contract.frames import TIME_DTYPE
+from headrace.etl import pandas_internals as internals
 
 AGGS = ("mean", "max", "min", "sum", "last", "first", "median", "count")
 M4 = ("max", "min", "first", "last")
@@ -72,7 +72,7 @@ def aggregate(
         new[1:] |= codes[1:] != codes[:-1]
     first = np.flatnonzero(new)
     count = np.diff(np.append(first, len(values))).astype(np.int64)
-    out: dict[str, object] = {"time": pd.array(starts[first].view("M8[ns]"), TIME_DTYPE)}
+    out: dict[str, np.ndarray | ExtensionArray] = {"time": internals.times(starts[first])}
     for name, column in zip(aggs, columns(aggs), strict=True):
         if not len(values):
             out[column] = np.empty(0)
@@ -83,7 +83,7 @@ def aggregate(
     out["count"] = count
     if keys is not None:
         out["key"] = uniques.take(codes[first]) if len(values) else keys[:0]
-    return pd.DataFrame(out, copy=False)
+    return internals.frame(out)
 
 
 def reduce(agg: str, values: np.ndarray, first: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
+from headrace.etl import pandas_internals as internals
 from headrace.etl.contract.frames import REQUIRED, TIME_DTYPE, utc_ns
 from headrace.etl.steps import Held
 
@@ -22,11 +23,14 @@ def arrays(rows: pd.DataFrame) -> Arrays:
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise ValueError(f"rows lack column(s) {', '.join(missing)}")
-    times = rows.iloc[:, names.index("time")]
-    if times.dtype != TIME_DTYPE:
-        times = utc_ns(times)
+    at, vat = names.index("time"), names.index("value")
+    times = internals.column(rows, at)
+    ns = times.asi8 if times.dtype == TIME_DTYPE else utc_ns(rows.iloc[:, at]).array.asi8
+    values = internals.column(rows, vat)
+    if not (isinstance(values, np.ndarray) and values.dtype == np.float64):
+        values = rows.iloc[:, vat].to_numpy(np.float64)
     keys = rows.iloc[:, names.index("key")].array if "key" in names else None
-    return times.array.asi8, rows.iloc[:, names.index("value")].to_numpy(np.float64), keys
+    return ns, values, keys
 
 
 def held(rows: Held | pd.DataFrame) -> Arrays:

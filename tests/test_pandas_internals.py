@@ -1,0 +1,52 @@
+"""``headrace.etl.pandas_internals`` gives exactly what pandas' public paths give: an
+upgrade of pandas that changes its private constructors fails here, not in a chart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from headrace.etl import pandas_internals as internals
+from headrace.etl.contract.frames import TIME_DTYPE
+
+NS = np.array([1_764_000_000_000_000_000 + i * 25_000_000 for i in range(5)], np.int64)
+TIMES = pd.array(NS.view("M8[ns]"), TIME_DTYPE)
+KEYS = pd.array(["a", "b", None, "a", "c"], dtype="str")
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"time": TIMES, "value": np.arange(5.0)},
+        {"time": TIMES, "value": np.arange(5.0), "count": np.arange(5), "key": KEYS},
+        {"time": TIMES[:0], "value": np.empty(0)},
+        {"time": TIMES, "value": np.array([1.0, np.nan, 3.0, np.inf, -0.0])},
+    ],
+)
+def test_a_frame_is_what_the_public_constructor_makes(columns):
+    fast = internals.frame(columns)
+    public = pd.DataFrame(columns, copy=False)
+    pd.testing.assert_frame_equal(fast, public, check_exact=True)
+    assert fast.columns.dtype == public.columns.dtype
+    assert fast.index.equals(public.index) and type(fast.index) is type(public.index)
+    assert fast._mgr.nblocks == public._mgr.nblocks  # consolidated as the public one is
+    again = internals.frame(columns)  # shares the labels, not the data
+    assert again.columns is fast.columns
+
+
+def test_times_are_what_pd_array_makes():
+    fast = internals.times(NS)
+    public = pd.array(NS.view("M8[ns]"), TIME_DTYPE)
+    assert type(fast) is type(public) and fast.dtype == public.dtype == TIME_DTYPE
+    assert (fast.asi8 == public.asi8).all()
+    pd.testing.assert_extension_array_equal(fast, public)
+
+
+def test_a_column_is_the_array_iloc_gives():
+    rows = pd.DataFrame({"time": TIMES, "value": np.arange(5.0), "key": KEYS})
+    assert internals.column(rows, 0).dtype == TIME_DTYPE
+    pd.testing.assert_extension_array_equal(internals.column(rows, 0), rows.iloc[:, 0].array)
+    value = internals.column(rows, 1)
+    assert isinstance(value, np.ndarray) and (value == rows.iloc[:, 1].to_numpy()).all()
+    pd.testing.assert_extension_array_equal(internals.column(rows, 2), rows.iloc[:, 2].array)
