@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -193,6 +194,19 @@ def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
     assert len(errors) == 1 and "stream bad" in errors[0], errors
 
 
+@contextlib.asynccontextmanager
+async def one_worker(cluster_options, streams, tmp_path):
+    """A cluster of one single-threaded worker, and a ticker of ``streams`` every 0.1 s."""
+    opts = {**cluster_options, "n_workers": 1, "threads_per_worker": 1, "processes": False}
+    async with (
+        LocalCluster(**opts, asynchronous=True) as cluster,
+        Client(cluster, asynchronous=True) as client,
+    ):
+        store = StateStore(tmp_path / "state")
+        runners = [StreamRunner(s, store) for s in streams]
+        yield cluster, client, Ticker(client, runners, store, TickPublisher(client, 16), 0.1)
+
+
 @pytest.mark.timeout(120)
 def test_a_worker_added_takes_its_share_at_the_next_ticks(
     cluster_options, ftp_server, ftp_root, tmp_path
@@ -203,14 +217,8 @@ def test_a_worker_added_takes_its_share_at_the_next_ticks(
     streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.1) for n in names]
 
     async def main():
-        opts = {**cluster_options, "n_workers": 1, "threads_per_worker": 1, "processes": False}
-        async with (
-            LocalCluster(**opts, asynchronous=True) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
-            store = StateStore(tmp_path / "state")
-            runners = [StreamRunner(s, store) for s in streams]
-            ticker = Ticker(client, runners, store, TickPublisher(client, 16), 0.1)
+        async with one_worker(cluster_options, streams, tmp_path) as (cluster, client, ticker):
+            store, runners = ticker.store, ticker.runners
             first = (await client.ncores()).keys()
             async with get_task_stream(client) as before:
                 for _ in range(3):
@@ -262,14 +270,8 @@ def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_ti
             await asyncio.sleep(0.01)
 
     async def main():
-        opts = {**cluster_options, "n_workers": 1, "threads_per_worker": 1, "processes": False}
-        async with (
-            LocalCluster(**opts, asynchronous=True) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
-            store = StateStore(tmp_path / "state")
-            runners = [StreamRunner(s, store) for s in streams]
-            ticker = Ticker(client, runners, store, TickPublisher(client, 16), 0.1)
+        async with one_worker(cluster_options, streams, tmp_path) as (_, client, ticker):
+            store, runners = ticker.store, ticker.runners
             settler = asyncio.ensure_future(ticker._settle_as_they_end(asyncio.Event()))
             await ticker.tick()  # waits 0.09 s of the task's 0.6 s
             assert ticker.busy == set(names) and len(ticker.flying) == 1
