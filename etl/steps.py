@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
-from headrace.etl.contract.frames import TIME_DTYPE
+from headrace.etl import pandas_internals as internals
 
 C = TypeVar("C")
 
@@ -57,10 +57,10 @@ class Held:
 
     def frame(self) -> pd.DataFrame:
         """The rows as a frame: ``time``, ``value`` and ``key`` if any."""
-        rows = {"time": pd.array(self.times.view("M8[ns]"), TIME_DTYPE), "value": self.values}
+        rows = {"time": internals.times(self.times), "value": self.values}
         if self.keys is not None:
             rows["key"] = self.keys
-        return pd.DataFrame(rows, copy=False)
+        return internals.frame(rows)
 
 
 @dataclass

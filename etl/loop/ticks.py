@@ -302,9 +302,10 @@ class Ticker:
         publishing = [s for s in steps if s.result is not None]
         if publishing:
             frames = [
-                Outgoing(s.runner.name, s.seq, s.result.wire(), s.summary.span, r.stream.interval)
+                Outgoing(
+                    s.runner.name, s.seq, s.result.wire(), s.summary.span, s.runner.stream.interval
+                )
                 for s in publishing
-                if (r := s.runner)
             ]
             try:
                 published = await self.publisher.publish(frames)
@@ -321,9 +322,12 @@ class Ticker:
     def _commit_published(self, steps: list[Step]) -> None:
         # The history sink gets each frame through the backlog, queued with this commit.
         states = [
-            (r.name, s.done, None if r.stream.sink is None else encode(s.result.frame))
+            (
+                s.runner.name,
+                s.done,
+                None if s.runner.stream.sink is None else encode(s.result.frame),
+            )
             for s in steps
-            if (r := s.runner)
         ]
         self.store.save_many(states, time.time())
         for s in steps:

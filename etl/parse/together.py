@@ -33,13 +33,18 @@ def parse_together(parser: RegexParser, chunks: Sequence[Chunk]) -> list[Parsed]
     Otherwise each half is tried on its own, down to single chunks, which parse alone:
     a stream with a malformed line costs a few more reads, not one read per stream.
     """
+    datas = [prepared(data, first) for data, first, _ in chunks]  # once, for every half
+    return _halves(parser, chunks, datas, convert.latest_ns(parser.max_future))
+
+
+def _halves(
+    parser: RegexParser, chunks: Sequence[Chunk], datas: list[bytes], latest: int
+) -> list[Parsed]:
     if len(chunks) == 1:
         return [parser.parse(*chunks[0])]
-    datas = [prepared(data, first) for data, first, _ in chunks]
-    total = sum(len(d) for d in datas)
-    if total <= parser.PIECE and all(d.endswith(b"\n") for d in datas):
+    if sum(len(d) for d in datas) <= parser.PIECE and all(d.endswith(b"\n") for d in datas):
         joined = b"".join(datas)
-        part = parser._parse_csv(joined, 0, len(joined), convert.latest_ns(parser.max_future))
+        part = parser._parse_csv(joined, 0, len(joined), latest)
         if part is not None:  # every line a row
             out, at = [], 0
             for d in datas:
@@ -48,4 +53,6 @@ def parse_together(parser: RegexParser, chunks: Sequence[Chunk]) -> list[Parsed]
                 at += n
             return out
     half = len(chunks) // 2
-    return parse_together(parser, chunks[:half]) + parse_together(parser, chunks[half:])
+    return _halves(parser, chunks[:half], datas[:half], latest) + _halves(
+        parser, chunks[half:], datas[half:], latest
+    )
