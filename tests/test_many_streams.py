@@ -80,6 +80,38 @@ def test_a_tick_of_many_streams_is_published_in_one_message(cluster_options):
     assert [len(f) for _, f in read["s8"]] == [3]
 
 
+@pytest.mark.timeout(60)
+def test_a_tick_sends_the_heads_that_changed_and_a_new_scheduler_gets_them_all(cluster_options):
+    """One call per tick writes the frames and changed heads; a scheduler the publisher
+    has not published to (a restarted one) gets every stream's head from the first tick."""
+
+    async def main():
+        async with (
+            LocalCluster(**cluster_options, asynchronous=True) as one,
+            LocalCluster(**cluster_options, asynchronous=True) as two,
+            Client(one, asynchronous=True) as first,
+            Client(two, asynchronous=True) as second,
+        ):
+            publisher = TickPublisher(first, ring=4)
+            names = [f"s{i}" for i in range(20)]
+            f = frame("2026-01-01", 3)
+            out = [Outgoing(n, 1, f, contract.Span.of(f), 0.2) for n in names]
+            await publisher.publish(out)
+            await publisher.publish([Outgoing("s3", 2, f, contract.Span.of(f), 0.2)])
+            on_first = await contract.heads(first)
+            publisher.client = second  # as after a reconnect to a new scheduler
+            await publisher.publish([Outgoing("s5", 2, f, contract.Span.of(f), 0.2)])
+            on_second = await contract.heads(second)
+            read = await contract.read_many(second, {"s5": (0, 2), "s3": (0, 2)})
+            return on_first, on_second, read
+
+    on_first, on_second, read = asyncio.run(main())
+    assert len(on_first) == 20 and on_first["s3"].seq == 2 and on_first["s4"].seq == 1
+    assert len(on_second) == 20  # every head, not only the tick's
+    assert on_second["s5"].seq == 2 and on_second["s3"].seq == 2 and on_second["s4"].seq == 1
+    assert [s for s, _ in read["s5"]] == [2] and read["s3"] == []  # frames: the tick's only
+
+
 def test_a_reader_of_version_1_refuses_a_tick_message_and_says_so():
     msg = {"v": 2, "published": 1.0, "frames": [["a", 1, 2, 3, 4]]}
     assert contract.events_of(msg) == [contract.Event("a", 1, 2, 3, 4, 1.0)]

@@ -3,19 +3,20 @@
 What a reader finds is what :meth:`~headrace.etl.contract.FrameStream.publish` leaves, per
 stream: the dataset, the head and an event per frame (a tick message of version 2, which
 readers take as one :class:`~headrace.etl.contract.Event` per frame). A tick of any number
-of streams costs three calls (four with a lease): the datasets in one; the heads with the
-tick message in one (the loop writes the mapping of every stream's head, so it keeps them
-all, and puts them back after a scheduler restart); and the unpublishing of frames that
-left the ring. The loop's health records of every stream go in one call too
-(:func:`report_health`).
+of streams costs one scheduler call: a handler the loop installs on the scheduler (a
+plugin, pickled by value: the scheduler needs no headrace) writes the frames' datasets
+(as ``publish_dataset`` does), unpublishes the frames that left the ring, updates the
+heads and logs the tick message, in that order and in one step, so a reader acting on
+the message always finds the frames. Four calls each (the fence, the datasets, the heads
+and message, the unpublishing) had cost a settle ~20 ms of round trips while its streams
+waited. The loop sends the heads that changed; a scheduler it has not published to yet
+(a restarted one) gets the mapping of every stream's head. The loop's health records of
+every stream go in one call too (:func:`report_health`).
 
-**Fenced.** The heads and the message go through a handler the loop installs on the
-scheduler (a plugin, pickled by value: the scheduler needs no headrace). Given the loop's
-lease (its lineage and epoch, :mod:`headrace.etl.store.lease`), the handler refuses a loop
-whose epoch is older than one it has seen, in the same step as it would write: a loop that
-was paused and lost its lease cannot move a head or announce a frame once its successor
-has published. The same check runs before the datasets are written (one more call), so
-that such a loop does not write a dataset either.
+**Fenced.** Given the loop's lease (its lineage and epoch,
+:mod:`headrace.etl.store.lease`), the handler refuses a loop whose epoch is older than
+one it has seen, before it writes anything: a loop that was paused and lost its lease
+cannot write a frame, move a head or announce a frame once its successor has published.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from distributed.protocol import Serialized, to_serialize
+
 from headrace.etl.contract import TOPIC, Head, Span, _key, dataset_name
 from headrace.etl.contract.version import TICK_VERSION
 
 if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
-    from distributed.protocol import Serialized
 
     from headrace.etl.contract.health import HealthRecord
 
@@ -57,7 +59,7 @@ Token = tuple[str, int] | None
 
 # The plugin's name, one per version of its handlers: a scheduler keeps an older version's
 # plugin (idempotent) and gets this one beside it.
-PLUGIN = "headrace-publish-1"
+PLUGIN = "headrace-publish-2"
 
 
 class FencedOut(Exception):
@@ -87,39 +89,43 @@ class TickPublisher:
             return time.time()
         client, now = self.client, time.time()
         token = self.token()
-        await self._install()
-        await _check(client, token)  # refused before writing anything, as when announcing
-        await client.publish_dataset(
-            {dataset_name(f.stream, f.seq): f.frame for f in frames}, override=True
-        )
+        fresh = await self._install()
         if self.heads is None:  # heads of streams this loop has not published yet stay
             self.heads = dict(await client.get_metadata(_key("streams"), default=None) or {})
-        heads = dict(self.heads)
-        for f in frames:
-            heads[f.stream] = asdict(Head(f.seq, self.ring, now, f.interval))
-        # The datasets and heads exist before anyone hears of them: a reader acting on the
-        # message always finds the frames.
+        changed = {f.stream: asdict(Head(f.seq, self.ring, now, f.interval)) for f in frames}
         message = {
             "v": TICK_VERSION,
             "published": now,
             "frames": [[f.stream, f.seq, f.span.rows, f.span.first, f.span.last] for f in frames],
         }
-        newer = await client.scheduler.headrace_announce(
-            heads_key=_key("streams"), heads=heads, topic=TOPIC, message=message, **_fence(token)
+        newer = await client.scheduler.headrace_tick(
+            names=[dataset_name(f.stream, f.seq) for f in frames],
+            data=[
+                f.frame if isinstance(f.frame, Serialized) else to_serialize(f.frame)
+                for f in frames
+            ],
+            stale=[dataset_name(f.stream, f.seq - self.ring) for f in frames if f.seq > self.ring],
+            heads_key=_key("streams"),
+            # A scheduler new to this loop (restarted) gets every head; then the changes.
+            heads={**self.heads, **changed} if fresh else changed,
+            whole=fresh,
+            topic=TOPIC,
+            message=message,
+            **_fence(token),
         )
         _refused(newer, token)
-        self.heads = heads
-        stale = [dataset_name(f.stream, f.seq - self.ring) for f in frames if f.seq > self.ring]
-        if stale:
-            await client.unpublish_dataset(stale)
+        self.heads.update(changed)
         return now
 
-    async def _install(self) -> None:
-        """The handler on this scheduler, once per scheduler (a restarted one has none)."""
+    async def _install(self) -> bool:
+        """The handlers on this scheduler, once per scheduler (a restarted one has none);
+        True the first time on a scheduler."""
         scheduler = self.client.scheduler_info().get("id")
-        if scheduler != self._installed_on:
-            await self.client.register_plugin(_announcer(), name=PLUGIN)
-            self._installed_on = scheduler
+        if scheduler == self._installed_on:
+            return False
+        await self.client.register_plugin(_announcer(), name=PLUGIN)
+        self._installed_on = scheduler
+        return True
 
 
 async def claim(client: Client, token: Token) -> None:
@@ -161,7 +167,7 @@ def _announcer() -> Any:
         def start(self, scheduler: Any) -> None:
             self.scheduler = scheduler
             scheduler.handlers["headrace_fence"] = self.fence
-            scheduler.handlers["headrace_announce"] = self.announce
+            scheduler.handlers["headrace_tick"] = self.tick
 
         def fence(self, fence_key: list[str] | None, epoch: int | None) -> int | None:
             """The newest epoch of the lineage if ``epoch`` is older, else None (and kept)."""
@@ -173,20 +179,39 @@ def _announcer() -> Any:
             self.scheduler.set_metadata(keys=fence_key, value=epoch)
             return None
 
-        def announce(
+        def tick(
             self,
+            names: list[str],
+            data: list[Any],
+            stale: list[str],
             heads_key: list[str],
             heads: dict,
+            whole: bool,
             topic: str,
             message: dict,
             fence_key: list[str] | None,
             epoch: int | None,
         ) -> int | None:
+            """A tick's frames, heads and message in one step (see the module's docstring)."""
             newer = self.fence(fence_key, epoch)
-            if newer is None:
+            if newer is not None:
+                return newer
+            # As publish_put and publish_delete leave them (distributed's PublishExtension),
+            # without their round trips; the frames hold no futures, so no keys are kept.
+            datasets = self.scheduler.extensions["publish"].datasets
+            for name in [*names, *stale]:
+                old = datasets.pop(name, None)
+                if old is not None and old["keys"]:
+                    self.scheduler.client_releases_keys(old["keys"], f"published-{name}")
+            for name, value in zip(names, data, strict=True):
+                datasets[name] = {"data": value, "keys": ()}
+            kept = None if whole else self.scheduler.get_metadata(keys=heads_key, default=None)
+            if kept is None:
                 self.scheduler.set_metadata(keys=heads_key, value=heads)
-                self.scheduler.log_event(topic, message)
-            return newer
+            else:
+                kept.update(heads)
+            self.scheduler.log_event(topic, message)
+            return None
 
     return Announcer()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from distributed.protocol import Serialized, deserialize, serialize
+from distributed.protocol import Serialized, deserialize, pickle, serialize
 
 from headrace.etl.contract import Span
 from headrace.etl.contract.frames import empty_frame
@@ -140,7 +140,14 @@ class Work:
     carry: Any
 
 
-def tick(works: list[Work]) -> list[Result]:
+def pack(works: list[Work]) -> bytes:
+    """``works`` pickled by the loop, for :func:`tick`: the scheduler passes bytes on as they
+    are, where it would unpickle every stream's source, parser and transform and pickle
+    them again for the worker (a sixth of its time with hundreds of streams)."""
+    return pickle.dumps(works)
+
+
+def tick(works: list[Work] | bytes) -> list[Result]:
     """Extract and transform each stream's chunk, in order: one task for many streams.
 
     The loop gives a task the streams of one server (their reads share a connection).
@@ -149,6 +156,8 @@ def tick(works: list[Work]) -> list[Result]:
     its error in its summary, as one whose source cannot be read does: it fails alone,
     and the others' results come back.
     """
+    if isinstance(works, bytes):
+        works = pickle.loads(works)
     chunks: list[Chunk | Exception] = []
     seconds = []
     for work in works:

@@ -246,7 +246,7 @@ class Ticker:
                 # would wait for that worker for ever).
                 future = self.client.submit(
                     pipeline.tick,
-                    [r.work() for r in runners],
+                    pipeline.pack([r.work() for r in runners]),
                     key=task_key("tick", server.split("://", 1)[-1] or "local", self.count, token),
                     pure=False,
                 )
