@@ -44,3 +44,20 @@ def test_windows_benchmark_runs_every_kind(tmp_path):
     for kind in windows.KINDS:
         assert kind in text
     assert "python -m benchmarks.windows --rows 20000" in text
+
+
+def test_streams_benchmark_counts_ticks_by_sequence_number_not_window_edges():
+    from benchmarks.streams import _rate
+
+    # 200 streams ticking every 1 s, in phase, seen over a 20.5 s window: 20 or 21 frames
+    # each depending on the phase, but one tick a second each whatever the edges.
+    for phase in (0.0, 0.4, 0.9):
+        window = [
+            (f"s{i}", 100 + phase + k, 0, 7 + k)
+            for i in range(200)
+            for k in range(21)
+            if k + phase < 20.5
+        ]
+        assert _rate(window) == pytest.approx(200.0)
+    late = [("a", 100.0 + 2 * k, 0, k) for k in range(10)]  # a stream ticking every 2 s
+    assert _rate(late) == pytest.approx(0.5)

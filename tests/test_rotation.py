@@ -247,6 +247,22 @@ def test_same_size_replacement_is_seen_without_growth(open_source, ftp_files, ki
     assert source.read(chunk.cursor).transfers == 0  # and then idle again
 
 
+def test_a_growing_file_is_read_without_mdtm_and_its_first_idle_tick_fetches_it(
+    open_source, ftp_files, kind
+):
+    ftp_files.write("a.log", numbered(0, 5))
+    source = open_source("a.log", rotated=None)
+    cursor = source.read(Cursor()).cursor
+    ftp_files.append("a.log", numbered(5, 9))
+    grown = source.read(cursor)
+    assert grown.data == numbered(5, 9) and grown.transfers == 1
+    # FTP: SIZE, then the read; MDTM only when the size did not change. Local: free.
+    assert (grown.cursor.mtime == "") == (kind != "file")
+    idle = source.read(grown.cursor)
+    assert idle.data == b"" and idle.transfers == 0 and idle.cursor.mtime
+    assert source.read(idle.cursor).cursor == idle.cursor  # and known from then on
+
+
 def test_start_end_takes_nothing_but_remembers_the_end(open_source, ftp_files):
     existing = numbered(0, 100) + b"a line being writ"
     ftp_files.write("a.log", existing)

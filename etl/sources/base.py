@@ -110,8 +110,14 @@ class Stat:
 class Files(Protocol):
     """What a source gives the shared cursor logic: a stat and a read, by path."""
 
-    def stat(self, path: str, *, required: bool = True) -> Stat | None:
-        """The file's size and stamps; None if it does not exist and not ``required``."""
+    def stat(
+        self, path: str, *, required: bool = True, grown_past: int | None = None
+    ) -> Stat | None:
+        """The file's size and stamps; None if it does not exist and not ``required``.
+
+        A source whose stamps cost a request may leave them unknown ("") when the size is
+        above ``grown_past``: the file grew, and its new bytes are read (and checked).
+        """
         ...
 
     def read(self, path: str, offset: int, size: int | None = None) -> bytes:

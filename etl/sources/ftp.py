@@ -1,12 +1,11 @@
 """Tail a log file on an FTP or FTPS server: :class:`FTPSource` and its connection pool.
 
 The cursor logic is the one every source shares (:func:`headrace.etl.sources.rotation.advance`);
-what lives here is FTP's own: credentials (URL, environment, netrc), one
-persistent login per process and server, reconnecting when a reused connection
-turns out dead, and the primitives the cursor logic reads with (``SIZE`` and
-``MDTM``, a ``RETR`` from an offset, whole or cut short). Kept apart from
-:mod:`headrace.etl.sources.base` so that the local file source and the source types do not carry
-ftplib and its pool. What FTPS adds to ftplib is in :mod:`headrace.etl.sources.ftps`.
+what lives here is FTP's own: credentials (URL, environment, netrc), one persistent login
+per process and server, reconnecting when a reused connection turns out dead, and the
+primitives the cursor logic reads with (``SIZE`` and ``MDTM``, a ``RETR`` from an offset,
+whole or cut short). Kept apart from :mod:`headrace.etl.sources.base` so that the local
+source does not carry ftplib. What FTPS adds to ftplib is in :mod:`headrace.etl.sources.ftps`.
 """
 
 from __future__ import annotations
@@ -296,7 +295,7 @@ class _Files:
         assert conn.ftp is not None
         self.source, self.conn, self.ftp = source, conn, conn.ftp
 
-    def stat(self, path: str, *, required: bool = True) -> Stat | None:
+    def stat(self, path: str, *, required: bool = True, grown_past: int | None = None):
         self.conn.doing = f"SIZE {path!r}"
         try:
             size = self.ftp.size(path)
@@ -306,8 +305,11 @@ class _Files:
             raise self.source._error(f"cannot get the size of {path!r}", e) from e
         if size is None:
             raise self.source._error(f"SIZE {path!r} is not supported by the server")
-        # The modification time of the file read only: it tells a same-size replacement.
-        return Stat(size, self._mdtm(path) if path == self.source.path else "")
+        # The modification time of the file read only, when it did not grow: it tells a
+        # same-size replacement on an idle tick. A growing file's ticks save that command
+        # (one of six); the first idle tick after them fetches it.
+        grew = grown_past is not None and size > grown_past
+        return Stat(size, "" if grew or path != self.source.path else self._mdtm(path))
 
     def _mdtm(self, path: str) -> str:
         if not self.conn.mdtm:
@@ -318,11 +320,8 @@ class _Files:
         except ftplib.error_perm as e:
             if str(e)[:3] in ("500", "501", "502", "504"):  # not implemented here
                 self.conn.mdtm = False
-                log.info(
-                    "%s: the server has no MDTM: a replacement by a file of the same size"
-                    " shows only when the file grows",
-                    self.source.display,
-                )
+                what = "a same-size replacement shows only when the file grows"
+                log.info("%s: the server has no MDTM: %s", self.source.display, what)
             return ""  # 550: gone since the SIZE; the next tick sees it
         return reply[4:].strip() if reply.startswith("213") else ""
 

@@ -44,7 +44,9 @@ class FileSource:
 
 
 class _LocalFiles:
-    def stat(self, path: str, *, required: bool = True) -> Stat | None:
+    def stat(
+        self, path: str, *, required: bool = True, grown_past: int | None = None
+    ) -> Stat | None:
         try:
             st = os.stat(path)
         except FileNotFoundError:

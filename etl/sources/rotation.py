@@ -129,7 +129,8 @@ class _Read:
         return Chunk(data, first_line, cursor, self.transfers, reset, self.display)
 
     def run(self, c: Cursor) -> Chunk:
-        st = self.files.stat(self.path, required=False)
+        grown_past = c.offset if c.phase == CURRENT else None
+        st = self.files.stat(self.path, required=False, grown_past=grown_past)
         if c.phase == ROTATED and self.rotated is not None:
             return self.finish_rotated(c, st)
         if c.phase == ROTATED:  # rotated: none since the cursor was kept
@@ -228,7 +229,7 @@ class _Read:
         """The modification time and inode that go with a cursor at ``offset``."""
         if st is None:
             return "", 0
-        if offset > st.size:
+        if offset > st.size and st.mtime:
             # Appended between the stat and the read: that stat's time is older than the
             # bytes; a stat now tells, if nothing came since.
             again = self.files.stat(self.path, required=False)
