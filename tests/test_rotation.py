@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ftplib
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from faultreport import record
 from test_ftps import certs, ftps_server, vsftpd  # noqa: F401  (fixtures)
 
 from headrace.etl.sources.base import CURRENT, FINISHED, ROTATED, Chunk, Cursor, Source, SourceError
-from headrace.etl.sources.ftp import FTPSource
+from headrace.etl.sources.ftp import GROWING, FTPSource
 from headrace.etl.sources.local import FileSource
 from headrace.etl.sources.rotation import HEAD_SIZE
 from headrace.etl.store.state import Checkpoint, StateStore
@@ -247,20 +248,70 @@ def test_same_size_replacement_is_seen_without_growth(open_source, ftp_files, ki
     assert source.read(chunk.cursor).transfers == 0  # and then idle again
 
 
-def test_a_growing_file_is_read_without_mdtm_and_its_first_idle_tick_fetches_it(
-    open_source, ftp_files, kind
+def test_a_growing_file_is_read_without_a_stat_until_its_first_idle_tick(
+    open_source, ftp_files, kind, monkeypatch
 ):
+    """FTP: once a file grew at a few ticks in a row, a tick is PASV, REST and RETR only;
+    SIZE and MDTM come back with its first tick without new bytes. Local: nothing changes."""
+    sent: list[str] = []
+    putcmd = ftplib.FTP.putcmd
+    monkeypatch.setattr(
+        ftplib.FTP, "putcmd", lambda ftp, line: (sent.append(line.split()[0]), putcmd(ftp, line))
+    )
     ftp_files.write("a.log", numbered(0, 5))
     source = open_source("a.log", rotated=None)
     cursor = source.read(Cursor()).cursor
-    ftp_files.append("a.log", numbered(5, 9))
-    grown = source.read(cursor)
-    assert grown.data == numbered(5, 9) and grown.transfers == 1
-    # FTP: SIZE, then the read; MDTM only when the size did not change. Local: free.
-    assert (grown.cursor.mtime == "") == (kind != "file")
-    idle = source.read(grown.cursor)
-    assert idle.data == b"" and idle.transfers == 0 and idle.cursor.mtime
-    assert source.read(idle.cursor).cursor == idle.cursor  # and known from then on
+    got = []
+    for i in range(6):
+        ftp_files.append("a.log", numbered(5 + 4 * i, 9 + 4 * i))
+        sent.clear()
+        chunk = source.read(cursor)
+        got.append(chunk.data)
+        assert chunk.transfers == 1 and chunk.first_line == cursor.line + 1
+        cursor = chunk.cursor
+        if kind != "file":
+            assert "MDTM" not in sent and ("SIZE" in sent) == (i < GROWING), (i, sent)
+    assert b"".join(got) == numbered(5, 29)
+    sent.clear()
+    idle = source.read(cursor)
+    assert idle.data == b"" and idle.cursor.offset == cursor.offset and idle.cursor.mtime
+    if kind != "file":
+        assert "SIZE" in sent and "MDTM" in sent and idle.transfers == 1  # 64 bytes, once
+    sent.clear()
+    assert source.read(idle.cursor).transfers == 0 and "RETR" not in sent  # idle from then on
+    ftp_files.append("a.log", numbered(29, 30))
+    sent.clear()
+    assert source.read(idle.cursor).data == numbered(29, 30)
+    assert kind == "file" or "SIZE" in sent  # a stat first again, until it keeps growing
+
+
+@pytest.mark.parametrize("how", ["rename", "copytruncate", "truncate"])
+def test_a_file_read_without_a_stat_is_followed_across_a_rotation(open_source, ftp_files, how):
+    """A file read first (it kept growing) that is rotated, replaced by a larger file or
+    truncated: its 64 bytes before the cursor tell, and the stat's path takes over."""
+    ftp_files.write("a.log", numbered(0, 5))
+    source = open_source("a.log")
+    cursor = source.read(Cursor()).cursor
+    for i in range(GROWING + 1):
+        ftp_files.append("a.log", numbered(5 + i, 6 + i))
+        cursor = source.read(cursor).cursor
+    ftp_files.append("a.log", numbered(20, 30))  # written, not read yet
+    path = ftp_files.path("a.log")
+    if how == "rename":
+        os.rename(path, ftp_files.path("a.log.1"))
+        new = numbered(0, 100, b"new")  # larger than what was read of the old one
+        ftp_files.write("a.log", new)
+    else:
+        if how == "copytruncate":
+            shutil.copyfile(path, ftp_files.path("a.log.1"))
+        os.truncate(path, 0)
+        new = numbered(40, 42)
+        ftp_files.append("a.log", new)
+    chunks: list[Chunk] = []
+    drain(source, cursor, chunks)
+    lost = how == "truncate"  # no rotated copy: what was not read is gone, said so
+    assert data(chunks) == (b"" if lost else numbered(20, 30)) + new
+    assert chunks[-2 if not lost else 0].reset in ("rotated", "truncated")
 
 
 def test_start_end_takes_nothing_but_remembers_the_end(open_source, ftp_files):

@@ -108,7 +108,12 @@ class Stat:
 
 
 class Files(Protocol):
-    """What a source gives the shared cursor logic: a stat and a read, by path."""
+    """What a source gives the shared cursor logic: a stat and a read, by path.
+
+    ``reads_first(path)`` (optional): whether a file that grew at its last read is read
+    again before any stat, as long as it grows. For sources whose stat costs a request and
+    whose stamps tell a file that did not grow (FTP with ``MDTM``), once a file keeps growing.
+    """
 
     def stat(
         self, path: str, *, required: bool = True, grown_past: int | None = None

@@ -43,6 +43,7 @@ __all__ = ["FTPSource"]
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 16  # bytes asked of the data connection at a time
+GROWING = 3  # ticks in a row that found a file grown, before it is read without a SIZE
 
 # Errors after which a reused connection is presumed dead (dropped by the server,
 # network blip, protocol out of step): reconnect once and retry the whole read.
@@ -55,6 +56,7 @@ class _Conn:
     ftp: ftplib.FTP | None = None
     last_used: float = 0.0
     mdtm: bool = True  # False once the server said it has no MDTM
+    growing: dict[str, int] = field(default_factory=dict)  # ticks in a row a file grew
     doing: str = ""  # the command under way, for errors to name
 
 
@@ -186,17 +188,8 @@ class FTPSource:
         return (self.scheme, tls, self.host, self.port, self.user, digest)
 
     def read(self, cursor: Cursor, limit: int | None = None) -> Chunk:
-        return self._with_connection(
-            lambda conn: advance(
-                cursor,
-                limit,
-                _Files(self, conn),
-                self.path,
-                self.rotated,
-                self.options,
-                self.display,
-            )
-        )
+        where = (self.path, self.rotated, self.options, self.display)
+        return self._with_connection(lambda c: advance(cursor, limit, _Files(self, c), *where))
 
     def close(self) -> None:
         with _pool_lock:
@@ -295,6 +288,11 @@ class _Files:
         assert conn.ftp is not None
         self.source, self.conn, self.ftp = source, conn, conn.ftp
 
+    def reads_first(self, path: str) -> bool:
+        # Once a file grew at a few ticks in a row: one that grows now and then would pay
+        # a transfer at each of its first idle ticks for a SIZE saved.
+        return self.conn.mdtm and self.conn.growing.get(path, 0) >= GROWING
+
     def stat(self, path: str, *, required: bool = True, grown_past: int | None = None):
         self.conn.doing = f"SIZE {path!r}"
         try:
@@ -305,10 +303,10 @@ class _Files:
             raise self.source._error(f"cannot get the size of {path!r}", e) from e
         if size is None:
             raise self.source._error(f"SIZE {path!r} is not supported by the server")
-        # The modification time of the file read only, when it did not grow: it tells a
-        # same-size replacement on an idle tick. A growing file's ticks save that command
-        # (one of six); the first idle tick after them fetches it.
+        # MDTM of the file read, when it did not grow: it tells a same-size replacement on
+        # an idle tick. A growing file's ticks save it; the first idle tick fetches it.
         grew = grown_past is not None and size > grown_past
+        self.conn.growing[path] = self.conn.growing.get(path, 0) + 1 if grew else 0
         return Stat(size, "" if grew or path != self.source.path else self._mdtm(path))
 
     def _mdtm(self, path: str) -> str:

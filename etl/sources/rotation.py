@@ -6,7 +6,9 @@ primitives of :class:`headrace.etl.sources.base.Files` (stat, read from an offse
 **Most ticks.** A stat (FTP: ``SIZE`` and ``MDTM``, no data transfer). Nothing new:
 no transfer at all. Appended bytes: one transfer, from 64 bytes before the cursor;
 those 64 bytes (:attr:`Cursor.fingerprint`) check that the file is still the one
-being read, the rest is new.
+being read, the rest is new. Where a stat costs a request (``Files.reads_first``), a
+file that keeps growing is read first, without a stat; its first tick without new
+bytes, or anything that looks off, goes on as above.
 
 **Something looks off** when the file is smaller than the cursor, those 64 bytes
 differ, its inode changed (local files), or its modification time changed while
@@ -129,6 +131,11 @@ class _Read:
         return Chunk(data, first_line, cursor, self.transfers, reset, self.display)
 
     def run(self, c: Cursor) -> Chunk:
+        first = getattr(self.files, "reads_first", None)
+        if c.phase == CURRENT and c.offset and not c.mtime and first and first(self.path):
+            grown = self.grown(c)  # no MDTM at the last read: the file grew then
+            if grown is not None:
+                return grown
         grown_past = c.offset if c.phase == CURRENT else None
         st = self.files.stat(self.path, required=False, grown_past=grown_past)
         if c.phase == ROTATED and self.rotated is not None:
@@ -169,10 +176,25 @@ class _Read:
             return self.changed(c, _kind(c, st, len(got) < len(fp)), st)
         if moved and not self.head_matches(c.head, self.path):
             return self.changed(c, "rotated", st)
+        return self.appended(c, got[len(fp) :], st)
+
+    def grown(self, c: Cursor) -> Chunk | None:
+        """The bytes appended since ``c``, read without a stat; None (for the stat to tell)
+        if there are none, or the 64 bytes before the cursor are not the cursor's."""
+        fp = _fingerprint(c)
+        try:
+            got = self.get(self.path, c.offset - len(fp))
+        except BeyondEnd:
+            return None
+        if len(got) <= len(fp) or got[: len(fp)] != fp:
+            return None
+        return self.appended(c, got[len(fp) :], None)
+
+    def appended(self, c: Cursor, new: bytes, st: Stat | None) -> Chunk:
         head = c.head
         if len(head) < min(HEAD_SIZE, c.offset):  # a cursor kept from before heads were
             head = self.get(self.path, 0, HEAD_SIZE)
-        return self.emit(replace(c, head=head), self.take(got[len(fp) :], c.offset), st)
+        return self.emit(replace(c, head=head), self.take(new, c.offset), st)
 
     def first(self, st: Stat) -> Chunk:
         """The first read of a file the stream has no cursor for."""
@@ -299,13 +321,9 @@ class _Read:
             return self.lost(c, kind, st, "was not found")
         if rst.size < c.offset or not self.head_matches(c.head, path):
             return self.lost(c, kind, st, "is not the file that was being read")
-        log.info(
-            "%s: file %s; reading the rest of the old file from %s, from byte %d",
-            self.display,
-            "truncated" if kind == "truncated" else "replaced",
-            path,
-            c.offset,
-        )
+        how = "truncated" if kind == "truncated" else "replaced"
+        rest = f"the rest of the old file from {path}, from byte {c.offset}"
+        log.info("%s: file %s; reading %s", self.display, how, rest)
         return self.finish_rotated(replace(c, phase=ROTATED, mtime="", inode=0), st, rst)
 
     def finish_rotated(self, c: Cursor, st: Stat | None, rst: Stat | None = None) -> Chunk:
@@ -332,14 +350,8 @@ class _Read:
         phase = FINISHED if finished else ROTATED
         after = Cursor(c.offset + len(new), line, tail, fp, c.head, phase)
         if finished:
-            log.info(
-                "%s: read %s to its end (byte %d, line %d); reading %s from byte 0",
-                self.display,
-                path,
-                after.offset,
-                line,
-                self.path,
-            )
+            what = f"{path} to its end (byte {after.offset}, line {line}); reading {self.path}"
+            log.info("%s: read %s from byte 0", self.display, what)
             if not data:  # nothing more of the old file: the new one in this read
                 return self.restart(after, "rotated", st, quiet=True)
         return self.chunk(data, c.line + 1, after)
