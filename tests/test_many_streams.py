@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pickle
 import time
 from collections import defaultdict
 
@@ -18,10 +19,11 @@ from headrace.etl import contract
 from headrace.etl.contract.batch import Outgoing, TickPublisher, report_health
 from headrace.etl.contract.health import HealthRecord
 from headrace.etl.contract.version import SchemaVersionError
-from headrace.etl.loop import ticks
+from headrace.etl.loop import pipeline, ticks
 from headrace.etl.loop.runner import StreamRunner
 from headrace.etl.loop.ticks import Ticker, owner, run_streams
 from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import Cursor
 from headrace.etl.store.state import Checkpoint, StateStore
 from headrace.etl.streams import Stream
 
@@ -29,6 +31,12 @@ from headrace.etl.streams import Stream
 def frame(start: str, n: int) -> pd.DataFrame:
     times = pd.date_range(start, periods=n, freq="25ms", tz="UTC", unit="ns")
     return pd.DataFrame({"time": times, "value": np.arange(n, dtype=float)})
+
+
+def wire(f: pd.DataFrame):
+    """``f`` as a worker's result carries it to the loop."""
+    summary = pipeline.Summary(Cursor(), 0, 0, None)
+    return pickle.loads(pickle.dumps(pipeline.Result(f, summary))).wire()
 
 
 def test_a_stream_stays_on_its_worker_while_that_worker_stays():
@@ -60,17 +68,21 @@ def test_a_tick_of_many_streams_is_published_in_one_message(cluster_options):
             names = [f"s{i}" for i in range(50)]
             for seq in (1, 2, 3):
                 frames = [frame(f"2026-01-01 00:00:0{seq}", seq) for _ in names]
+                # Odd streams' frames as a worker sends them (serialized once, there).
                 out = [
-                    Outgoing(n, seq, f, contract.Span.of(f), 0.2)
-                    for n, f in zip(names, frames, strict=True)
+                    Outgoing(n, seq, wire(f) if i % 2 else f, contract.Span.of(f), 0.2)
+                    for i, (n, f) in enumerate(zip(names, frames, strict=True))
                 ]
                 await publisher.publish(out)
             await asyncio.sleep(0.5)
             heads = await contract.heads(client)
             read = await contract.read_many(client, {"s7": (0, 3), "s8": (2, 3)})
-            return messages, events, heads, read
+            plain = await client.get_dataset(contract.dataset_name("s9", 3))
+            return messages, events, heads, read, plain, frames[9]
 
-    messages, events, heads, read = asyncio.run(main())
+    messages, events, heads, read, plain, sent = asyncio.run(main())
+    pd.testing.assert_frame_equal(read["s7"][-1][1], sent)  # from a worker's bytes
+    pd.testing.assert_frame_equal(plain, sent)  # a reader without headrace's contract
     assert len(messages) == 3  # one per tick, whatever the number of streams
     assert all(m["v"] == 2 and len(m["frames"]) == 50 for m in messages)
     assert len(events) == 150 and {e.seq for e in events if e.stream == "s3"} == {1, 2, 3}
