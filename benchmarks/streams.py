@@ -249,14 +249,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="LABEL=JSON",
         help="a table from an earlier run's --out beside this one's (e.g. before=old.json)",
     )
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="JSON",
+        help="this run's figures from an earlier --out of the same sweep (only the tables)",
+    )
     p.add_argument("--feed", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.feed is not None:
         return _feed(args.feed, args.n, args.rate, args.port, args.source)
-    results = []
-    for workers in [int(w) for w in str(args.workers).split(",")]:
+    results = json.loads(Path(args.reuse).read_text()) if args.reuse else []
+    for workers in [] if args.reuse else [int(w) for w in str(args.workers).split(",")]:
         for interval in [float(i) for i in args.intervals.split(",")]:
             for n in [int(s) for s in args.streams.split(",")]:
                 log(f"streams: {n} streams every {interval:g}s, {workers} workers")
