@@ -19,6 +19,9 @@ from headrace.etl.contract.frames import TIME_DTYPE
 
 # Column labels by names: an Index is immutable, and building one costs ~25 µs.
 _LABELS: dict[tuple[str, ...], pd.Index] = {}
+# The names of those labels, by the id of the Index (kept for ever in _LABELS): reading
+# them back from a str Index costs ~7 µs.
+_NAMES: dict[int, tuple[str, ...]] = {}
 
 
 def frame(columns: dict[str, np.ndarray | ExtensionArray]) -> pd.DataFrame:
@@ -32,6 +35,31 @@ def frame(columns: dict[str, np.ndarray | ExtensionArray]) -> pd.DataFrame:
     return pd.DataFrame._from_arrays(
         arrays, columns=labels, index=pd.RangeIndex(rows), verify_integrity=False
     )
+
+
+def names(frame: pd.DataFrame) -> tuple[str, ...]:
+    """``tuple(frame.columns.tolist())``, remembered for the labels :func:`frame` shares."""
+    labels = frame.columns
+    known = _NAMES.get(id(labels))
+    if known is not None:
+        return known
+    got = tuple(labels.tolist())
+    if _LABELS.get(got) is labels:
+        _NAMES[id(labels)] = got
+    return got
+
+
+def span(frame: pd.DataFrame) -> tuple[int, int, int] | None:
+    """Rows, first and last ns of ``frame``'s ``time`` column (``Span.of`` without
+    building the frame's column hash table and a Series); None unless datetime64[ns, UTC]."""
+    cols = names(frame)
+    if "time" not in cols or not len(frame):
+        return None
+    times = column(frame, cols.index("time"))
+    if times.dtype != TIME_DTYPE:
+        return None
+    ns = times.asi8
+    return len(ns), int(ns[0]), int(ns[-1])
 
 
 def times(ns: np.ndarray) -> DatetimeArray:

@@ -9,6 +9,7 @@ import pytest
 
 from headrace.etl import pandas_internals as internals
 from headrace.etl.contract.frames import TIME_DTYPE
+from headrace.etl.contract.messages import Span
 
 NS = np.array([1_764_000_000_000_000_000 + i * 25_000_000 for i in range(5)], np.int64)
 TIMES = pd.array(NS.view("M8[ns]"), TIME_DTYPE)
@@ -50,3 +51,14 @@ def test_a_column_is_the_array_iloc_gives():
     value = internals.column(rows, 1)
     assert isinstance(value, np.ndarray) and (value == rows.iloc[:, 1].to_numpy()).all()
     pd.testing.assert_extension_array_equal(internals.column(rows, 2), rows.iloc[:, 2].array)
+
+
+def test_names_and_span_equal_the_public_paths():
+    ns = np.array([5, 7, 9], dtype=np.int64) * 1_000_000
+    shared = internals.frame({"time": internals.times(ns), "value": np.ones(3)})
+    public = pd.DataFrame({"value": np.ones(3), "time": pd.to_datetime(ns, utc=True)})
+    for f in (shared, shared, public):  # the shared labels' names are remembered
+        assert internals.names(f) == tuple(f.columns.tolist())
+        assert internals.span(f) == tuple(vars(Span.of(f)).values())
+    naive = pd.DataFrame({"time": pd.to_datetime(ns), "value": np.ones(3)})
+    assert internals.span(naive) is None and internals.span(shared.iloc[:0]) is None

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 from distributed.protocol import Serialized, deserialize, pickle
 
+from headrace.etl import pandas_internals as internals
 from headrace.etl.contract import Span
 from headrace.etl.contract.frames import empty_frame
 from headrace.etl.parse import together
@@ -113,7 +114,8 @@ def transform(
         parsed = parser.parse(chunk.data, first_line=chunk.first_line, source=chunk.source)
     step = transform.step(parsed.frame, carry)
     frame = step.frame
-    summary.span = Span.of(frame)
+    known = internals.span(frame)
+    summary.span = Span(*known) if known is not None else Span.of(frame)
     summary.lines, summary.blank, summary.malformed = parsed.lines, parsed.blank, parsed.malformed
     summary.samples = parsed.samples
     summary.late, summary.carried, summary.carry = step.late, step.carried, step.carry

@@ -19,7 +19,7 @@ def arrays(rows: pd.DataFrame) -> Arrays:
     """ns times, float64 values and keys (or None) of a frame of rows."""
     # Columns by position: a name looked up in a new frame's columns first builds their
     # hash table, which cost more than the rest of this on a tick's few rows.
-    names = rows.columns.tolist()
+    names = internals.names(rows)
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise ValueError(f"rows lack column(s) {', '.join(missing)}")
