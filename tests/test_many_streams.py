@@ -163,6 +163,19 @@ def test_many_states_are_saved_in_one_transaction(tmp_path):
     store.close()
 
 
+def test_a_publishing_ticks_write_ahead_updates_only_its_pending_offset(tmp_path):
+    store = StateStore(tmp_path)
+    kept = Checkpoint(Cursor(120, 7, b"pa", b"fp", b"head"), 4, {"carry": [1, 2]}, totals={"a": 1})
+    store.save_many([("s", kept, None)], 1.0)
+    ahead = Checkpoint(kept.cursor, 4, kept.carry, 180, totals=kept.totals)
+    store.save_many([("s", ahead, None)], 2.0, frozenset({"s"}))
+    assert store.load("s") == ahead
+    new = Checkpoint(pending_until=99)  # no row yet: written whole, not lost
+    store.save_many([("s", kept, None), ("new", new, None)], 3.0, frozenset({"s", "new"}))
+    assert store.load("s") == kept and store.load("new") == new
+    store.close()
+
+
 def _lines(n: int, start: int = 0) -> bytes:
     base = pd.Timestamp("2026-11-23T09:00:00Z")
     return b"".join(

@@ -104,6 +104,7 @@ class StreamRunner:
         self.stream, self.store, self.metrics, self.dead = stream, store, metrics, dead
         self.name = stream.name
         self.state: Checkpoint = store.load(stream.name)
+        self.stored = self.state != Checkpoint()  # a row holds self.state
         self.health = Health.resumed(self.state)
         self.retry_at = 0.0  # time.time() before which a failing stream is not ticked
         period = getattr(stream.transform, "period", None)
@@ -155,7 +156,7 @@ class StreamRunner:
         return Step(self, seq, summary, ahead, done, result)
 
     def committed(self, state: Checkpoint) -> None:
-        self.state = state
+        self.state, self.stored = state, True
 
     def published(self, step: Step, published: float) -> None:
         """``step``'s frame is published and its checkpoint committed."""

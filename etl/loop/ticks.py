@@ -290,9 +290,11 @@ class Ticker:
             # letters, which the store ignores, so none is lost and none kept twice.
             await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
         ahead = [(s.runner.name, s.ahead, None) for s in steps if s.ahead is not None]
+        # A publishing tick's write-ahead is the stored state with its pending_until set.
+        pending = frozenset(s.runner.name for s in steps if s.result and s.runner.stored)
         if ahead:
             try:
-                await asyncio.to_thread(self.store.save_many, ahead, time.time())
+                await asyncio.to_thread(self.store.save_many, ahead, time.time(), pending)
             except Exception as exc:  # disk full, read-only: every stream's tick again later
                 _fail(steps, exc)
                 return

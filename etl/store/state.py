@@ -120,41 +120,47 @@ class StateStore:
         """
         self.save_many([(name, state, queue)], updated)
 
-    def save_many(self, states: list[tuple[str, Checkpoint, bytes | None]], updated: float) -> None:
-        """:meth:`save` of many streams' ``(name, state, queue)``, all in one transaction."""
-        rows, queued = [], []
-        for name, state, queue in states:
-            c = state.cursor
-            rows.append(
-                dict(
-                    name=name,
-                    offset=c.offset,
-                    line=c.line,
-                    tail=c.tail,
-                    fingerprint=c.fingerprint,
-                    head=c.head,
-                    phase=c.phase,
-                    mtime=c.mtime,
-                    inode=c.inode,
-                    next_seq=state.next_seq,
-                    carry=pickles.dumps(state.carry) if state.carry is not None else None,
-                    pending_until=state.pending_until,
-                    updated=updated,
-                    totals=json.dumps(state.totals),
-                )
-            )
-            if queue is not None:
-                queued.append(dict(stream=name, seq=state.next_seq - 1, frame=queue, added=updated))
+    def save_many(
+        self,
+        states: list[tuple[str, Checkpoint, bytes | None]],
+        updated: float,
+        pending: frozenset[str] = frozenset(),
+    ) -> None:
+        """:meth:`save` of many streams' ``(name, state, queue)``, all in one transaction.
+
+        ``pending``: streams whose stored state differs from ``state`` only in its
+        ``pending_until`` (a publishing tick's write-ahead). SQLite updates just that,
+        not the whole row again with its cursor's 1 kB head and pickled carry.
+        """
+        sqlite = self.engine.dialect.name == "sqlite"
+        marks = [(n, s, q) for n, s, q in states if n in pending] if sqlite else []
+        rows = [_row(n, s, updated) for n, s, q in states if not marks or n not in pending]
+        queued = [
+            dict(stream=n, seq=s.next_seq - 1, frame=q, added=updated)
+            for n, s, q in states
+            if q is not None
+        ]
         try:
             with self.engine.begin() as conn:
                 if self.fence is not None:
                     self.fence(conn)
-                if self.engine.dialect.name == "sqlite":
+                if sqlite:
+                    if marks and not self._mark_sqlite(conn, marks, updated):
+                        rows += [_row(n, s, updated) for n, s, _ in marks]  # a row was missing
                     self._write_sqlite(conn, rows, queued)
                 else:
                     self._write(conn, rows, queued)
         except sa.exc.SQLAlchemyError as exc:
             raise self._error("cannot save the stream's state in", exc) from exc
+
+    def _mark_sqlite(self, conn: sa.Connection, marks: list[tuple], updated: float) -> bool:
+        """Set ``pending_until`` of rows that exist; False if one did not."""
+        sql = (
+            f'UPDATE {self.tables.streams.name} SET "pending_until" = ?, "updated" = ?'
+            ' WHERE "name" = ?'
+        )
+        got = conn.exec_driver_sql(sql, [(s.pending_until, updated, n) for n, s, _ in marks])
+        return got.rowcount == len(marks)
 
     def _write(self, conn: sa.Connection, rows: list[dict], queued: list[dict]) -> None:
         # Delete and insert: the one replacement every database has (SQL Server has no
@@ -245,3 +251,24 @@ def _length(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
 
 def _slices(items: list, size: int = 500) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _row(name: str, state: Checkpoint, updated: float) -> dict[str, Any]:
+    """The streams table's row of ``state``."""
+    c = state.cursor
+    return dict(
+        name=name,
+        offset=c.offset,
+        line=c.line,
+        tail=c.tail,
+        fingerprint=c.fingerprint,
+        head=c.head,
+        phase=c.phase,
+        mtime=c.mtime,
+        inode=c.inode,
+        next_seq=state.next_seq,
+        carry=pickles.dumps(state.carry) if state.carry is not None else None,
+        pending_until=state.pending_until,
+        updated=updated,
+        totals=json.dumps(state.totals),
+    )
