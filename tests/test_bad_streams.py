@@ -8,9 +8,9 @@ import logging
 import shutil
 import time
 
-import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
+from streamparts import Exploding, log_lines
 
 from headrace.cluster.demo.ftpserver import FTPServer
 from headrace.etl import contract
@@ -22,21 +22,6 @@ GOOD = 40
 INTERVAL = 0.3
 
 
-def lines(n: int, start: int = 0) -> bytes:
-    base = pd.Timestamp("2026-11-23T09:00:00Z")
-    return b"".join(
-        f"{(base + pd.Timedelta(seconds=i)).isoformat()} {i}\n".encode()
-        for i in range(start, start + n)
-    )
-
-
-class Exploding:
-    """A parser whose own code raises (not a line it reports as malformed)."""
-
-    def parse(self, data: bytes, first_line: int = 1, source: str = "") -> object:
-        raise RuntimeError("this parser fails on every line")
-
-
 @pytest.mark.timeout(180)
 def test_failing_streams_fail_alone_say_why_back_off_and_recover(
     cluster_options, ftp_server, ftp_root, tmp_path, caplog
@@ -44,11 +29,11 @@ def test_failing_streams_fail_alone_say_why_back_off_and_recover(
     caplog.set_level(logging.INFO, logger="headrace")
     good = [f"g{i:02d}" for i in range(GOOD)]
     for name in good:
-        (ftp_root / f"{name}.log").write_bytes(lines(2))
+        (ftp_root / f"{name}.log").write_bytes(log_lines(2))
     (ftp_root / "dir.log").mkdir()  # not a file
     other = tmp_path / "other"
     other.mkdir()
-    (other / "a.log").write_bytes(lines(3))
+    (other / "a.log").write_bytes(log_lines(3))
     refusing = FTPServer(other, user="bob", password="right").start()
     wrong = refusing.url("a.log").replace(":right@", ":wrong@")  # refused, until the fix
 
@@ -89,16 +74,16 @@ def test_failing_streams_fail_alone_say_why_back_off_and_recover(
             )
             for name in good:
                 with open(ftp_root / f"{name}.log", "ab") as f:
-                    f.write(lines(1, start=2))
+                    f.write(log_lines(1, start=2))
             await until(lambda by: all(by[n].health.published == 2 for n in good), "on", runners)
             await until(lambda by: all(by[n].health.ticks >= 20 for n in good), "ticks", runners)
             by = {r.name: r for r in runners}
             failed = {n: (by[n].health.failures, by[n].health.error) for n in [*fixed, "parser"]}
             ticks = min(by[n].health.ticks for n in good)
             # Fixed: the file comes, the folder becomes a file, the server takes the login.
-            (ftp_root / "missing.log").write_bytes(lines(4))
+            (ftp_root / "missing.log").write_bytes(log_lines(4))
             shutil.rmtree(ftp_root / "dir.log")
-            (ftp_root / "dir.log").write_bytes(lines(5))
+            (ftp_root / "dir.log").write_bytes(log_lines(5))
             refusing.stop()
             refusing.password = "wrong"
             refusing.start()

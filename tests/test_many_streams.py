@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster, Worker, get_task_stream
+from streamparts import Exploding, log_lines
 
 from headrace.etl import contract
 from headrace.etl.contract.batch import Outgoing, TickPublisher, report_health
@@ -176,21 +177,6 @@ def test_a_publishing_ticks_write_ahead_updates_only_its_pending_offset(tmp_path
     store.close()
 
 
-def _lines(n: int, start: int = 0) -> bytes:
-    base = pd.Timestamp("2026-11-23T09:00:00Z")
-    return b"".join(
-        f"{(base + pd.Timedelta(seconds=i)).isoformat()} {i}\n".encode()
-        for i in range(start, start + n)
-    )
-
-
-class Exploding:
-    """A parser whose own code raises (not a line it reports as malformed)."""
-
-    def parse(self, data: bytes, first_line: int = 1, source: str = "") -> object:
-        raise RuntimeError("this parser fails on every line")
-
-
 @pytest.mark.timeout(120)
 def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
     cluster_options, ftp_server, ftp_root, tmp_path, caplog, monkeypatch
@@ -201,7 +187,7 @@ def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
     monkeypatch.setattr(ticks, "TASK_SHARE", 10)
     names = [f"s{i:02d}" for i in range(20)]
     for name in names:
-        (ftp_root / f"{name}.log").write_bytes(_lines(3))
+        (ftp_root / f"{name}.log").write_bytes(log_lines(3))
     # Ticks long enough for every task to end within its tick: a task that outlasts it
     # has its streams tick again at once, in a task of their own under the same tick.
     streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.5) for n in names]
@@ -227,7 +213,7 @@ def test_streams_of_a_server_share_a_task_and_a_failing_parser_fails_alone(
                         appended = True
                         for n in names:
                             with open(ftp_root / f"{n}.log", "ab") as f:
-                                f.write(_lines(2, start=3))
+                                f.write(log_lines(2, start=3))
                     await asyncio.sleep(0.05)
                 stop.set()
                 await task
@@ -270,7 +256,7 @@ def test_a_worker_added_takes_its_share_at_the_next_ticks(
 ):
     names = [f"w{i:02d}" for i in range(12)]
     for name in names:
-        (ftp_root / f"{name}.log").write_bytes(_lines(1))
+        (ftp_root / f"{name}.log").write_bytes(log_lines(1))
     streams = [Stream(n, ftp_server.url(f"{n}.log"), transform=None, interval=0.1) for n in names]
 
     async def main():
@@ -314,7 +300,7 @@ def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_ti
 ):
     names = ["a", "b"]
     for name in names:
-        (ftp_root / f"{name}.log").write_bytes(_lines(3))
+        (ftp_root / f"{name}.log").write_bytes(log_lines(3))
     streams = [
         Stream(n, ftp_server.url(f"{n}.log"), parser=Slow(0.3), transform=None, interval=0.1)
         for n in names
@@ -336,7 +322,7 @@ def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_ti
             assert len(ticker.flying) == 1
             for name in names:
                 with open(ftp_root / f"{name}.log", "ab") as f:
-                    f.write(_lines(2, start=3))
+                    f.write(log_lines(2, start=3))
             # No tick from here on: what settles and ticks them is the task's end.
             await until(lambda: all(r.health.published == 1 for r in runners), "settled")
             await until(lambda: ticker.flying, "ticked again at once")
