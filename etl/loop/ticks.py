@@ -291,7 +291,9 @@ class Ticker:
             await asyncio.to_thread(lambda: [s.runner.keep_dead_letters(s) for s in steps])
         ahead = [(s.runner.name, s.ahead, None) for s in steps if s.ahead is not None]
         # A publishing tick's write-ahead is the stored state with its pending_until set.
-        pending = frozenset(s.runner.name for s in steps if s.result and s.runner.stored)
+        pending = frozenset(
+            s.runner.name for s in steps if s.result is not None and s.runner.stored
+        )
         if ahead:
             try:
                 await asyncio.to_thread(self.store.save_many, ahead, time.time(), pending)

@@ -133,8 +133,9 @@ class StateStore:
         not the whole row again with its cursor's 1 kB head and pickled carry.
         """
         sqlite = self.engine.dialect.name == "sqlite"
-        marks = [(n, s, q) for n, s, q in states if n in pending] if sqlite else []
-        rows = [_row(n, s, updated) for n, s, q in states if not marks or n not in pending]
+        marked = pending if sqlite else frozenset()
+        marks = [(n, s, q) for n, s, q in states if n in marked]
+        rows = [_row(n, s, updated) for n, s, q in states if n not in marked]
         queued = [
             dict(stream=n, seq=s.next_seq - 1, frame=q, added=updated)
             for n, s, q in states
