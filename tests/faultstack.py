@@ -9,7 +9,10 @@ are written with :func:`faultreport.record`).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -53,7 +56,11 @@ class Stack:
             self.start(name)
 
     def kill(self, name: str) -> None:
-        processes.stop(self.procs.pop(name), grace=0)
+        """SIGKILL, with no SIGTERM first: the process dies without a word."""
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        processes.stop(proc, grace=0)  # reaps it
 
     def stop(self, name: str) -> None:
         """SIGTERM, as a supervisor stops it (SIGKILL after the grace period)."""

@@ -170,15 +170,20 @@ def test_viewers_add_no_transfers_and_survive_loop_and_scheduler_restarts(
         etl_log = (logs / "etl.log").read_text(errors="replace")
         # distributed itself may log a CommClosedError's traceback while its scheduler
         # dies; headrace's own loggers must not.
-        assert not tracebacks_from(etl_log, "headrace"), tail
+        traces = tracebacks_from(etl_log, "headrace")
+        assert not traces, "\n\n".join(traces) + f"\n{tail}"
 
 
 def tracebacks_from(log: str, prefix: str) -> list[str]:
-    """The log lines, from loggers named ``prefix...``, that a traceback follows."""
-    found, last = [], ""
+    """Each traceback that follows a log line of a logger named ``prefix...``: that line
+    and the traceback (so that a failure shows what was raised, not only where)."""
+    found, last, current = [], "", None
     for line in log.splitlines():
         if re.match(r"\d{4}-\d\d-\d\d ", line):
-            last = line
+            last, current = line, None
         elif line.startswith("Traceback") and re.search(rf" {prefix}[.\w]*: ", last):
-            found.append(last)
-    return found
+            current = [last, line]
+            found.append(current)
+        elif current is not None:
+            current.append(line)
+    return ["\n".join(lines) for lines in found]
