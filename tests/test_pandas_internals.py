@@ -3,6 +3,8 @@ upgrade of pandas that changes its private constructors fails here, not in a cha
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ from headrace.etl.contract.messages import Span
 NS = np.array([1_764_000_000_000_000_000 + i * 25_000_000 for i in range(5)], np.int64)
 TIMES = pd.array(NS.view("M8[ns]"), TIME_DTYPE)
 KEYS = pd.array(["a", "b", None, "a", "c"], dtype="str")
+COMPACT = b"pandas_internals\x94\x8c\x06unpack"  # a pickle that calls internals.unpack
 
 
 @pytest.mark.parametrize(
@@ -62,3 +65,44 @@ def test_names_and_span_equal_the_public_paths():
         assert internals.span(f) == tuple(vars(Span.of(f)).values())
     naive = pd.DataFrame({"time": pd.to_datetime(ns), "value": np.ones(3)})
     assert internals.span(naive) is None and internals.span(shared.iloc[:0]) is None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame({"time": TIMES, "value": np.arange(5.0), "count": np.arange(5)}),
+        pd.DataFrame({"time": TIMES, "value": np.array([1.0, np.nan, 3.0, np.inf, -0.0])}),
+        pd.DataFrame({"time": TIMES[:0], "value": np.empty(0)}),
+        pd.DataFrame({"time": TIMES, "flag": np.array([True, False] * 2 + [True])}),
+        pd.DataFrame({"time": TIMES, "n": np.arange(5, dtype=">i4")}),  # not native order
+        pd.DataFrame({"time": TIMES, "value": np.arange(10.0)[::2]}),  # not contiguous
+    ],
+)
+def test_a_compact_pickle_reads_back_the_same_frame(frame):
+    back = pickle.loads(pickle.dumps(internals.Compact(frame), protocol=5))
+    pd.testing.assert_frame_equal(back, frame, check_exact=True)
+    assert back.columns.dtype == frame.columns.dtype
+    assert type(back.index) is pd.RangeIndex and back.index.equals(frame.index)
+    assert COMPACT in pickle.dumps(internals.Compact(frame), protocol=5)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame({"time": TIMES, "key": KEYS}),  # a string column
+        pd.DataFrame({"time": TIMES, "value": np.arange(5.0)}, index=np.arange(5) * 2),
+        pd.DataFrame({"time": TIMES.astype("M8[us, UTC]"), "value": np.arange(5.0)}),
+        pd.DataFrame({"value": np.arange(5.0)}).rename(columns={"value": 1}),
+        pd.DataFrame({"time": TIMES, "value": pd.array([1.0, None, 3, 4, 5], "Float64")}),
+    ],
+)
+def test_other_frames_are_pickled_by_pandas(frame):
+    pickled = pickle.dumps(internals.Compact(frame), protocol=5)
+    assert COMPACT not in pickled
+    pd.testing.assert_frame_equal(pickle.loads(pickled), frame, check_exact=True)
+
+
+def test_a_frame_with_attrs_keeps_them():
+    frame = pd.DataFrame({"time": TIMES, "value": np.arange(5.0)})
+    frame.attrs["revision"] = 2
+    assert pickle.loads(pickle.dumps(internals.Compact(frame))).attrs == {"revision": 2}

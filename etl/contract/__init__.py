@@ -8,7 +8,9 @@ On the cluster (the scheduler), per stream ``s`` (a name matching ``[a-z0-9_-]+`
 - dataset ``headrace.s.<seq>``: the frame published under sequence number ``seq``.
   The loop publishes the DataFrame itself (a tick's rows: small), so the scheduler
   holds it and a reader gets it in one round trip; a Future (data left in worker
-  memory) is accepted too, for large frames. Only the last ``ring`` frames are
+  memory) is accepted too, for large frames. A frame of numeric and time columns is
+  pickled as its columns' bytes (``headrace.etl.pandas_internals.Compact``): it unpickles
+  as the same ``DataFrame`` wherever headrace can be imported. Only the last ``ring`` frames are
   kept; older ones are unpublished.
 - metadata ``["headrace", "streams", s]``: a :class:`Head` as a dict, the newest
   sequence number, the ring size, when it was published and the stream's tick interval.
