@@ -23,6 +23,7 @@ from distributed import Client, LocalCluster
 from headrace.etl import contract
 from headrace.etl.config import load
 from headrace.etl.loop.ticks import run_streams
+from headrace.etl.store.pickles import value
 from headrace.etl.store.state import StateStore
 from headrace.etl.transforms import Carry
 
@@ -109,5 +110,5 @@ def test_the_loop_continues_an_old_state_with_every_period_once(
     assert len(published) == len(set(published)), "a period was published twice"
     # every period of every line, but for the newest, still open (held in the carry)
     periods = set(_times(log).floor(PERIOD))
-    held = set(state.carry.rows.frame()["time"].dt.floor(PERIOD))
+    held = set(value(state.carry).rows.frame()["time"].dt.floor(PERIOD))
     assert set(published) | held == periods and not (held & set(published))

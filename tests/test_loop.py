@@ -16,6 +16,7 @@ from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl.loop.runner import StreamRunner
 from headrace.etl.parse.parser import take_lines
 from headrace.etl.parse.regex import RegexParser
+from headrace.etl.store.pickles import value
 from headrace.etl.streams import Stream
 
 PASSWORD = "s3cret-PW"
@@ -59,7 +60,7 @@ def test_every_line_once_at_high_rate(cluster, ftp_server, ftp_root, tmp_path):
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 5  # spread over many ticks
 
     agg = concat(frames["fast-agg"])
-    carried = len(runners["fast-agg"].state.carry.rows)
+    carried = len(value(runners["fast-agg"].state.carry).rows)
     assert agg["count"].sum() + carried == len(written)
     assert agg["time"].is_monotonic_increasing and agg["time"].is_unique
     assert runners["fast"].health.transfers <= runners["fast"].health.ticks

@@ -107,6 +107,7 @@ class StreamRunner:
         self.stored = self.state != Checkpoint()  # a row holds self.state
         self.health = Health.resumed(self.state)
         self.retry_at = 0.0  # time.time() before which a failing stream is not ticked
+        self._recipe: bytes | None = None  # made by the first work
         period = getattr(stream.transform, "period", None)
         # A row's period closes this long after its time: the earliest it can be published.
         self.period = pd.Timedelta(period).total_seconds() if period is not None else 0.0
@@ -118,9 +119,15 @@ class StreamRunner:
     def work(self) -> pipeline.Work:
         """This stream's part of the next tick."""
         s, state = self.stream, self.state
+        if self._recipe is None:
+            try:
+                self._recipe = pipeline.recipe(s.source, s.parser, s.transform)
+            except Exception:  # the task's pickling fails with the reason, for every tick
+                self._recipe = b""
         return pipeline.Work(
-            s.name, s.source, state.cursor, state.pending_until, s.parser, s.transform, state.carry
-        )
+            s.name, s.source, state.cursor, state.pending_until, s.parser, s.transform,
+            state.carry, self._recipe,
+        )  # fmt: skip
 
     def step(self, result: pipeline.Result) -> Step:
         """What the tick's ``result`` asks for; raises SourceError for a failed read."""

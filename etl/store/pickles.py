@@ -1,5 +1,9 @@
 """Pickles the loop keeps (carries, backlog frames), readable across headrace's renames.
 
+A stream's carry travels as :class:`Pickled`: the worker pickles it once, and the loop
+passes those bytes to the state store and to the next tick without reading them (it
+pickled each carry three times a tick before: two commits and the next work).
+
 State directories written before headrace was one package (0.1) name their classes by
 the old top-level modules (``etl.transforms.Carry``); a carry a user's transform keeps
 may name anything. Loading maps the old module names to where those modules are now, so
@@ -60,3 +64,46 @@ def dumps(value: Any) -> bytes:
 def loads(data: bytes) -> Any:
     """``pickle.loads`` that also reads what headrace 0.1 wrote."""
     return _Unpickler(io.BytesIO(data)).load()
+
+
+class Pickled:
+    """A value kept as its pickle; pickling it again writes those bytes as they are.
+
+    The state store keeps :attr:`data` itself, so a stored carry is the same pickle as
+    when the loop held the carry (and loads as the carry).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def of(cls, value: Any) -> Pickled | None:
+        """``value`` pickled (None stays None: nothing to carry)."""
+        return None if value is None else cls(dumps(value))
+
+    def value(self) -> Any:
+        return loads(self.data)
+
+    def __reduce__(self) -> tuple:
+        return Pickled, (self.data,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pickled) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"Pickled({len(self.data)} bytes)"
+
+
+def value(kept: Any) -> Any:
+    """``kept`` itself, or the value a :class:`Pickled` holds."""
+    return kept.value() if isinstance(kept, Pickled) else kept
+
+
+def stored(kept: Any) -> bytes:
+    """The pickle of ``kept`` to store: a :class:`Pickled`'s own bytes."""
+    return kept.data if isinstance(kept, Pickled) else dumps(kept)

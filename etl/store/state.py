@@ -268,7 +268,7 @@ def _row(name: str, state: Checkpoint, updated: float) -> dict[str, Any]:
         mtime=c.mtime,
         inode=c.inode,
         next_seq=state.next_seq,
-        carry=pickles.dumps(state.carry) if state.carry is not None else None,
+        carry=pickles.stored(state.carry) if state.carry is not None else None,
         pending_until=state.pending_until,
         updated=updated,
         totals=json.dumps(state.totals),

@@ -1,0 +1,68 @@
+"""What a tick sends: a stream's recipe pickled once, its carry as the worker pickled it."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import sqlalchemy as sa
+from streamparts import log_lines
+
+from headrace.etl.loop import pipeline
+from headrace.etl.parse.regex import RegexParser
+from headrace.etl.sources.base import Cursor
+from headrace.etl.sources.local import FileSource
+from headrace.etl.store.pickles import Pickled, value
+from headrace.etl.store.state import Checkpoint, StateStore
+from headrace.etl.transforms import Resample
+
+
+def test_a_work_sends_its_recipe_as_it_is_and_a_worker_reads_it_once(tmp_path):
+    source, parser, transform = FileSource(tmp_path / "a.log"), RegexParser(), Resample("25ms")
+    recipe = pipeline.recipe(source, parser, transform)
+    works = [
+        pipeline.Work("a", source, Cursor(offset=n), None, parser, transform, None, recipe)
+        for n in (10, 20)
+    ]
+    packed = pipeline.pack(works)
+    assert recipe in packed  # the loop's bytes as they are, not pickled again
+    first, second = pickle.loads(packed)
+    assert (first.cursor.offset, second.cursor.offset) == (10, 20)
+    assert first.parser is second.parser and first.transform is second.transform
+    assert type(first.parser) is RegexParser and first.source.path == source.path
+    assert pickle.loads(pipeline.pack(works))[0].parser is first.parser  # a later tick
+    other = pipeline.recipe(source, RegexParser(time_format="%Y-%m-%d %H:%M:%S"), transform)
+    changed = pipeline.Work("a", source, Cursor(), None, parser, transform, None, other)
+    assert pickle.loads(pipeline.pack([changed]))[0].parser is not first.parser
+    plain = pipeline.Work("a", source, Cursor(), None, parser, transform, None)  # no recipe
+    assert type(pickle.loads(pipeline.pack([plain]))[0].parser) is RegexParser
+
+
+def test_a_carry_goes_from_the_worker_to_the_state_as_the_worker_pickled_it(tmp_path):
+    path = tmp_path / "a.log"
+    path.write_bytes(log_lines(41))  # one a second: the newest period stays open
+    work = pipeline.Work(
+        "a", FileSource(path), Cursor(), None, RegexParser(), Resample("25ms"), None
+    )
+    summary = pipeline.tick([work])[0].summary
+    carry = summary.carry
+    assert isinstance(carry, Pickled) and len(value(carry).rows) == 1
+
+    store = StateStore(tmp_path / "state")
+    store.save_many([("a", Checkpoint(summary.cursor, 2, carry), None)], time.time())
+    with store.engine.connect() as conn:
+        t = store.tables.streams
+        stored = conn.execute(sa.select(t.c.carry).where(t.c.name == "a")).scalar_one()
+    assert stored == carry.data  # the same bytes: never unpickled and pickled again
+    loaded = store.load("a").carry
+    assert value(loaded).rows.frame().equals(value(carry).rows.frame())
+    store.close()
+
+    idle = pipeline.Work("a", work.source, summary.cursor, None, work.parser, work.transform, carry)
+    again = pipeline.tick([idle])[0].summary
+    assert again.nbytes == 0 and again.carry is carry  # nothing new: passed back as it came
+    with path.open("ab") as f:
+        f.write(log_lines(10, 41))
+    more = pipeline.Work("a", work.source, again.cursor, None, work.parser, work.transform, loaded)
+    after = pipeline.tick([more])[0].summary  # a carry the state loaded works as well
+    assert after.lines == 10 and isinstance(after.carry, Pickled) and after.carry != carry
