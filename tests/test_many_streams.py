@@ -342,14 +342,15 @@ def test_a_task_that_outlasts_its_ticks_is_settled_as_it_ends_and_its_streams_ti
     ("cost", "streams", "sizes"),
     [
         (None, 64, [32, 32]),  # not measured yet: FIRST_BATCH streams a task
-        (0.001, 100, [25] * 4),  # 1 ms a stream, 0.1 s tick: tasks of 25 ms
+        (0.001, 100, [50] * 2),  # 1 ms a stream, 0.1 s tick: tasks of 50 ms
+        (0.0005, 200, [100] * 2),
         (0.0001, 100, [100]),  # fast streams: one task
-        (0.05, 100, [25] * 4),  # slow: at most four tasks a share
+        (0.05, 100, [50] * 2),  # slow: at most two tasks a share
         (10.0, 20, [20]),  # a worker short of CPU: not tasks of fewer than MIN_BATCH
         (10.0, 40, [20, 20]),
     ],
 )
-def test_a_shares_streams_go_in_tasks_of_a_quarter_interval(cost, streams, sizes):
+def test_a_shares_streams_go_in_tasks_of_half_an_interval(cost, streams, sizes):
     ticker = Ticker(None, [], None, None, 0.1)
     ticker.cost = cost
     tasks = ticker._batches(list(range(streams)))

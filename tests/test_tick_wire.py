@@ -8,7 +8,9 @@ import time
 import sqlalchemy as sa
 from streamparts import log_lines
 
+from headrace.etl.contract import Span
 from headrace.etl.loop import pipeline
+from headrace.etl.parse.parser import Malformed
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import Cursor
 from headrace.etl.sources.local import FileSource
@@ -66,3 +68,16 @@ def test_a_carry_goes_from_the_worker_to_the_state_as_the_worker_pickled_it(tmp_
     more = pipeline.Work("a", work.source, again.cursor, None, work.parser, work.transform, loaded)
     after = pipeline.tick([more])[0].summary  # a carry the state loaded works as well
     assert after.lines == 10 and isinstance(after.carry, Pickled) and after.carry != carry
+
+
+def test_a_cursor_and_a_summary_read_back_equal_by_position():
+    cursor = Cursor(84_000, 3_000, b"partial", b"f" * 64, b"h" * 1_024, "current", "17964", 7)
+    summary = pipeline.Summary(
+        cursor, 300, 1, "rotated", span=Span(8, 1, 2), lines=8, malformed=1, carried=1,
+        samples=[Malformed(5, "no time", "bad line", "a.log")],
+        carry=Pickled(b"carry"), seconds=0.001,
+    )  # fmt: skip
+    for value_ in (cursor, summary):
+        pickled = pickle.dumps(value_, protocol=5)
+        assert pickle.loads(pickled) == value_
+        assert b"fingerprint" not in pickled  # no field names: read by position

@@ -37,6 +37,7 @@ def extract(source: Source, cursor: Cursor, limit: int | None = None) -> Chunk:
         return Chunk(b"", cursor.line + 1, cursor, 0, None, source.display, error=str(exc))
 
 
+@pickles.by_fields
 @dataclass
 class Summary:
     """Everything about a tick but the frame: small, goes back to the loop."""

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from headrace.etl.store.pickles import by_fields
+
 __all__ = [
     "BeyondEnd",
     "Chunk",
@@ -66,6 +68,7 @@ class BeyondEnd(Exception):
     """The offset asked for is past the end of the file: it shrank."""
 
 
+@by_fields
 @dataclass(frozen=True)
 class Cursor:
     offset: int = 0  # bytes of the file read so far (the tail included)

@@ -12,9 +12,12 @@ such a directory loads and continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Modules of 0.1 that moved when etl/ became headrace.etl and grew sub-packages.
 _MOVED = {
@@ -107,3 +110,19 @@ def value(kept: Any) -> Any:
 def stored(kept: Any) -> bytes:
     """The pickle of ``kept`` to store: a :class:`Pickled`'s own bytes."""
     return kept.data if isinstance(kept, Pickled) else dumps(kept)
+
+
+def by_fields(cls: type[T]) -> type[T]:
+    """Pickle the dataclass ``cls`` as its class and the tuple of its fields.
+
+    A dataclass pickles as its ``__dict__`` by default: each field's name goes with it,
+    and reading it back sets them one by one. Each stream-tick sends a cursor to the
+    worker and a summary back; read by position, a summary unpickles in half the time.
+    """
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple:
+        return cls, tuple(getattr(self, n) for n in names)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
