@@ -1,7 +1,8 @@
 """Many streams: the stream-ticks per second the loop sustains, and how late their frames are.
 
 ``python -m benchmarks.streams [--streams 10,50,200,1000] [--intervals 0.2,1] [--workers 1,2,4]
-[--rate 5] [--duration 30] [--code DIR] [--source ftp|vsftpd|local] [--out FILE]``
+[--rate 5] [--duration 30] [--code DIR] [--before DIR] [--repeat K]
+[--source ftp|vsftpd|local] [--out FILE]``
 
 Per number of streams N and tick interval: a feed process (the FTP server, and a writer
 appending ``--rate`` demo lines a second to each of N files), then the measured
@@ -18,6 +19,9 @@ this process hears every frame's event. Over ``--duration`` seconds it reports:
 
 ``--code DIR`` runs the scheduler, workers and loop from another checkout of headrace
 (``PYTHONPATH=DIR``: e.g. the design before issue 23, for figures side by side).
+``--before DIR`` runs another checkout in turn with this one, case by case, and
+``--repeat K`` each case K times, reporting each figure's median: on a shared machine,
+figures of runs minutes apart differ by more than many a change.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -255,6 +260,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="JSON",
         help="this run's figures from an earlier --out of the same sweep (only the tables)",
     )
+    p.add_argument("--repeat", type=int, default=1, help="runs of each case; medians reported")
+    p.add_argument(
+        "--before",
+        default=None,
+        metavar="DIR",
+        help="another checkout run in turn with this one, case by case (its table beside)",
+    )
     p.add_argument("--feed", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -262,23 +274,55 @@ def main(argv: list[str] | None = None) -> None:
     if args.feed is not None:
         return _feed(args.feed, args.n, args.rate, args.port, args.source)
     results = json.loads(Path(args.reuse).read_text()) if args.reuse else []
+    before: list[dict] = []
+    # Case by case, this code and --before in turn: a shared machine's load drifts over a
+    # sweep, and figures run minutes apart differ more than the change being measured.
+    sides = [(args.code, results)] + ([(args.before, before)] if args.before else [])
     for workers in [] if args.reuse else [int(w) for w in str(args.workers).split(",")]:
         for interval in [float(i) for i in args.intervals.split(",")]:
             for n in [int(s) for s in args.streams.split(",")]:
-                log(f"streams: {n} streams every {interval:g}s, {workers} workers")
-                with tempfile.TemporaryDirectory(prefix="headrace-streams-") as tmp:
-                    result = run_one(n, interval, workers, args, Path(tmp))
-                log(f"streams: {json.dumps(result)}")
-                results.append(result)
+                runs: dict[int, list[dict]] = {i: [] for i in range(len(sides))}
+                for _ in range(max(1, args.repeat)):
+                    for i, (code, _) in enumerate(sides):
+                        log(f"streams: {n} streams every {interval:g}s, {workers} workers")
+                        with tempfile.TemporaryDirectory(prefix="headrace-streams-") as tmp:
+                            side = argparse.Namespace(**{**vars(args), "code": code})
+                            result = run_one(n, interval, workers, side, Path(tmp))
+                        log(f"streams: {json.dumps(result)}")
+                        runs[i].append(result)
+                for i, (_, out) in enumerate(sides):
+                    out.append(median(runs[i]))
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
+        if before:
+            Path(args.out).with_suffix(".before.json").write_text(json.dumps(before, indent=1))
     if args.doc:
         tables = [("this run" + (f" ({args.code})" if args.code else ""), results)]
+        if before:
+            tables.append(
+                (f"before ({args.before}), run in turn with this one, case by case", before)
+            )
         for item in args.compare:
             label, _, path = item.partition("=")
             tables.append((label, json.loads(Path(path).read_text())))
         common.write_doc(Path(args.doc), "Many streams", "streams", tables, table, argv)
+
+
+def median(runs: list[dict]) -> dict:
+    """The runs of one case as one: each figure's median (dicts figure by figure), and the
+    number of runs."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def of(values: list) -> object:
+        if isinstance(values[0], dict):
+            return {k: of([v[k] for v in values]) for k in values[0]}
+        if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            return round(float(statistics.median(values)), 3)
+        return values[0]
+
+    return {**of(runs), "runs": len(runs)}  # type: ignore[dict-item]
 
 
 if __name__ == "__main__":

@@ -61,3 +61,21 @@ def test_streams_benchmark_counts_ticks_by_sequence_number_not_window_edges():
         assert _rate(window) == pytest.approx(200.0)
     late = [("a", 100.0 + 2 * k, 0, k) for k in range(10)]  # a stream ticking every 2 s
     assert _rate(late) == pytest.approx(0.5)
+
+
+def test_streams_benchmark_reports_each_figures_median_over_runs():
+    from benchmarks.streams import median
+
+    runs = [
+        {"streams": 200, "stream_ticks_per_s": t, "cpu": {"loop": c}, "source": "vsftpd"}
+        for t, c in ((900.0, 0.3), (1000.0, 0.2), (950.0, 0.25))
+    ]
+    got = median(runs)
+    assert got == {
+        "streams": 200,
+        "stream_ticks_per_s": 950.0,
+        "cpu": {"loop": 0.25},
+        "source": "vsftpd",
+        "runs": 3,
+    }
+    assert median(runs[:1]) is runs[0]
