@@ -114,7 +114,7 @@ class Compact:
                 parts.append(array.asi8)
             else:
                 return _same, (f,)
-        blob = bytearray(b"".join(np.ascontiguousarray(a).tobytes() for a in parts))
+        blob = bytearray(b"".join(a.tobytes() for a in parts))  # C order, copied
         return unpack, (labels, tuple(kinds), len(f), blob)
 
 
