@@ -364,21 +364,17 @@ def _pulled(doc) -> str:
     return text + "".join(buffer.to_bytes().hex() for buffer in message.buffers)
 
 
-@pytest.mark.parametrize("theme", ["default", "dark"])
-def test_lean_serialisation_gives_bokehs_own_bytes(theme):
-    """A page serialised without computing defaults is Bokeh's own reply, byte for byte."""
+def _page(theme: str) -> object:
+    """A template page with widgets and a HoloViews overlay, in a document of its own."""
     import holoviews as hv
     import pandas as pd
     import panel as pn
-    from bokeh.core.has_props import HasProps
     from bokeh.document import Document
     from panel.io.state import set_curdoc
 
     from headrace.app.views.tree import backend
 
     backend()
-    wire.lean_serialisation()
-    lean = HasProps.query_properties_with_values
     frame = pd.DataFrame({"time": pd.date_range("2026", periods=50, freq="25ms"), "v": 1.0})
     doc = Document()
     with set_curdoc(doc):
@@ -388,6 +384,17 @@ def test_lean_serialisation_gives_bokehs_own_bytes(theme):
             main=[pn.pane.HoloViews(hv.Curve(frame, "time", "v") * hv.Scatter(frame)), "x"],
             theme=theme,
         ).server_doc(doc)
+    return doc
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_lean_serialisation_gives_bokehs_own_bytes(theme):
+    """A page serialised without computing defaults is Bokeh's own reply, byte for byte."""
+    from bokeh.core.has_props import HasProps
+
+    wire.lean_serialisation()
+    lean = HasProps.query_properties_with_values
+    doc = _page(theme)
 
     def bokehs() -> str:
         HasProps.query_properties_with_values = lean.original
@@ -401,6 +408,60 @@ def test_lean_serialisation_gives_bokehs_own_bytes(theme):
         first = _pulled(doc)  # on fresh models, before Bokeh's own pass filled any default
         assert len(doc.models) > 50 and first == bokehs()
         assert _pulled(doc) == bokehs() == first
+
+
+def _walked(roots: list) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every model a walk finds from ``roots``, in order, with the defaults it made."""
+    from bokeh.model import collect_models
+
+    return [
+        (m.id, type(m).__name__, tuple(sorted(m._unstable_default_values)))
+        for m in collect_models(*roots)
+    ]
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_quick_reference_walks_find_what_bokehs_own_find(theme):
+    """The same models in the same order, the same defaults made: on a served page (fresh,
+    then walked again), on a themed one, and on every Bokeh model made with its defaults."""
+    import bokeh.model.util as util
+    from bokeh.model import Model
+
+    wire.quick_references()
+    quick = util.visit_immediate_value_references
+
+    def bokehs(roots: list) -> list:
+        util.visit_immediate_value_references = quick.original
+        try:
+            return _walked(roots)
+        finally:
+            util.visit_immediate_value_references = quick
+
+    def fresh() -> tuple[list, list]:
+        """Two of every Bokeh model that can be made and walked with its defaults alone."""
+        mine, others = [], []
+        for cls in Model.model_class_reverse_map.values():
+            try:
+                pair = cls(), cls()
+                bokehs([cls()])
+            except Exception:  # it needs arguments, or a value set before it is walked
+                continue
+            mine.append(pair[0])
+            others.append(pair[1])
+        return mine, others
+
+    with relied_on_by(WIRE, "bokeh.model.util.visit_immediate_value_references"):
+        assert getattr(quick, "headrace", False)
+        # Two like pages and two sets of every model: one walked by each, fresh.
+        ours, theirs = _page(theme), _page(theme)
+        strip = lambda walked: [w[1:] for w in walked]  # noqa: E731 (ids differ)
+        assert strip(_walked(list(ours.roots))) == strip(bokehs(list(theirs.roots)))
+        assert _walked(list(ours.roots)) == bokehs(list(ours.roots))  # and again, walked
+        assert len(ours.models) > 50
+        mine, others = fresh()
+        assert len(mine) > 300
+        assert strip(_walked(mine)) == strip(bokehs(others))
+        assert _walked(mine) == bokehs(mine)
 
 
 def test_a_document_serialised_ahead_is_sent_as_it_was_unless_it_changed():

@@ -17,6 +17,10 @@ on any release series but the ones below, which the lock file pins):
   the defaults; a session's ``PULL-DOC`` reply was a fifth of its open. Looking at the
   set, unstable and themed values first gives the same JSON (``tests/test_internals.py``
   compares it byte for byte) at a sixth of the cost.
+- **Reference walks that skip defaults holding no model** (:func:`quick_references`):
+  Bokeh computes the default of every unset property that may hold a model each time it
+  walks a model's references (several times per session built); those whose default is
+  stable and holds none are skipped, and the walk finds the same models in the same order.
 - **References made as needed** (:func:`lazy_references`): Bokeh's ``Serializer`` makes
   the ref of every model of the document for each ``PATCH-DOC``, however small; they are
   made when one is looked up.
@@ -52,6 +56,7 @@ from headrace.app.live.internals.models import (
     clone,
     lazy_references,
     lean_serialisation,
+    quick_references,
     scratch_document,
     serialise_ahead,
 )
@@ -68,9 +73,10 @@ from headrace.app.live.internals.wire import BINARY, TEXT, Encoded, Socket, enco
 
 def install(head: str = "") -> None:
     """Everything above that applies to every page of the process (idempotent): lean and
-    lazy serialisation, pages rendered once (``head``: HTML put first in their
-    ``<head>``), a page validated once."""
+    lazy serialisation, quick reference walks, pages rendered once (``head``: HTML put
+    first in their ``<head>``), a page validated once."""
     lean_serialisation()
+    quick_references()
     lazy_references()
     cached_pages(head)
     validate_once()
@@ -101,6 +107,7 @@ __all__ = [
     "lazy_references",
     "lean_serialisation",
     "prepare_session",
+    "quick_references",
     "release_session",
     "scratch_document",
     "serialise_ahead",

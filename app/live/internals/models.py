@@ -119,6 +119,63 @@ def lean_serialisation() -> None:
     HasProps.query_properties_with_values = query_properties_with_values  # type: ignore[method-assign]
 
 
+def quick_references() -> None:
+    """Walk a model's references without computing the defaults that hold none.
+
+    Bokeh's walk (``Model.references``, ``select``, a document's ``recompute``: several
+    per session built) reads every property that may hold a model, and for each one
+    nobody set it computes the default again (a ``None`` through the theme machinery):
+    a fifth of a session's build. A default that is stable (not made per instance) and
+    holds no model is skipped; everything else is read as Bokeh reads it, so the walk
+    finds the same models in the same order, and unstable defaults are made as Bokeh
+    makes them. Installed once per process; idempotent.
+    """
+    import bokeh.model.util as util
+
+    original = util.visit_immediate_value_references
+    if getattr(original, "headrace", False):
+        return
+    visit_value = util.visit_value_and_its_immediate_references
+    plans: dict[type, list[tuple[str, bool]]] = {}
+
+    def plan(cls: type[HasProps]) -> list[tuple[str, bool]]:
+        found: list[Model] = []
+        names = []
+        for name, prop in cls.properties_with_refs().items():
+            stable = not prop._may_have_unstable_default()
+            if stable:
+                found.clear()
+                visit_value(cls.lookup(name).class_default(cls), found.append)
+                stable = not found
+            names.append((name, stable))
+        plans[cls] = names
+        return names
+
+    def visit_immediate_value_references(value: Any, visitor: Any) -> None:
+        if not isinstance(value, HasProps):
+            visit_value(value, visitor)
+            return
+        names = plans.get(type(value)) or plan(type(value))
+        values, unstable = value._property_values, value._unstable_default_values
+        themed = value.themed_values()
+        for name, stable in names:
+            if name in values:
+                child = values[name]
+            elif themed is not None and name in themed:
+                child = getattr(value, name)
+            elif name in unstable:
+                child = unstable[name]
+            elif stable:
+                continue
+            else:
+                child = getattr(value, name)  # made and kept, as Bokeh does
+            visit_value(child, visitor)
+
+    visit_immediate_value_references.headrace = True  # type: ignore[attr-defined]
+    visit_immediate_value_references.original = original  # type: ignore[attr-defined]
+    util.visit_immediate_value_references = visit_immediate_value_references
+
+
 class _References(dict):
     """Bokeh's ``Serializer`` references (object id -> ``model.ref``), made when asked for.
 
