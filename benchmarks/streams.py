@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,10 +44,13 @@ from .common import HOST, log, percentiles
 PERIOD_S = 0.025
 
 
-def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
-    """The feed process: FTP server and writer, until killed."""
+def _feed(root: Path, n: int, rate: float, port: int, source: str, latency: float = 0.0) -> None:
+    """The feed process: FTP server and writer, until killed; with ``latency`` (ms), the
+    server is reached on ``port + 1`` through a proxy that delays its control channel."""
     from headrace.cluster.demo.ftpserver import FTPServer
     from headrace.cluster.demo.logwriter import LogWriter
+
+    from .latency import Delay
 
     paths = [root / f"s{i:04d}.log" for i in range(n)]
     for p in paths:
@@ -54,12 +58,15 @@ def _feed(root: Path, n: int, rate: float, port: int, source: str) -> None:
     server = FTPServer(root, port=port).start() if source == "ftp" else None
     vsftpd = _vsftpd(root, port) if source == "vsftpd" else None
     writer = LogWriter(paths, rate=rate, seed=1, flush_each_line=False).start()
+    delay = Delay(port + 1, (HOST, port), latency / 1000, HOST).start() if latency else None
     print("feeding", flush=True)
     try:
         while True:
             time.sleep(1)
     finally:
         writer.stop()
+        if delay is not None:
+            delay.stop()
         if server is not None:
             server.stop()
         if vsftpd is not None:
@@ -81,6 +88,7 @@ def _vsftpd(root: Path, port: int) -> subprocess.Popen:
 
 
 def _config(work: Path, n: int, interval: float, port: int, source: str) -> Path:
+    """The loop's configuration: ``n`` streams on the FTP server at ``port`` (or files)."""
     # No history: its writer is a process of its own, measured by benchmarks.history.
     lines = [f"state_dir: {work / 'state'}", "ring: 16", "sink: none", "streams:"]
     for i in range(n):
@@ -150,7 +158,7 @@ def _rate(window: list[tuple[str, float, int, int]]) -> float:
 def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, work: Path) -> dict:
     """One stack of ``n`` streams ticking every ``interval`` seconds, measured."""
     (work / "feed").mkdir(parents=True, exist_ok=True)
-    ftp_port, sched_port = common.free_port(), common.free_port()
+    ftp_port, sched_port = _port_pair(), common.free_port()
     address = f"tcp://{HOST}:{sched_port}"
     env = {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None
     bin_ = common.VENV_BIN
@@ -169,14 +177,18 @@ def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, wor
             ftp_port,
             "--source",
             args.source,
+            "--latency",
+            args.latency,
         ],
         work / "feed.log",
     )
-    config = _config(work, n, interval, ftp_port, args.source)
+    # Through the delaying proxy, if any: the workers' FTP commands cross a "network".
+    served = ftp_port + 1 if args.latency else ftp_port
+    config = _config(work, n, interval, served, args.source)
     procs: dict[str, object] = {}
     with common.stopping(feed):
         if args.source != "local":
-            common.wait_port(ftp_port, 60, feed)
+            common.wait_port(served, 60, feed)
         procs["scheduler"] = common.dask_scheduler(sched_port, work / "scheduler.log", env)
         with common.stopping(procs["scheduler"]):
             procs["workers"] = common.dask_workers(address, workers, work / "workers.log", env)
@@ -208,6 +220,7 @@ def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, wor
         streams=n,
         interval=interval,
         workers=workers,
+        latency_ms=args.latency,
         stream_ticks_per_s=round(ticks_per_s, 1),
         ideal_per_s=round(n / interval, 1),
         share=round(ticks_per_s * interval / n, 3),
@@ -220,18 +233,23 @@ def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, wor
 
 def table(results: list[dict]) -> str:
     rows = [
-        "| streams | tick s | workers | stream-ticks/s (ideal) | share "
+        "| streams | tick s | workers | + FTP RTT ms | stream-ticks/s (ideal) | share "
         "| close→published p50 / p95 ms "
-        "| CPU scheduler / workers / loop (cores) | CPU ms per stream-tick |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU scheduler / workers / loop (cores) | CPU ms per stream-tick "
+        "| machine busy (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        c = r["cpu"]
+        c, machine = r["cpu"], r.get("machine", {})
+        busy = machine.get("busy_per_s")
+        busy_text = "-" if busy is None else f"{busy:.2f} of {machine.get('cores')}"
         rows.append(
-            f"| {r['streams']} | {r['interval']:g} | {r['workers']} | {r['stream_ticks_per_s']:g} "
-            f"({r['ideal_per_s']:g}) | {r['share']:.0%} | {r['close_to_published_p50_ms']} / "
-            f"{r['close_to_published_p95_ms']} | {c['scheduler']:.2f} / {c['workers']:.2f} / "
-            f"{c['loop']:.2f} | {r['cpu_ms_per_stream_tick']} |"
+            f"| {r['streams']} | {r['interval']:g} | {r['workers']} | {r.get('latency_ms', 0):g} "
+            f"| {r['stream_ticks_per_s']:g} ({r['ideal_per_s']:g}) | {r['share']:.0%} "
+            f"| {r['close_to_published_p50_ms']} / {r['close_to_published_p95_ms']} "
+            f"| {c['scheduler']:.2f} / {c['workers']:.2f} / {c['loop']:.2f} "
+            f"| {r['cpu_ms_per_stream_tick']} "
+            f"| {busy_text} |"
         )
     return "\n".join(rows)
 
@@ -244,6 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=5.0, help="lines per second per stream")
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--source", choices=("ftp", "vsftpd", "local"), default="ftp")
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="ms added to each FTP command's round trip (a server across the network)",
+    )
     p.add_argument("--code", default=None, help="run the cluster and loop from this checkout")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.add_argument("--doc", default=None, help="markdown file for the tables (overwritten)")
@@ -272,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.feed is not None:
-        return _feed(args.feed, args.n, args.rate, args.port, args.source)
+        return _feed(args.feed, args.n, args.rate, args.port, args.source, args.latency)
     results = json.loads(Path(args.reuse).read_text()) if args.reuse else []
     before: list[dict] = []
     # Case by case, this code and --before in turn: a shared machine's load drifts over a
@@ -307,6 +331,19 @@ def main(argv: list[str] | None = None) -> None:
             label, _, path = item.partition("=")
             tables.append((label, json.loads(Path(path).read_text())))
         common.write_doc(Path(args.doc), "Many streams", "streams", tables, table, argv)
+
+
+def _port_pair() -> int:
+    """A free port whose next one is free too (the FTP server's, and its proxy's)."""
+    for _ in range(100):
+        port = common.free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row")
 
 
 def median(runs: list[dict]) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from benchmarks import hvcost, parser
@@ -79,3 +82,35 @@ def test_streams_benchmark_reports_each_figures_median_over_runs():
         "runs": 3,
     }
     assert median(runs[:1]) is runs[0]
+
+
+def test_the_latency_proxy_delays_each_way_and_keeps_the_bytes_in_order():
+    """A real FTP server behind the proxy: its greeting comes half a round trip late, a
+    command's reply a whole one, and many commands in one write are answered in order."""
+    import socket
+    import time
+
+    from benchmarks.common import free_port
+    from benchmarks.latency import Delay
+    from headrace.cluster.demo.ftpserver import FTPServer
+
+    rtt = 0.2
+    server = FTPServer(Path(tempfile.mkdtemp()), port=free_port()).start()
+    proxy = Delay(free_port(), ("127.0.0.1", server.port), rtt).start()
+    try:
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            reader = s.makefile("rb")
+            assert reader.readline().startswith(b"220")
+            greeted = time.monotonic()
+            s.sendall(b"NOOP\r\n")
+            assert reader.readline().startswith(b"200")
+            replied = time.monotonic()
+            s.sendall(b"NOOP\r\nUSER anonymous\r\nNOOP\r\n")
+            replies = [reader.readline()[:3] for _ in range(3)]
+        assert greeted - began >= rtt / 2
+        assert replied - greeted >= rtt
+        assert replies == [b"200", b"331", b"200"]
+    finally:
+        proxy.stop()
+        server.stop()
