@@ -358,7 +358,10 @@ def median(runs: list[dict]) -> dict:
         if all(v == values[0] for v in values):  # the case's own figures (streams, workers)
             return values[0]
         if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
-            return round(float(statistics.median(values)), 3)
+            middle = statistics.median(values)
+            if all(isinstance(v, int) for v in values) and middle == int(middle):
+                return int(middle)  # whole figures (ms) stay whole
+            return round(float(middle), 3)
         return values[0]
 
     return {**of(runs), "runs": len(runs)}  # type: ignore[dict-item]
