@@ -356,3 +356,54 @@ def test_headrace_serve_takes_a_users_app_instead_of_the_dashboard(tmp_path):
     assert (
         missing.exit_code == 2 and "no app file" in missing.output and "nope.py" in missing.output
     )
+
+
+def test_a_live_view_shows_what_it_waits_for_then_its_plot_themed_as_the_page_then_its_error(
+    fanout,
+):
+    """One Bokeh column per view (line, alert, plot), in a dark page: the plot that comes
+    later is themed dark, as the plots Panel renders are; an error shows escaped."""
+    import panel as pn
+    from bokeh.document import Document
+    from bokeh.models import Div
+    from bokeh.plotting import figure
+    from panel.io.state import set_curdoc
+
+    from headrace.app import registry
+    from headrace.app.views.component import LiveView
+
+    parts = registry.reset(fanout.subscriber)
+    feed = Feed(parts.subscriber, "pump")
+    broken = {"now": False}
+
+    def flaky(rows):
+        if broken["now"]:
+            raise ValueError("a <b>bad</b> tick")
+        return hv.Curve(rows, "time", "value")
+
+    doc = Document()
+    try:
+        with set_curdoc(doc):
+            view = LiveView(live.view(flaky, rows="pump", name="flaky"), parts)
+            pn.template.BootstrapTemplate(main=[view], theme="dark").server_doc(doc)
+            line, alert, waiting = view.box.children
+            assert line is view.title.div and not alert.visible
+            assert "waiting for the first rows of pump" in waiting.text
+            feed.tick([0.1, 0.2])
+            view._show()  # what the session's next tick does
+            plot = view.box.children[2]
+            assert isinstance(plot, figure) and plot.document is doc
+            dark = doc.theme._json["attrs"]["Plot"]["background_fill_color"]
+            assert plot.background_fill_color == dark != figure().background_fill_color
+            broken["now"] = True
+            feed.tick([0.3])
+            view._show()
+            assert alert.visible and "ValueError: a &lt;b&gt;bad&lt;/b&gt; tick" in alert.text
+            assert view.box.children[2] is plot  # the last good plot stays
+            broken["now"] = False
+            feed.tick([0.4])
+            view._show()
+            assert not alert.visible
+            assert isinstance(line, Div) and "pump" in line.text
+    finally:
+        registry.reset()

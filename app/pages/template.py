@@ -51,7 +51,16 @@ class Text:
 
     def __init__(self, html: str, margin: tuple[int, int] = (0, 10), **kwargs: object) -> None:
         self.div = Div(text=html, margin=margin, **kwargs)
-        self.panel = pn.pane.Bokeh(self.div, margin=0, **kwargs)
+        self._kwargs = kwargs
+        self._panel: pn.pane.Bokeh | None = None
+
+    @property
+    def panel(self) -> pn.pane.Bokeh:
+        """The line as a Panel component (made when first asked for: a line inside
+        another Bokeh layout needs only :attr:`div`)."""
+        if self._panel is None:
+            self._panel = pn.pane.Bokeh(self.div, margin=0, **self._kwargs)
+        return self._panel
 
     @property
     def html(self) -> str:
