@@ -17,16 +17,23 @@ import os
 
 import pandas as pd
 import panel as pn
+from bokeh.models import Column as BokehColumn
+from bokeh.models import Div
 
 from headrace.app import registry
 from headrace.app.pages.board import Follower, Status
-from headrace.app.pages.template import Text, badge, page, serve
+from headrace.app.pages.template import Text, alert, badge, dark, page, serve
 from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
 from headrace.app.views.component import LiveView
 from headrace.app.views.plots import stream_view
 
 TITLE = "headrace"
+ABOUT = (
+    "Live streams, computed once on the Dask cluster and streamed to every viewer. Drag or "
+    "wheel a plot to look back, double-click it (or reset) to follow the newest data. "
+    '<a href="./ops" style="color:{link}">Operator page</a>'
+)
 WINDOWS = {
     "live": None,
     "1 h": pd.Timedelta(hours=1),
@@ -62,9 +69,14 @@ class Dashboard(Follower):
         )
         # Until the viewer picks, newly published streams are shown as they appear.
         self.follow_all, self._updating = True, False
-        self.plots = pn.Column(sizing_mode="stretch_width")
         self.line = Text(status.line, sizing_mode="stretch_width")
-        self.notice = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 10))
+        self.notice = alert("warning")
+        # The notice, then a view per picked stream (each one Panel component).
+        self.main = pn.Column(
+            pn.pane.Bokeh(self.notice, sizing_mode="stretch_width", margin=0),
+            sizing_mode="stretch_width",
+            tags=[f"pid:{os.getpid()}"],
+        )
         self.picker.param.watch(self._picked, "value")
         self.span = pn.widgets.RadioButtonGroup(
             label="Window",
@@ -83,18 +95,12 @@ class Dashboard(Follower):
         # ready are dropped by Panel: status updates start once it has loaded.
         pn.state.onload(self._loaded)
         pn.state.on_session_destroyed(self._destroyed)
-        about = pn.pane.Markdown(
-            "Live streams, computed once on the Dask cluster and streamed to every viewer. "
-            "Drag or wheel a plot to look back, double-click it (or reset) to follow the "
-            "newest data. [Operator page](./ops)",
-            sizing_mode="stretch_width",
-        )
-        self.main = pn.Column(
-            self.notice, self.plots, sizing_mode="stretch_width", tags=[f"pid:{os.getpid()}"]
-        )
-        self.layout = page(
-            TITLE, [self.main], [self.controls, self.line.panel, about], self.state.panel
-        )
+        link = "#8ab4f8" if dark() else "#0d6efd"  # Bootstrap's link colours, by theme
+        about = Div(text=ABOUT.format(link=link), margin=(10, 10), sizing_mode="stretch_width")
+        # One part of the sidebar: each part of a template costs a session's build a root.
+        texts = BokehColumn(children=[self.line.div, about], sizing_mode="stretch_width")
+        self.controls.append(pn.pane.Bokeh(texts, sizing_mode="stretch_width", margin=0))
+        self.layout = page(TITLE, [self.main], [self.controls], self.state)
 
     def _loaded(self) -> None:
         self.board.add(self)
@@ -130,7 +136,7 @@ class Dashboard(Follower):
             doc.add_next_tick_callback(self._show_skipped)
 
     def _show_skipped(self) -> None:
-        self.notice.object = (
+        self.notice.text = (
             f"This page fell behind (a slow connection?) and skipped {self.skipped:,} rows "
             "to show the newest. Reload to start again from the full window."
         )
@@ -151,15 +157,18 @@ class Dashboard(Follower):
                 self.views[stream] = view
                 if self.window is not None:
                     view.look_back(self.window)
-        self.plots.objects = [self.views[s].panel for s in selected if s in self.views]
+        notice = self.main.objects[0]
+        self.main.objects = [notice, *(self.views[s].panel for s in selected if s in self.views)]
 
     def _windowed(self, _event: object) -> None:
         """The viewer picked a window: every plot looks at it (or follows live again)."""
         span = WINDOWS[self.span.value]
         if self.span.value == "custom" and self.range is None:
-            self.range = pn.widgets.DatetimeRangePicker(label="From - to (UTC)")
+            self.range = pn.widgets.DatetimeRangePicker(
+                label="From - to (UTC)", sizing_mode="stretch_width"
+            )
             self.range.param.watch(self._windowed, "value")
-            self.controls.append(self.range)
+            self.controls.insert(2, self.range)  # under the window buttons
         if self.range is not None:
             self.range.visible = self.span.value == "custom"
         if self.span.value == "live":

@@ -15,7 +15,7 @@ import panel as pn
 from headrace.app import registry
 from headrace.app.pages.board import Follower
 from headrace.app.pages.opsboard import OpsView
-from headrace.app.pages.template import badge, page, serve
+from headrace.app.pages.template import Text, badge, page, serve
 from headrace.app.settings import configure_logging
 
 TITLE = "headrace · operations"
@@ -32,7 +32,7 @@ class OpsPage(Follower):
         def pane() -> pn.pane.HTML:
             return pn.pane.HTML("", sizing_mode="stretch_width")
 
-        self.state = pn.pane.HTML(badge("unknown", "CONNECTING"), margin=(12, 10))
+        self.state = Text(badge("unknown", "CONNECTING"), margin=(12, 10))
         self.headline = pn.pane.HTML("", sizing_mode="stretch_width")
         self.streams, self.malformed, self.viewers, self.cluster = (pane() for _ in range(4))
         self.links = pn.pane.HTML("", sizing_mode="stretch_width")
@@ -59,7 +59,7 @@ class OpsPage(Follower):
         pn.state.on_session_destroyed(lambda _ctx: self.board.remove(self))
 
     def _apply(self, view: OpsView) -> None:
-        self.state.object = badge(view.state, view.state.upper())
+        self.state.html = badge(view.state, view.state.upper())
         self.headline.object = f"<h4>{badge(view.state, view.headline)}</h4>"
         self.streams.object = view.streams
         self.malformed.object = view.malformed

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import panel as pn
-from bokeh.models import CustomJS, Div
+from bokeh.models import CustomJS, Div, Spacer
+from bokeh.models import Row as BokehRow
 
 from headrace.app.live import internals
 
@@ -75,16 +76,37 @@ class Text:
         return self.panel
 
 
+# Bootstrap's alerts, as Panel's Alert pane shows them: (text, background, border).
+ALERTS = {
+    "danger": ("#58151c", "#f8d7da", "#f1aeb5"),
+    "warning": ("#664d03", "#fff3cd", "#ffe69c"),
+}
+
+
+def alert(kind: str) -> Div:
+    """A hidden alert box (``kind``: a key of :data:`ALERTS`) whose ``text`` and
+    ``visible`` a page sets: a Bokeh Div, to go in a Bokeh layout."""
+    text, background, border = ALERTS[kind]
+    styles = {
+        "color": text,
+        "background-color": background,
+        "border": f"1px solid {border}",
+        "border-radius": "6px",
+        "padding": "8px 12px",
+    }
+    return Div(text="", visible=False, margin=(0, 10), sizing_mode="stretch_width", styles=styles)
+
+
 def dark() -> bool:
     """Whether this session asked for the dark theme (``?theme=dark``)."""
     args = pn.state.session_args or {}
     return [v.decode() for v in args.get("theme", [])][-1:] == ["dark"]
 
 
-def theme_link() -> pn.pane.HTML:
-    """A link to this page in the other theme."""
+def theme_link() -> str:
+    """A link to this page in the other theme (HTML)."""
     other, label = ("default", "☀ light theme") if dark() else ("dark", "☾ dark theme")
-    return pn.pane.HTML(f'<a href="?theme={other}" style="color:#fff">{label}</a>', margin=(14, 10))
+    return f'<a href="?theme={other}" style="color:#fff">{label}</a>'
 
 
 def serve(template: pn.template.BaseTemplate, title: str) -> None:
@@ -180,12 +202,23 @@ def local_dist() -> str:
 
 
 def page(
-    title: str, main: Sequence[object], sidebar: Sequence[object], state: object
+    title: str, main: Sequence[object], sidebar: Sequence[object], state: Text
 ) -> pn.template.BaseTemplate:
-    """A served page: ``state`` in the header, ``sidebar`` and ``main`` as they are."""
+    """A served page: ``state`` in the header (with the other theme's link), ``sidebar``
+    and ``main`` as they are.
+
+    The header is one Bokeh row in one Panel component: every Panel component costs each
+    session's build 1.5-3 ms, and every part of a template (each of ``sidebar`` and
+    ``main``) as much again as a root of its own, so a page gives it few.
+    """
+    link = Div(text=theme_link(), margin=(14, 10))
+    header = BokehRow(
+        children=[state.div, Spacer(sizing_mode="stretch_width"), link],
+        sizing_mode="stretch_width",
+    )
     return pn.template.BootstrapTemplate(
         title=title,
-        header=[pn.Row(state, pn.layout.HSpacer(), theme_link(), sizing_mode="stretch_width")],
+        header=[pn.pane.Bokeh(header, sizing_mode="stretch_width", margin=0)],
         sidebar=list(sidebar),
         main=list(main),
         header_background=ACCENT,

@@ -25,7 +25,7 @@ from bokeh.models import Div
 from headrace.app import registry
 from headrace.app.live.internals import Copies
 from headrace.app.pages.board import Board, Follower, Status
-from headrace.app.pages.template import Text, prepare
+from headrace.app.pages.template import Text, alert, prepare
 from headrace.app.views import freshness
 from headrace.app.views.engine import Engine, View, engine
 from headrace.app.views.lookback import LookBack, Window
@@ -38,14 +38,6 @@ if TYPE_CHECKING:
     from headrace.app.live.gates import Sink
 
 LIVE, STALE = "#2e7d32", "#b26a00"
-# Bootstrap's danger alert, as Panel's Alert pane shows it, on a Bokeh Div.
-ALERT = {
-    "color": "#58151c",
-    "background-color": "#f8d7da",
-    "border": "1px solid #f1aeb5",
-    "border-radius": "6px",
-    "padding": "8px 12px",
-}
 LOADING = 30.0  # seconds a page may take to load before its view counts as unwatched
 
 # The renderings each document has shown: a second copy in one document needs new ids.
@@ -98,9 +90,7 @@ class LiveView(Follower):
         self.window: Window | None = None  # None: live
         self._past: dict[tuple, GlyphRenderer] = {}  # history drawn under each live glyph
         self.title = Text(self._title(self.board.status()), sizing_mode="stretch_width")
-        self.alert = Div(
-            text="", visible=False, margin=(0, 10), sizing_mode="stretch_width", styles=ALERT
-        )
+        self.alert = alert("danger")
         # Line, alert, then the plot (or what it waits for).
         self.box = BokehColumn(children=[self.title.div, self.alert], sizing_mode="stretch_width")
         self.panel = pn.pane.Bokeh(self.box, sizing_mode="stretch_width", margin=0)
