@@ -464,6 +464,42 @@ def test_quick_reference_walks_find_what_bokehs_own_find(theme):
         assert _walked(mine) == bokehs(mine)
 
 
+def _ids_in_order(text: str) -> str:
+    """``text`` with Bokeh's model ids numbered by first appearance, and Panel's names
+    (``Column00123``) and template parts (``main-1404...``, an object's id) without their
+    numbers: two builds of a page compare."""
+    ids: dict[str, str] = {}
+    text = re.sub(r"\bp\d+\b", lambda m: ids.setdefault(m[0], f"id{len(ids)}"), text)
+    text = re.sub(r"\b([a-z_]+)-\d{6,}\b", r"\1-#", text)
+    return re.sub(r"\b([A-Z][A-Za-z]+)\d{5}\b", r"\1#", text)
+
+
+@pytest.mark.parametrize("theme", ["default", "dark"])
+def test_quick_config_set_sets_and_restores_and_a_page_renders_as_with_panels_own(theme):
+    import panel as pn
+    from panel.config import _config
+    from panel.theme import Bootstrap
+
+    wire.quick_config_set()
+    quick = _config.set
+    with relied_on_by(WIRE, "panel.config._config.set, _parameter_set, _globals"):
+        assert getattr(quick, "headrace", False)
+        before = pn.config.design
+        with pn.config.set(design=Bootstrap, sizing_mode="stretch_width"):
+            assert pn.config.design is Bootstrap and pn.config.sizing_mode == "stretch_width"
+        assert pn.config.design is before and pn.config.sizing_mode is None
+        with pytest.raises(ZeroDivisionError), pn.config.set(design=Bootstrap):
+            1 / 0  # noqa: B018 (restored after an error too)
+        assert pn.config.design is before
+        ours = _ids_in_order(_pulled(_page(theme)))
+        _config.set = quick.original
+        try:
+            panels = _ids_in_order(_pulled(_page(theme)))
+        finally:
+            _config.set = quick
+        assert ours == panels and len(ours) > 10_000
+
+
 def test_a_document_serialised_ahead_is_sent_as_it_was_unless_it_changed():
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource, Div

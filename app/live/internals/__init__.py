@@ -27,6 +27,9 @@ on any release series but the ones below, which the lock file pins):
 - **A page's HTML rendered once** (:func:`cached_pages`): with ``--reuse-sessions`` every
   ``GET`` renders the same session's page again (every model walked, the template
   rendered); it is rendered once and later ``GET`` s get it with their own token.
+  **Settings set for a block by what they are given** (:func:`quick_config_set`): a
+  template renders each of its parts inside ``pn.config.set(design=...)``, which saved
+  and compared every Panel setting; it saves and restores the given ones.
   **A page validated once** (:func:`validate_once`): Bokeh's integrity checks run on an
   application's first document in the process, not on every session built by the same
   code.
@@ -60,7 +63,7 @@ from headrace.app.live.internals.models import (
     scratch_document,
     serialise_ahead,
 )
-from headrace.app.live.internals.pages import cached_pages, validate_once
+from headrace.app.live.internals.pages import cached_pages, quick_config_set, validate_once
 from headrace.app.live.internals.sessions import (
     adopt_session,
     gate_sessions,
@@ -74,12 +77,13 @@ from headrace.app.live.internals.wire import BINARY, TEXT, Encoded, Socket, enco
 def install(head: str = "") -> None:
     """Everything above that applies to every page of the process (idempotent): lean and
     lazy serialisation, quick reference walks, pages rendered once (``head``: HTML put
-    first in their ``<head>``), a page validated once."""
+    first in their ``<head>``), a page validated once, quick ``config.set``."""
     lean_serialisation()
     quick_references()
     lazy_references()
     cached_pages(head)
     validate_once()
+    quick_config_set()
 
 
 # The release series the private attributes used here were checked against:
@@ -107,6 +111,7 @@ __all__ = [
     "lazy_references",
     "lean_serialisation",
     "prepare_session",
+    "quick_config_set",
     "quick_references",
     "release_session",
     "scratch_document",

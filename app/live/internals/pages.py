@@ -116,3 +116,45 @@ def validate_once() -> None:
 
     initialize_document.headrace = True  # type: ignore[attr-defined]
     Application.initialize_document = initialize_document  # type: ignore[method-assign]
+
+
+def quick_config_set() -> None:
+    """``pn.config.set(...)`` that saves and restores the settings it is given only.
+
+    Panel's saves every setting of the process before the block and compares them all
+    after, and a template renders each of its parts inside one
+    (``config.set(design=...)``): a twelfth of a dashboard session's build. Settings the
+    block changes without being given are left as it set them (rendering a part changes
+    none). Installed once per process; idempotent.
+    """
+    from contextlib import contextmanager
+
+    from panel.config import _config
+
+    original = _config.set
+    if getattr(original, "headrace", False):
+        return
+
+    @contextmanager
+    def set(self: _config, **kwargs: Any) -> Any:
+        keys = list(kwargs)
+        values = [(k, getattr(self, k)) for k in keys]
+        # A setting kept per session has a process-wide value too, as Panel restores it.
+        sessional = [f"_{k}" for k in keys if f"_{k}" in _config._parameter_set]
+        overrides = [
+            (k, getattr(self, f"{k}_")) for k in sessional if k[1:] not in _config._globals
+        ]
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+        try:
+            yield
+        finally:
+            restore = {k: v for k, v in values if v is not getattr(self, k)}
+            if restore:
+                self.param.update(**restore)
+            for k, v in overrides:
+                setattr(self, f"{k}_", v)
+
+    set.headrace = True  # type: ignore[attr-defined]
+    set.original = original  # type: ignore[attr-defined]
+    _config.set = set  # type: ignore[method-assign]
