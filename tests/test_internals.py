@@ -500,6 +500,37 @@ def test_quick_config_set_sets_and_restores_and_a_page_renders_as_with_panels_ow
         assert ours == panels and len(ours) > 10_000
 
 
+def test_models_made_as_copies_are_what_bokeh_makes_and_each_their_own():
+    from bokeh.core.serialization import Serializer
+    from bokeh.models import Column, Div
+
+    def encoded(model) -> str:
+        rep = Serializer().encode(model)
+        return json.dumps({k: v for k, v in rep.items() if k != "id"}, sort_keys=True)
+
+    styles = {"color": "#fff", "padding": "4px"}
+    with relied_on_by(WIRE, "a Bokeh model's _property_values and unstable defaults"):
+        first = wire.made(Div, text="a", margin=(0, 10), styles=styles)
+        again = wire.made(Div, text="b", margin=(0, 10), styles=styles)
+        made = Div(text="b", margin=(0, 10), styles=styles)
+        assert again.id != first.id and encoded(again) == encoded(made)
+        again.styles["color"] = "#000"  # its own containers: the next copy is unchanged
+        again.css_classes.append("x")
+        third = wire.made(Div, text="c", margin=(0, 10), styles=styles)
+        assert third.styles == styles and third.css_classes == [] and first.text == "a"
+        changes = []
+        third.on_change("text", lambda attr, old, new: changes.append((old, new)))
+        third.text = "d"  # a copy tells its own watchers
+        assert changes == [("c", "d")]
+        other = wire.made(Div, text="e", margin=(5, 5))  # other properties: made anew
+        assert encoded(other) == encoded(Div(text="e", margin=(5, 5)))
+        column = wire.made(Column, sizing_mode="stretch_width")
+        column.children = [third, other]
+        assert encoded(column) == encoded(
+            Column(children=[third, other], sizing_mode="stretch_width")
+        )
+
+
 def test_a_document_serialised_ahead_is_sent_as_it_was_unless_it_changed():
     from bokeh.document import Document
     from bokeh.models import ColumnDataSource, Div

@@ -17,12 +17,10 @@ import os
 
 import pandas as pd
 import panel as pn
-from bokeh.models import Column as BokehColumn
-from bokeh.models import Div
 
 from headrace.app import registry
 from headrace.app.pages.board import Follower, Status
-from headrace.app.pages.template import Text, alert, badge, dark, page, serve
+from headrace.app.pages.template import Text, alert, badge, column, dark, div, page, serve
 from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
 from headrace.app.views.component import LiveView
@@ -96,9 +94,9 @@ class Dashboard(Follower):
         pn.state.onload(self._loaded)
         pn.state.on_session_destroyed(self._destroyed)
         link = "#8ab4f8" if dark() else "#0d6efd"  # Bootstrap's link colours, by theme
-        about = Div(text=ABOUT.format(link=link), margin=(10, 10), sizing_mode="stretch_width")
+        about = div(ABOUT.format(link=link), margin=(10, 10), sizing_mode="stretch_width")
         # One part of the sidebar: each part of a template costs a session's build a root.
-        texts = BokehColumn(children=[self.line.div, about], sizing_mode="stretch_width")
+        texts = column(self.line.div, about, sizing_mode="stretch_width")
         self.controls.append(pn.pane.Bokeh(texts, sizing_mode="stretch_width", margin=0))
         self.layout = page(TITLE, [self.main], [self.controls], self.state)
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import panel as pn
-from bokeh.models import CustomJS, Div, Spacer
-from bokeh.models import Row as BokehRow
+from bokeh.models import Column, CustomJS, Div, LayoutDOM, Row, Spacer
 
 from headrace.app.live import internals
+from headrace.app.live.internals import made
 
 if TYPE_CHECKING:
     from bokeh.document import Document
@@ -41,6 +41,25 @@ def badge(state: str, text: str) -> str:
     )
 
 
+def div(text: str, **props: object) -> Div:
+    """A Bokeh Div (made as a copy: :func:`~headrace.app.live.internals.made`)."""
+    return made(Div, text=text, **props)
+
+
+def column(*children: LayoutDOM, **props: object) -> Column:
+    """A Bokeh column of ``children`` (made as a copy)."""
+    model = made(Column, **props)
+    model.children = list(children)
+    return model
+
+
+def row(*children: LayoutDOM, **props: object) -> Row:
+    """A Bokeh row of ``children`` (made as a copy)."""
+    model = made(Row, **props)
+    model.children = list(children)
+    return model
+
+
 class Text:
     """A line of HTML on a page whose change costs one property change.
 
@@ -51,7 +70,7 @@ class Text:
     """
 
     def __init__(self, html: str, margin: tuple[int, int] = (0, 10), **kwargs: object) -> None:
-        self.div = Div(text=html, margin=margin, **kwargs)
+        self.div = div(html, margin=margin, **kwargs)
         self._kwargs = kwargs
         self._panel: pn.pane.Bokeh | None = None
 
@@ -94,7 +113,7 @@ def alert(kind: str) -> Div:
         "border-radius": "6px",
         "padding": "8px 12px",
     }
-    return Div(text="", visible=False, margin=(0, 10), sizing_mode="stretch_width", styles=styles)
+    return div("", visible=False, margin=(0, 10), sizing_mode="stretch_width", styles=styles)
 
 
 def dark() -> bool:
@@ -211,11 +230,9 @@ def page(
     session's build 1.5-3 ms, and every part of a template (each of ``sidebar`` and
     ``main``) as much again as a root of its own, so a page gives it few.
     """
-    link = Div(text=theme_link(), margin=(14, 10))
-    header = BokehRow(
-        children=[state.div, Spacer(sizing_mode="stretch_width"), link],
-        sizing_mode="stretch_width",
-    )
+    link = div(theme_link(), margin=(14, 10))
+    spacer = made(Spacer, sizing_mode="stretch_width")
+    header = row(state.div, spacer, link, sizing_mode="stretch_width")
     return pn.template.BootstrapTemplate(
         title=title,
         header=[pn.pane.Bokeh(header, sizing_mode="stretch_width", margin=0)],

@@ -19,13 +19,11 @@ import weakref
 from typing import TYPE_CHECKING
 
 import panel as pn
-from bokeh.models import Column as BokehColumn
-from bokeh.models import Div
 
 from headrace.app import registry
 from headrace.app.live.internals import Copies
 from headrace.app.pages.board import Board, Follower, Status
-from headrace.app.pages.template import Text, alert, prepare
+from headrace.app.pages.template import Text, alert, column, div, prepare
 from headrace.app.views import freshness
 from headrace.app.views.engine import Engine, View, engine
 from headrace.app.views.lookback import LookBack, Window
@@ -92,7 +90,7 @@ class LiveView(Follower):
         self.title = Text(self._title(self.board.status()), sizing_mode="stretch_width")
         self.alert = alert("danger")
         # Line, alert, then the plot (or what it waits for).
-        self.box = BokehColumn(children=[self.title.div, self.alert], sizing_mode="stretch_width")
+        self.box = column(self.title.div, self.alert, sizing_mode="stretch_width")
         self.panel = pn.pane.Bokeh(self.box, sizing_mode="stretch_width", margin=0)
         self.engine.watch(self)
         self._show()
@@ -182,7 +180,7 @@ class LiveView(Follower):
             if not shown:
                 waiting = ", ".join(engine.waiting_for) or ", ".join(self.view.streams)
                 text = f"<i>waiting for the first rows of {html.escape(waiting)}…</i>"
-                self.box.children = [*self.box.children, Div(text=text, margin=(0, 10))]
+                self.box.children = [*self.box.children, div(text, margin=(0, 10))]
             return
         if engine.version == self.version:
             return
