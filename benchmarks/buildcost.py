@@ -1,6 +1,7 @@
 """What building one dashboard session costs, in this process: ``python -m benchmarks.buildcost``.
 
-``python -m benchmarks.buildcost [--builds N] [--streams K] [--without NAME[,NAME]]``
+``python -m benchmarks.buildcost [--builds N] [--streams K] [--without NAME[,NAME]]
+[--before DIR --rounds R] [--doc FILE]``
 
 Builds the dashboard page (``headrace.app.pages.dashboard``, with K streams that have
 rows, so every live view is a copy of a rendered plot) in a new Bokeh document N times,
@@ -10,17 +11,24 @@ Panel's render and Bokeh's bookkeeping, steadier than a served benchmark on a sh
 machine. ``--without`` switches off the named internals of
 :mod:`headrace.app.live.internals` (``quick_references``, ``lean_serialisation``, ...)
 in every other build, so that with and without are measured side by side, in turn.
+``--before DIR`` measures another checkout of headrace (the code before a change) in a
+process of its own, in turn with this one, ``--rounds`` times each, and reports the
+medians of both side by side; ``--doc`` writes the table as a results page.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,6 +40,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--builds", type=int, default=30, help="builds measured (each way)")
     p.add_argument("--streams", type=int, default=4, help="streams on the page")
     p.add_argument("--without", default="", help="internals to switch off, comma-separated")
+    p.add_argument("--before", default=None, metavar="DIR", help="another checkout, in turn")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each side with --before")
+    p.add_argument("--doc", default=None, help="markdown file for the table (overwritten)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -62,6 +74,73 @@ def _without(names: list[str]) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _args(sys.argv[1:] if argv is None else argv)
+    if args.before:
+        return _in_turn(args, argv)
+    ways = measure(args.builds, args.streams, [n for n in args.without.split(",") if n])
+    if args.json:
+        print(json.dumps(ways))
+        return
+    print(f"dashboard, {args.streams} streams, {ways['models']} models, {args.builds} builds each:")
+    for way, times in ways["ms"].items():
+        q1, median, q3 = statistics.quantiles(times, n=4)
+        print(f"  {way}: median {median:.1f} ms (quartiles {q1:.1f}-{q3:.1f})")
+
+
+def _in_turn(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """This checkout and ``--before``'s, each in a process of its own, in turn."""
+    from . import common
+
+    sides = {
+        f"this checkout ({_commit(str(common.ROOT))})": str(common.ROOT),
+        f"before ({_commit(args.before)})": args.before,
+    }
+    medians: dict[str, list[float]] = {side: [] for side in sides}
+    models: dict[str, int] = {}
+    for round_ in range(args.rounds):
+        for side, root in sides.items():
+            # This file run as a script, so that headrace is the side's (PYTHONPATH), even
+            # for a checkout older than this benchmark.
+            command = [sys.executable, str(Path(__file__).resolve()), "--json"]
+            command += ["--builds", str(args.builds), "--streams", str(args.streams)]
+            env = {**os.environ, "PYTHONPATH": str(Path(root).resolve())}
+            done = subprocess.run(
+                command, cwd=root, env=env, capture_output=True, text=True, check=True
+            )
+            ways = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[side].append(statistics.median(ways["ms"]["as served"]))
+            models[side] = ways["models"]
+            common.log(f"buildcost: round {round_ + 1}, {side}: {medians[side][-1]:.1f} ms")
+    rows = [
+        f"| {side} | {models[side]} | {statistics.median(m):.1f} | "
+        f"{', '.join(f'{x:.1f}' for x in m)} |"
+        for side, m in medians.items()
+    ]
+    table = "\n".join(
+        [
+            f"A dashboard session's build, {args.streams} streams with rows, in process: medians "
+            f"of {args.builds} builds a run, {args.rounds} runs of each side in turn.",
+            "",
+            "| code | models | build ms (median of runs) | each run's median |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(table)
+    if args.doc:
+        common.write_doc(Path(args.doc), "Session builds", "buildcost", [("", table)], str, argv)
+
+
+def _commit(root: str) -> str:
+    """The checkout's commit, or its path when it is not a git checkout."""
+    done = subprocess.run(
+        ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else root
+
+
+def measure(builds: int, streams: int, without: list[str]) -> dict:
+    """``builds`` builds of the dashboard (and as many without the internals named), in
+    turn: their times in ms, by way, and the page's model count."""
     from bokeh.document import Document
     from panel.io.state import set_curdoc
 
@@ -75,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = registry.reset(subscriber)
     start = pd.Timestamp("2026-01-01", tz="UTC")
     rows = np.arange(400)
-    for k in range(args.streams):
+    for k in range(streams):
         frame = pd.DataFrame(
             {"time": start + pd.to_timedelta(rows * 25, unit="ms"), "value": np.sin(rows / 9)}
         )
@@ -100,25 +179,21 @@ def main(argv: list[str] | None = None) -> None:
         doc.clear()
         return took, models
 
-    without = [n for n in args.without.split(",") if n]
-    ways = {"with": [], "without": []} if without else {"with": []}
+    label = f"without {', '.join(without)}"
+    ways: dict[str, list[float]] = {"as served": []} | ({label: []} if without else {})
     models = 0
     for _ in range(3):  # warm: the plots rendered, the first document validated
         build()
-    for i in range(args.builds * len(ways)):
+    for i in range(builds * len(ways)):
         way = list(ways)[i % len(ways)]
         gc.collect()
-        if way == "without":
+        if way == "as served":
+            took, models = build()
+        else:
             with _without(without):
                 took, models = build()
-        else:
-            took, models = build()
         ways[way].append(took * 1000)
-    print(f"dashboard, {args.streams} streams, {models} models, {args.builds} builds each:")
-    for way, times in ways.items():
-        q1, median, q3 = statistics.quantiles(times, n=4)
-        label = "as served" if way == "with" else f"without {', '.join(without)}"
-        print(f"  {label}: median {median:.1f} ms (quartiles {q1:.1f}-{q3:.1f})")
+    return {"ms": ways, "models": models}
 
 
 if __name__ == "__main__":

@@ -114,3 +114,16 @@ def test_the_latency_proxy_delays_each_way_and_keeps_the_bytes_in_order():
     finally:
         proxy.stop()
         server.stop()
+
+
+def test_the_build_benchmark_builds_the_dashboard_with_and_without_an_internal():
+    from benchmarks import buildcost
+    from headrace.app import registry
+
+    try:
+        ways = buildcost.measure(builds=2, streams=2, without=["quick_references"])
+    finally:
+        registry.reset()
+    assert ways["models"] > 100  # two live views' plots among them
+    assert [len(t) for t in ways["ms"].values()] == [2, 2]
+    assert all(t > 0 for times in ways["ms"].values() for t in times)
