@@ -227,3 +227,37 @@ def test_a_database_outage_is_not_taken_for_a_silent_holder(postgres, tmp_path):
         time.sleep(TTL / 2)
         assert one.renew() and not two.try_acquire()
     assert one.held and two.takeovers == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_holder_paused_inside_its_commit_does_not_keep_a_standby_waiting(postgres, tmp_path):
+    """The holder stops (SIGSTOP) between its fence and its commit, the lease's row locked:
+    PostgreSQL ends its session after the lease's silence, and the standby takes over."""
+    import threading
+
+    url = postgres.create_database(f"paused{os.getpid()}")
+    one, two = (Lease(StateStore(tmp_path, StateSpec(url, lease=TTL)), TTL) for _ in range(2))
+    assert one.try_acquire() and not two.try_acquire()
+    paused = one.store.engine.connect()
+    transaction = paused.begin()
+    one.fence(paused)  # the row is locked until this transaction ends: the holder stops here
+    taken = threading.Event()
+
+    def standby() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if two.try_acquire():
+                taken.set()
+                return
+            time.sleep(TTL / 3)
+
+    waiting = threading.Thread(target=standby, daemon=True)
+    began = time.monotonic()
+    waiting.start()
+    waiting.join(25)
+    assert taken.is_set() and two.epoch == 2, "the standby still waits behind the paused holder"
+    assert time.monotonic() - began < 10 * TTL + 3
+    with pytest.raises(sa.exc.DBAPIError):  # the paused holder resumes: its session ended
+        transaction.commit()
+    paused.close()
+    assert not one.renew() and one.lost.is_set()

@@ -61,6 +61,29 @@ def make_engine(url: sa.URL | str) -> sa.Engine:
     return engine
 
 
+def bound_transactions(engine: sa.Engine, seconds: float) -> None:
+    """PostgreSQL ends a session of ``engine`` that sits inside a transaction for longer
+    than ``seconds`` (``idle_in_transaction_session_timeout``), releasing its locks.
+
+    Every commit of the active loop begins by updating the lease's row (its fence): a loop
+    paused in the middle of one (SIGSTOP, a frozen VM) would hold that row's lock for as
+    long as its connection lives, and a standby's takeover would wait behind it. A loop
+    idle inside a transaction for as long as the lease's silence has lost the lease
+    anyway. Other databases keep their own behaviour.
+    """
+    if engine.dialect.name != "postgresql" or seconds <= 0:
+        return
+    timeout = max(int(seconds * 1000), 1)
+
+    def bound(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {timeout}")
+        dbapi_connection.commit()
+
+    sa.event.listen(engine, "connect", bound)
+    engine.dispose()  # connections made before are made again, bounded
+
+
 def create_tables(engine: sa.Engine, metadata: sa.MetaData, attempts: int = 3) -> None:
     """The tables of ``metadata`` that do not exist yet, and the columns that tables from
     before those columns were kept lack (they are nullable: a row without them reads as

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from headrace.etl.store.database import bound_transactions
 from headrace.etl.store.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Lease:
 
     def __init__(self, store: StateStore, ttl: float, holder: str | None = None) -> None:
         self.store, self.ttl = store, ttl
+        bound_transactions(store.engine, ttl)  # a paused holder must not block a takeover
         self.table = store.tables.lease
         self.holder = holder or holder_name()
         self.epoch: int | None = None  # while held
