@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,11 @@ from .common import HOST, log, percentiles
 PERIOD_S = 0.025
 
 
-def _feed(root: Path, n: int, rate: float, port: int, source: str, latency: float = 0.0) -> None:
+def _feed(
+    root: Path, n: int, rate: float, port: int, source: str, latency: float = 0.0, proxy: int = 0
+) -> None:
     """The feed process: FTP server and writer, until killed; with ``latency`` (ms), the
-    server is reached on ``port + 1`` through a proxy that delays its control channel."""
+    server is reached on port ``proxy`` through a proxy that delays its control channel."""
     from headrace.cluster.demo.ftpserver import FTPServer
     from headrace.cluster.demo.logwriter import LogWriter
 
@@ -58,7 +59,7 @@ def _feed(root: Path, n: int, rate: float, port: int, source: str, latency: floa
     server = FTPServer(root, port=port).start() if source == "ftp" else None
     vsftpd = _vsftpd(root, port) if source == "vsftpd" else None
     writer = LogWriter(paths, rate=rate, seed=1, flush_each_line=False).start()
-    delay = Delay(port + 1, (HOST, port), latency / 1000, HOST).start() if latency else None
+    delay = Delay(proxy, (HOST, port), latency / 1000, HOST).start() if latency else None
     print("feeding", flush=True)
     try:
         while True:
@@ -158,7 +159,9 @@ def _rate(window: list[tuple[str, float, int, int]]) -> float:
 def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, work: Path) -> dict:
     """One stack of ``n`` streams ticking every ``interval`` seconds, measured."""
     (work / "feed").mkdir(parents=True, exist_ok=True)
-    ftp_port, sched_port = _port_pair(), common.free_port()
+    ftp_port, sched_port = common.free_port(), common.free_port()
+    # Through a delaying proxy, if any: the workers' FTP commands cross a "network".
+    served = common.free_port() if args.latency else ftp_port
     address = f"tcp://{HOST}:{sched_port}"
     env = {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None
     bin_ = common.VENV_BIN
@@ -179,11 +182,11 @@ def run_one(n: int, interval: float, workers: int, args: argparse.Namespace, wor
             args.source,
             "--latency",
             args.latency,
+            "--proxy",
+            served,
         ],
         work / "feed.log",
     )
-    # Through the delaying proxy, if any: the workers' FTP commands cross a "network".
-    served = ftp_port + 1 if args.latency else ftp_port
     config = _config(work, n, interval, served, args.source)
     procs: dict[str, object] = {}
     with common.stopping(feed):
@@ -294,9 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feed", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--proxy", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.feed is not None:
-        return _feed(args.feed, args.n, args.rate, args.port, args.source, args.latency)
+        return _feed(args.feed, args.n, args.rate, args.port, args.source, args.latency, args.proxy)
     results = json.loads(Path(args.reuse).read_text()) if args.reuse else []
     before: list[dict] = []
     # Case by case, this code and --before in turn: a shared machine's load drifts over a
@@ -331,19 +335,6 @@ def main(argv: list[str] | None = None) -> None:
             label, _, path = item.partition("=")
             tables.append((label, json.loads(Path(path).read_text())))
         common.write_doc(Path(args.doc), "Many streams", "streams", tables, table, argv)
-
-
-def _port_pair() -> int:
-    """A free port whose next one is free too (the FTP server's, and its proxy's)."""
-    for _ in range(100):
-        port = common.free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free ports in a row")
 
 
 def median(runs: list[dict]) -> dict:

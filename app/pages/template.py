@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import panel as pn
 from bokeh.models import Column, CustomJS, Div, LayoutDOM, Row, Spacer
@@ -21,6 +21,8 @@ from headrace.app.live.internals import made
 
 if TYPE_CHECKING:
     from bokeh.document import Document
+
+L = TypeVar("L", Column, Row)
 
 ACCENT = "#1565c0"
 # Colours that read on the blue header and on light and dark backgrounds alike.
@@ -48,14 +50,16 @@ def div(text: str, **props: object) -> Div:
 
 def column(*children: LayoutDOM, **props: object) -> Column:
     """A Bokeh column of ``children`` (made as a copy)."""
-    model = made(Column, **props)
-    model.children = list(children)
-    return model
+    return _laid_out(Column, children, props)
 
 
 def row(*children: LayoutDOM, **props: object) -> Row:
     """A Bokeh row of ``children`` (made as a copy)."""
-    model = made(Row, **props)
+    return _laid_out(Row, children, props)
+
+
+def _laid_out(kind: type[L], children: Sequence[LayoutDOM], props: dict[str, object]) -> L:
+    model = made(kind, **props)
     model.children = list(children)
     return model
 

@@ -173,8 +173,8 @@ class LiveView(Follower):
         engine = self.engine
         error = engine.error
         self.alert.visible = error is not None
-        if error is not None and self.alert.text != html.escape(error):
-            self.alert.text = html.escape(error)
+        if error is not None:
+            self.alert.text = html.escape(error)  # Bokeh sends a change only if it is one
         shown = self.box.children[2:]
         if engine.rendering is None:
             if not shown:
