@@ -181,12 +181,14 @@ class Ticker:
         try:
             await self._settle_done()
             now = time.time()
+            # A stream backing off waits for the grid: its retry is late anyway, and off
+            # the grid it would cost a task of its own.
             owed = [
                 r
                 for r in self.runners
                 if r.name not in self.busy
                 and self.slot_of.get(r.name, self.count) < self.count
-                and r.retry_at <= now
+                and not r.health.failures
             ]
             if owed and not stop.is_set():
                 await self._submit(owed, now)
