@@ -16,6 +16,7 @@ from headrace.etl.contract.messages import Span
 NS = np.array([1_764_000_000_000_000_000 + i * 25_000_000 for i in range(5)], np.int64)
 TIMES = pd.array(NS.view("M8[ns]"), TIME_DTYPE)
 KEYS = pd.array(["a", "b", None, "a", "c"], dtype="str")
+M4 = ("value", "value_min", "value_first", "value_last")
 COMPACT = b"pandas_internals\x94\x8c\x06unpack"  # a pickle that calls internals.unpack
 
 
@@ -26,6 +27,11 @@ COMPACT = b"pandas_internals\x94\x8c\x06unpack"  # a pickle that calls internals
         {"time": TIMES, "value": np.arange(5.0), "count": np.arange(5), "key": KEYS},
         {"time": TIMES[:0], "value": np.empty(0)},
         {"time": TIMES, "value": np.array([1.0, np.nan, 3.0, np.inf, -0.0])},
+        # m4: four float columns in one block, as pandas consolidates them
+        {"time": TIMES, **{c: np.arange(5.0) * i for i, c in enumerate(M4)}, "count": NS % 7},
+        {"flag": np.arange(5) > 2, "small": np.arange(5, dtype=np.int32), "key": KEYS},
+        {"naive": NS.view("M8[ns]"), "value": np.arange(5.0)},  # pandas' own path
+        {"value": np.arange(5.0), "other": np.ones(5), "time": TIMES, "last": np.zeros(5)},
     ],
 )
 def test_a_frame_is_what_the_public_constructor_makes(columns):
@@ -35,8 +41,21 @@ def test_a_frame_is_what_the_public_constructor_makes(columns):
     assert fast.columns.dtype == public.columns.dtype
     assert fast.index.equals(public.index) and type(fast.index) is type(public.index)
     assert fast._mgr.nblocks == public._mgr.nblocks  # consolidated as the public one is
-    again = internals.frame(columns)  # shares the labels, not the data
+    assert [b.mgr_locs.as_array.tolist() for b in fast._mgr.blocks] == [
+        b.mgr_locs.as_array.tolist() for b in public._mgr.blocks
+    ]
+    pd.testing.assert_frame_equal(fast.iloc[1:3].copy(), public.iloc[1:3].copy())
+    again = internals.frame(columns)  # shares the labels
     assert again.columns is fast.columns
+
+
+def test_a_frame_of_read_only_columns_can_be_written_and_leaves_them_alone():
+    values = np.arange(5.0)
+    values.flags.writeable = False  # as a parse's columns, views of Arrow buffers, are
+    rows = internals.frame({"time": TIMES, "value": values})
+    rows.loc[rows["value"] > 2, "value"] = -1.0
+    assert rows["value"].tolist() == [0.0, 1.0, 2.0, -1.0, -1.0]
+    assert values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_times_are_what_pd_array_makes():
