@@ -36,6 +36,7 @@ from headrace.etl.sources.base import (
 )
 from headrace.etl.sources.credentials import netrc_lookup
 from headrace.etl.sources.ftps import DataSessionRefused, SessionReusingFTP_TLS, TLSSettings
+from headrace.etl.sources.ftpwire import PipelinedFTP
 from headrace.etl.sources.rotation import advance
 
 __all__ = ["FTPSource"]
@@ -244,7 +245,7 @@ class FTPSource:
 
     def _connect(self, conn: _Conn) -> None:
         if self.tls is None:
-            ftp = ftplib.FTP(timeout=self.timeout)
+            ftp = PipelinedFTP(timeout=self.timeout)
         else:
             ftp = SessionReusingFTP_TLS(context=self.tls.context(), timeout=self.timeout)
         step = "cannot connect"

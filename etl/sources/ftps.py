@@ -16,6 +16,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from headrace.etl.sources.ftpwire import PipelinedFTP
+
 __all__ = ["DataSessionRefused", "SessionReusingFTP_TLS", "TLSSettings"]
 
 
@@ -73,12 +75,13 @@ class TLSSettings:
         return (self.verify, digest)
 
 
-class SessionReusingFTP_TLS(ftplib.FTP_TLS):
-    """``FTP_TLS`` whose data connections resume the control connection's TLS session."""
+class SessionReusingFTP_TLS(ftplib.FTP_TLS, PipelinedFTP):
+    """``FTP_TLS`` whose data connections resume the control connection's TLS session
+    (and whose transfers send ``REST`` with their command, as :class:`PipelinedFTP`)."""
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple:
-        # ftplib.FTP's version, not FTP_TLS's: that one wraps without the session.
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        # PipelinedFTP's version, not FTP_TLS's: that one wraps without the session.
+        conn, size = PipelinedFTP.ntransfercmd(self, cmd, rest)
         if self._prot_p:
             conn = self.context.wrap_socket(
                 conn, server_hostname=self.host, session=self.control_session()
