@@ -222,6 +222,23 @@ def tick(works: list[Work] | bytes) -> list[Result]:
     return results
 
 
+def tick_task(works: bytes) -> bytes:
+    """What the loop submits: :func:`tick` of :func:`pack`'s works, its results pickled
+    (read back with :func:`unpack_results`).
+
+    A worker keeps a task's result until the loop has fetched it. Kept as bytes, it holds
+    nothing Python's garbage collector tracks; kept as results (frames, summaries), each
+    task's thousands of objects outlived two collections, reached the oldest generation,
+    and brought on full collections of the whole worker every few ticks.
+    """
+    return pickle.dumps(tick(works), protocol=5)
+
+
+def unpack_results(blob: bytes) -> list[Result]:
+    """The results :func:`tick_task` pickled."""
+    return pickle.loads(blob)
+
+
 def _parse_together(
     works: list[Work], chunks: list[Chunk | Exception], seconds: list[float]
 ) -> dict[int, Parsed]:

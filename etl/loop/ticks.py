@@ -202,7 +202,7 @@ class Ticker:
             for task in [t for t in self.flying if t.done()]:
                 runners, submitted = self.flying.pop(task)
                 try:
-                    results: list[Outcome] = list(task.result())
+                    results: list[Outcome] = list(pipeline.unpack_results(task.result()))
                 except Exception as exc:  # the task failed (a lost worker, the scheduler away)
                     results = [exc] * len(runners)
                 outcomes += [(r, o, submitted) for r, o in zip(runners, results, strict=True)]
@@ -250,7 +250,7 @@ class Ticker:
                 # workers (a task restricted to a worker that died with no other present
                 # would wait for that worker for ever).
                 future = self.client.submit(
-                    pipeline.tick,
+                    pipeline.tick_task,
                     pipeline.pack([r.work() for r in runners]),
                     key=task_key("tick", server.split("://", 1)[-1] or "local", self.count, token),
                     pure=False,
