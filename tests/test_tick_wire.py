@@ -81,3 +81,39 @@ def test_a_cursor_and_a_summary_read_back_equal_by_position():
         pickled = pickle.dumps(value_, protocol=5)
         assert pickle.loads(pickled) == value_
         assert b"fingerprint" not in pickled  # no field names: read by position
+
+
+def test_a_task_returns_its_results_as_bytes_that_read_back_as_its_results(tmp_path):
+    """What a worker keeps until the loop fetches it: bytes, not thousands of objects."""
+    works = []
+    for name in ("a", "b", "c"):
+        path = tmp_path / f"{name}.log"
+        path.write_bytes(log_lines(41))
+        works.append(
+            pipeline.Work(
+                name, FileSource(path), Cursor(), None, RegexParser(), Resample("25ms"), None
+            )
+        )
+    works.append(  # a stream that cannot be read fails alone, in the bytes too
+        pipeline.Work(
+            "gone",
+            FileSource(tmp_path / "no"),
+            Cursor(),
+            None,
+            RegexParser(),
+            Resample("25ms"),
+            None,
+        )
+    )
+    blob = pipeline.tick_task(pipeline.pack(works))
+    assert type(blob) is bytes
+    got, direct = pipeline.unpack_results(blob), pipeline.tick(works)
+    assert len(got) == len(direct) == 4
+    for a, b in zip(got, direct, strict=True):
+        assert a.frame.equals(b.frame) and a.frame.dtypes.equals(b.frame.dtypes)
+        assert (a.summary.cursor, a.summary.span, a.summary.error) == (
+            b.summary.cursor,
+            b.summary.span,
+            b.summary.error,
+        )
+    assert len(got[0].frame) == 40 and got[3].summary.error and not got[0].summary.error
