@@ -59,14 +59,36 @@ def _retr(ftp: ftplib.FTP, rest: int | str | None) -> bytes:
     return b"".join(parts)
 
 
-def test_the_bytes_after_an_offset_in_two_writes_where_ftplib_makes_three(login):
+def test_the_bytes_after_an_offset_in_one_write_where_ftplib_makes_three(login):
     login.sock = recorded = Recorded(login.sock)
     assert _retr(login, 12_345) == DATA[12_345:]
-    writes = recorded.writes
-    assert [w.split(b" ")[0] for w in writes] == [b"PASV\r\n", b"REST"]
-    assert writes[1] == b"REST 12345\r\nRETR f.log\r\n"
+    assert recorded.writes == [b"PASV\r\nREST 12345\r\nRETR f.log\r\n"]
     assert _retr(login, None) == DATA  # without REST, as ftplib does it
+    assert recorded.writes[1:] == [b"PASV\r\n", b"RETR f.log\r\n"]
     assert _retr(login, 19_990) == DATA[19_990:]
+
+
+def test_a_refused_pasv_is_raised_and_the_connection_stays_in_step_or_closes(login):
+    login.sendcmd("EPSV ALL")  # from now on the server refuses PASV (RFC 2428)
+    with pytest.raises(ftplib.error_perm, match=r"^5"):
+        login.ntransfercmd("RETR f.log", 10)
+    if login.welcome.startswith("220 headrace demo"):
+        # pyftpdlib starts the RETR anyway (150) and waits for a data connection: closed.
+        assert login.sock is None
+    else:
+        # vsftpd refuses it (425): the next reply is NOOP's.
+        assert login.sendcmd("NOOP").startswith("200")
+
+
+def test_a_data_connection_that_cannot_be_made_closes_the_control_connection(login, monkeypatch):
+    def refused(*_):
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(login, "_data_connection", refused)  # a fault not provoked here
+    with pytest.raises(ConnectionRefusedError):
+        login.ntransfercmd("RETR f.log", 10)
+    # The server waits for the data connection before it reads another command.
+    assert login.sock is None
 
 
 def test_a_refused_rest_is_raised_and_the_connection_stays_in_step(ftp_server, ftp_root):
