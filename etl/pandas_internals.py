@@ -41,7 +41,7 @@ def frame(columns: dict[str, np.ndarray | ExtensionArray]) -> pd.DataFrame:
     if labels is None:
         labels = _LABELS.setdefault(names, pd.Index(names))
     arrays = list(columns.values())
-    index = pd.RangeIndex(len(arrays[0]) if arrays else 0)
+    index = pd.RangeIndex._simple_new(range(len(arrays[0]) if arrays else 0))  # 0.4 µs, not 1.5
     blocks = []
     for i, array in enumerate(arrays):
         if isinstance(array, np.ndarray):
