@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import time
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 from streamparts import log_lines
 
@@ -14,6 +18,7 @@ from headrace.etl.parse.parser import Malformed
 from headrace.etl.parse.regex import RegexParser
 from headrace.etl.sources.base import Cursor
 from headrace.etl.sources.local import FileSource
+from headrace.etl.steps import Carry, Held
 from headrace.etl.store.pickles import Pickled, value
 from headrace.etl.store.state import Checkpoint, StateStore
 from headrace.etl.transforms import Resample
@@ -117,3 +122,27 @@ def test_a_task_returns_its_results_as_bytes_that_read_back_as_its_results(tmp_p
             b.summary.error,
         )
     assert len(got[0].frame) == 40 and got[3].summary.error and not got[0].summary.error
+
+
+def test_a_carry_pickles_as_its_arrays_bytes_and_one_pickled_by_field_names_still_loads():
+    keys = pd.array(["a", None], dtype="str")
+    carry = Carry(Held(np.array([5, 7], np.int64), np.array([1.5, np.nan]), keys), 4, 8, 9.5)
+    data = pickle.dumps(carry, protocol=5)
+    assert b"rows" not in data and b"numpy" not in data  # by position, arrays as bytes
+    back = pickle.loads(data)
+    assert back.rows.times.tolist() == [5, 7] and back.rows.times.dtype == np.int64
+    assert np.array_equal(back.rows.values, carry.rows.values, equal_nan=True)
+    assert back.rows.keys.tolist() == keys.tolist() and back.rows.values.flags.writeable
+    assert (back.published_until, back.watermark, back.seen) == (4, 8, 9.5)
+
+    class ByNames(pickle.Pickler):  # how a carry was pickled before: its fields by name
+        def reducer_override(self, obj):
+            if type(obj) in (Carry, Held):
+                return copyreg.__newobj__, (type(obj),), dict(obj.__dict__)
+            return NotImplemented
+
+    old = io.BytesIO()
+    ByNames(old, protocol=5).dump(carry)
+    assert b"published_until" in old.getvalue()
+    again = pickle.loads(old.getvalue())
+    assert again.rows.times.tolist() == [5, 7] and again.watermark == 8
