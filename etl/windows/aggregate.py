@@ -71,7 +71,9 @@ def aggregate(
     if keys is not None:
         new[1:] |= codes[1:] != codes[:-1]
     first = np.flatnonzero(new)
-    count = np.diff(np.append(first, len(values))).astype(np.int64)
+    count = np.empty(len(first), np.int64)  # each run's length (np.diff of an append: 3x)
+    count[:-1] = first[1:] - first[:-1]
+    count[-1:] = len(values) - first[-1:]
     out: dict[str, np.ndarray | ExtensionArray] = {"time": internals.times(starts[first])}
     for name, column in zip(aggs, columns(aggs), strict=True):
         if not len(values):

@@ -41,6 +41,8 @@ from headrace.etl.windows.aggregate import aggregate, aggregations, columns
 from headrace.etl.windows.early import emit_mode, revise
 from headrace.etl.windows.spec import duration, seconds, text
 
+_NONE = np.empty(0, np.int64)  # a step's late rows when none was late (shared: read-only)
+_NONE.flags.writeable = False
 MAX_WINDOWS_PER_ROW = 1000
 
 
@@ -165,8 +167,13 @@ class Window:
             )
             frame, early = revise(frame, opened, carry.early if carry is not None else None)
         kept_rows = R.Held(*still_open)
-        # How far past the close of its last window the watermark was when the row came.
-        past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
+        n_late = int(np.count_nonzero(late))
+        late_rows, lateness = _NONE, _NONE
+        if n_late:
+            # How far past the close of its last window the watermark was when the row came.
+            past = marks[late] - (latest[late] + self.size_ns + (self.grace_ns or 0))
+            late_rows = np.flatnonzero(late)
+            lateness = np.where(valid[late], np.maximum(past, 0), -1)
         return Step(
             frame=frame,
             carry=Carry(
@@ -177,10 +184,10 @@ class Window:
                 early,
                 key_marks or None,
             ),
-            late=int(late.sum()),
+            late=n_late,
             carried=len(kept_rows),
-            late_rows=np.flatnonzero(late),
-            lateness=np.where(valid[late], np.maximum(past, 0), -1),
+            late_rows=late_rows,
+            lateness=lateness,
         )
 
     def _closed(
