@@ -75,19 +75,6 @@ _CSV_PARSE = pacsv.ParseOptions(
 )
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """The parsed rows as the contract's frame, without ``Table.to_pandas``: its fixed
-    cost was half a tick's parse of a few lines."""
-    times = pc.fill_null(table.column("time").cast(pa.int64()), convert.NAT)
-    columns = {
-        "time": internals.times(times.to_numpy()),
-        "value": table.column("value").to_numpy(),  # nulls, if any, as NaN
-    }
-    if "key" in table.column_names:
-        columns["key"] = table.select(["key"]).to_pandas()["key"].array  # "str", as before
-    return internals.frame(columns)
-
-
 _EMPTY: dict[pa.Schema, pa.Table] = {}  # a parse's empty table, by schema
 
 
@@ -224,7 +211,7 @@ class RegexParser:
         samples = [s for p in parts for s in p.samples]
         lines = sum(p.lines for p in parts)
         return Parsed(
-            frame=_frame(table),
+            frame=internals.frame(convert.columns(table)),
             lines=lines,
             malformed=sum(p.malformed for p in parts),
             samples=samples[max(len(samples) - self.keep, 0) :] if self.keep else [],

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import pyarrow as pa
+
+from headrace.etl import pandas_internals as internals
 from headrace.etl.parse import convert
 from headrace.etl.parse.lines import prepared
 from headrace.etl.parse.parser import Parsed
-from headrace.etl.parse.regex import RegexParser, _Part
+from headrace.etl.parse.regex import RegexParser
 
 Chunk = tuple[bytes, int, str]  # data (complete lines), first line's number, source
 
@@ -46,13 +49,22 @@ def _halves(
         joined = b"".join(datas)
         part = parser._parse_csv(joined, 0, len(joined), latest)
         if part is not None:  # every line a row
+            # The columns made once and cut: made for each stream, they cost more than
+            # the rest of its parse.
+            columns = convert.columns(_with_schema(parser, part.table))
             out, at = [], 0
             for d in datas:
                 n = d.count(b"\n")
-                out.append(parser._assemble([_Part(part.table.slice(at, n), n, n)]))
+                rows = internals.frame({k: v[at : at + n] for k, v in columns.items()})
+                out.append(Parsed(frame=rows, lines=n, malformed=0, samples=[], blank=0))
                 at += n
             return out
     half = len(chunks) // 2
     return _halves(parser, chunks[:half], datas[:half], latest) + _halves(
         parser, chunks[half:], datas[half:], latest
     )
+
+
+def _with_schema(parser: RegexParser, table: pa.Table) -> pa.Table:
+    """``table`` with the parser's schema, as a parse assembles it (its columns' types)."""
+    return pa.concat_tables([parser.schema.empty_table(), table])
