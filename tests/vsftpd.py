@@ -123,8 +123,15 @@ def config(
 
 
 @contextlib.contextmanager
-def vsftpd(root: Path, work: Path, certs: Certs | None = None) -> Iterator[Vsftpd]:
+def vsftpd(
+    root: Path, work: Path, certs: Certs | None = None, passive_ports: int = 1
+) -> Iterator[Vsftpd]:
     """vsftpd serving ``root`` read-only to anonymous users; FTPS only if ``certs``.
+
+    ``passive_ports``: the size of its range of passive data ports, from a free one on.
+    One serves one session at a time; sessions that transfer at once (several workers)
+    each need one, or vsftpd ends a session that finds none free ("500 OOPS:
+    vsf_sysutil_bind").
 
     Skips the test where vsftpd is absent or the test is not root (it chroots).
     """
@@ -138,7 +145,7 @@ def vsftpd(root: Path, work: Path, certs: Certs | None = None) -> Iterator[Vsftp
     empty.mkdir(mode=0o755, exist_ok=True)
     port, data_port = free_port(), free_port()
     conf = work / "vsftpd.conf"
-    conf.write_text(config(root, empty, port, (data_port, data_port), certs))
+    conf.write_text(config(root, empty, port, (data_port, data_port + passive_ports - 1), certs))
     server = Vsftpd(port, root, certs, conf, work / "vsftpd.out")
     try:
         yield server.start()
