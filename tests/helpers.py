@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -238,6 +239,13 @@ def headrace_etl(
     cmd = [sys.executable, "-m", "headrace.cluster.cli", "etl", "--config", str(config)]
     cmd += ["--scheduler", address, "--metrics-port", str(metrics_port)]
     return spawn(cmd, log, env)
+
+
+def kill_groups(*procs: subprocess.Popen | None) -> None:
+    """SIGKILL the process group of each of ``procs`` still running (a test's leftovers)."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def dask_scheduler(port: int, log) -> subprocess.Popen:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, published_seq, wait_for
+from helpers import headrace_etl, kill_groups, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import format_line
 from headrace.etl import contract
@@ -119,9 +119,7 @@ def test_200_streams_on_vsftpd_every_line_once_across_a_sigkill(
             assert second.wait(30) == 0
         finally:
             writer.stop.set()
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            kill_groups(first, second)
         frames = {n: contract.FrameStream(n, client).read(after=0) for n in names}
 
     lost = duplicated = 0

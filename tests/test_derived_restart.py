@@ -12,7 +12,7 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, interval_pairs, published_seq, wait_for
+from helpers import headrace_etl, interval_pairs, kill_groups, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -117,9 +117,7 @@ def test_a_derived_window_and_a_join_exactly_once_across_a_sigkill(
             assert second.wait(30) == 0
         finally:
             writer.stop()
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            kill_groups(first, second)
         frames = {n: contract.FrameStream(n, client).read(after=0) for n in streams}
 
     for name, got in frames.items():

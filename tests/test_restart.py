@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
-from helpers import headrace_etl, published_seq, wait_for
+from helpers import headrace_etl, kill_groups, published_seq, wait_for
 
 from headrace.cluster.demo.logwriter import LogWriter
 from headrace.etl import contract
@@ -77,9 +77,7 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            kill_groups(first, second)
             writer.stop()
         frames = contract.FrameStream("killme", client).read(after=0)
 

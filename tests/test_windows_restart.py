@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import yaml
 from distributed import Client, LocalCluster
 from faultreport import record
-from helpers import headrace_etl, published_seq, wait_for
+from helpers import headrace_etl, kill_groups, published_seq, wait_for
 
 from headrace.etl import contract
 from headrace.etl.contract import history
@@ -139,9 +139,7 @@ def test_windows_exactly_once_across_a_sigkill(
             assert second.wait(30) == 0
         finally:
             writer.stop.set()
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            kill_groups(first, second)
         frames = contract.FrameStream("w", client).read(after=0)
 
     assert [s for s, _ in frames] == list(range(1, len(frames) + 1))
