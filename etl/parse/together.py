@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-import pyarrow as pa
-
 from headrace.etl import pandas_internals as internals
 from headrace.etl.parse import convert
 from headrace.etl.parse.lines import prepared
@@ -51,7 +49,7 @@ def _halves(
         if part is not None:  # every line a row
             # The columns made once and cut: made for each stream, they cost more than
             # the rest of its parse.
-            columns = convert.columns(_with_schema(parser, part.table))
+            columns = convert.columns(parser._typed([part.table]))
             out, at = [], 0
             for d in datas:
                 n = d.count(b"\n")
@@ -63,8 +61,3 @@ def _halves(
     return _halves(parser, chunks[:half], datas[:half], latest) + _halves(
         parser, chunks[half:], datas[half:], latest
     )
-
-
-def _with_schema(parser: RegexParser, table: pa.Table) -> pa.Table:
-    """``table`` with the parser's schema, as a parse assembles it (its columns' types)."""
-    return pa.concat_tables([parser.schema.empty_table(), table])

@@ -77,7 +77,8 @@ class TLSSettings:
 
 class SessionReusingFTP_TLS(ftplib.FTP_TLS, PipelinedFTP):
     """``FTP_TLS`` whose data connections resume the control connection's TLS session
-    (and whose transfers send ``REST`` with their command, as :class:`PipelinedFTP`)."""
+    (and whose transfers from an offset send ``PASV``, ``REST`` and their command in one
+    write, as :class:`PipelinedFTP`'s do)."""
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple:
         # PipelinedFTP's version, not FTP_TLS's: that one wraps without the session.
