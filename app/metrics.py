@@ -97,6 +97,14 @@ COUNTERS = {  # fan-out / subscriber counter -> metric
         "headrace_session_refused",
         "Session opens refused because too many were waiting in the process.",
     ),
+    "copied": _counter(
+        "headrace_session_copies",
+        "Session opens made as a copy of a page the process built earlier (no build).",
+    ),
+    "copy_failed": _counter(
+        "headrace_session_copy_failures",
+        "Session copies that failed and were built instead (the reason is logged once).",
+    ),
     "adopted": _counter(
         "headrace_session_prepared_opens",
         "Session opens that took a session built ahead (no build while the viewer waited).",

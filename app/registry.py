@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headrace.app.live.admission import Admission
+from headrace.app.live.copied import Copier
 from headrace.app.live.fanout import Fanout
 from headrace.app.live.heap import Heap
 from headrace.app.live.internals import gate_sessions
@@ -46,6 +47,7 @@ class Registry:
     admission: Admission
     prepared: Prepared
     heap: Heap
+    copier: Copier
 
     @classmethod
     def around(cls, subscriber: Subscriber, history: HistoryCache | None = None) -> Registry:
@@ -61,9 +63,12 @@ class Registry:
             telemetry.every_period.append(heap.tick)
         # Within half a stream's window, a prepared session's catch-up is an ordinary one.
         prepared = Prepared(admission, prepared_sessions(), min(MAX_AGE, window_seconds() / 2))
-        telemetry.sources += [admission.info, prepared.info, heap.info]
+        copier = Copier()
+        telemetry.sources += [admission.info, prepared.info, heap.info, copier.info]
         board, ops = Board(subscriber), OpsBoard(subscriber)
-        return cls(subscriber, fanout, board, history, telemetry, ops, admission, prepared, heap)
+        return cls(
+            subscriber, fanout, board, history, telemetry, ops, admission, prepared, heap, copier
+        )
 
     def start(self) -> None:
         """Start the subscriber and the figures' timer on the running loop; from now on

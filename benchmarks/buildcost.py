@@ -1,16 +1,18 @@
-"""What building one dashboard session costs, in this process: ``python -m benchmarks.buildcost``.
+"""What making one dashboard session costs, in this process: ``python -m benchmarks.buildcost``.
 
 ``python -m benchmarks.buildcost [--builds N] [--streams K] [--without NAME[,NAME]]
 [--before DIR --rounds R] [--doc FILE]``
 
 Builds the dashboard page (``headrace.app.pages.dashboard``, with K streams that have
 rows, so every live view is a copy of a rendered plot) in a new Bokeh document N times,
-as ``panel serve`` does for a session, and prints the median and quartiles of a build's
-wall time. No server, no cluster and no viewers: the figure is the page's own code,
-Panel's render and Bokeh's bookkeeping, steadier than a served benchmark on a shared
-machine. ``--without`` switches off the named internals of
-:mod:`headrace.app.live.internals` (``quick_references``, ``lean_serialisation``, ...)
-in every other build, so that with and without are measured side by side, in turn.
+as ``panel serve`` does for a process's first session of a page, and copies it N
+times, as every later session is made (:mod:`headrace.app.live.copied`), in turn, and
+prints the median and quartiles of each one's wall time. No server, no cluster and no
+viewers: the figure is the page's own code, Panel's render and Bokeh's bookkeeping,
+steadier than a served benchmark on a shared machine. ``--without`` switches off the
+named internals of :mod:`headrace.app.live.internals` (``quick_references``,
+``lean_serialisation``, ...) in a third way, a build, so that with and without are
+measured side by side, in turn.
 ``--before DIR`` measures another checkout of headrace (the code before a change) in a
 process of its own, in turn with this one, ``--rounds`` times each, and reports the
 medians of both side by side; ``--doc`` writes the table as a results page.
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(ways))
         return
-    print(f"dashboard, {args.streams} streams, {ways['models']} models, {args.builds} builds each:")
+    print(f"dashboard, {args.streams} streams, {ways['models']} models, {args.builds} opens each:")
     for way, times in ways["ms"].items():
         q1, median, q3 = statistics.quantiles(times, n=4)
         print(f"  {way}: median {median:.1f} ms (quartiles {q1:.1f}-{q3:.1f})")
@@ -94,7 +96,7 @@ def _in_turn(args: argparse.Namespace, argv: list[str] | None) -> None:
         f"this checkout ({_commit(str(common.ROOT))})": str(common.ROOT),
         f"before ({_commit(args.before)})": args.before,
     }
-    medians: dict[str, list[float]] = {side: [] for side in sides}
+    medians: dict[tuple[str, str], list[float]] = {}  # (side, way) -> each run's median
     models: dict[str, int] = {}
     for round_ in range(args.rounds):
         for side, root in sides.items():
@@ -107,21 +109,26 @@ def _in_turn(args: argparse.Namespace, argv: list[str] | None) -> None:
                 command, cwd=root, env=env, capture_output=True, text=True, check=True
             )
             ways = json.loads(done.stdout.strip().splitlines()[-1])
-            medians[side].append(statistics.median(ways["ms"]["as served"]))
+            for way, times in ways["ms"].items():
+                medians.setdefault((side, way), []).append(statistics.median(times))
+                common.log(
+                    f"buildcost: round {round_ + 1}, {side}, {way}: {medians[side, way][-1]:.1f} ms"
+                )
             models[side] = ways["models"]
-            common.log(f"buildcost: round {round_ + 1}, {side}: {medians[side][-1]:.1f} ms")
     rows = [
-        f"| {side} | {models[side]} | {statistics.median(m):.1f} | "
+        f"| {side} | {way} | {models[side]} | {statistics.median(m):.1f} | "
         f"{', '.join(f'{x:.1f}' for x in m)} |"
-        for side, m in medians.items()
+        for (side, way), m in medians.items()
     ]
     table = "\n".join(
         [
-            f"A dashboard session's build, {args.streams} streams with rows, in process: medians "
-            f"of {args.builds} builds a run, {args.rounds} runs of each side in turn.",
+            f"A dashboard session's page, {args.streams} streams with rows, in process: built "
+            "(the page's code, Panel's render) as a process's first open of it, and copied "
+            "(headrace.app.live.copied) as every later open; medians of "
+            f"{args.builds} opens a run, {args.rounds} runs of each side in turn.",
             "",
-            "| code | models | build ms (median of runs) | each run's median |",
-            "|---|---|---|---|",
+            "| code | session | models | ms (median of runs) | each run's median |",
+            "|---|---|---|---|---|",
             *rows,
         ]
     )
@@ -161,14 +168,23 @@ def measure(builds: int, streams: int, without: list[str]) -> dict:
         subscriber.ingest(f"stream-{k}", 1, frame)
     internals.install()
 
-    def build() -> tuple[float, int]:
+    copier = getattr(parts, "copier", None)  # None: a checkout from before copies
+    if copier is not None:
+        copier.max_age = float("inf")  # every copy of one page: what is measured is a copy
+
+    def opened(way: str) -> tuple[float, int]:
         doc = Document()
         began = time.perf_counter()
         with set_curdoc(doc):
-            prepare(doc)
-            page = dashboard.build(parts)
-            with doc.models.freeze():  # as template.serve does
-                page.server_doc(doc, title=dashboard.TITLE)
+            if copier is None:
+                prepare(doc)
+                page = dashboard.build(parts)
+                with doc.models.freeze():  # as template.serve does
+                    page.server_doc(doc, title=dashboard.TITLE)
+            elif way == "copied":
+                copier.open(dashboard.Page(parts))
+            else:
+                dashboard.Page(parts).build()
         took = time.perf_counter() - began
         models = len(doc.models)
         # The session closes: what Bokeh's document lifecycle handler does (the views and
@@ -179,19 +195,21 @@ def measure(builds: int, streams: int, without: list[str]) -> dict:
         doc.clear()
         return took, models
 
-    label = f"without {', '.join(without)}"
-    ways: dict[str, list[float]] = {"as served": []} | ({label: []} if without else {})
+    label = f"built, without {', '.join(without)}"
+    ways: dict[str, list[float]] = {"built": []}
+    ways |= {"copied": []} if copier is not None else {}
+    ways |= {label: []} if without else {}
     models = 0
-    for _ in range(3):  # warm: the plots rendered, the first document validated
-        build()
+    for _ in range(3):  # warm: the plots rendered, the first document validated, a snapshot
+        opened("copied")
     for i in range(builds * len(ways)):
         way = list(ways)[i % len(ways)]
         gc.collect()
-        if way == "as served":
-            took, models = build()
-        else:
+        if way.startswith("built, without"):
             with _without(without):
-                took, models = build()
+                took, models = opened(way)
+        else:
+            took, models = opened(way)
         ways[way].append(took * 1000)
     return {"ms": ways, "models": models}
 

@@ -10,7 +10,8 @@ viewers (:mod:`benchmarks.viewer`, on this thread's loop) connect to them:
   a subscriber listener, datetimes converted to Bokeh's float ms once too) and streamed
   by every session with ``cds.stream(batch, rollover)`` into its own three sources, in
   its own document's next-tick callback: Bokeh's normal per-session path;
-- ``dashboard``: headrace's own page (``Dashboard(parts).layout``), for the open cost.
+- ``dashboard``: headrace's own page (``dashboard.build(parts)``: built once, then
+  copies), for the open cost.
 
 Each app reads a subscriber of its own (nothing connects it; rows go in through
 ``Subscriber.ingest`` on the server's loop), so a phase's CPU holds only its own app's
@@ -153,7 +154,7 @@ class Bench:
 
         from headrace.app import registry
         from headrace.app.live.subscriber import Subscriber
-        from headrace.app.pages.dashboard import Dashboard
+        from headrace.app.pages import dashboard
         from headrace.app.views.component import LiveView
         from headrace.app.views.history import HistoryCache
 
@@ -191,7 +192,7 @@ class Bench:
         apps = {
             "view": session("view", lambda _doc: pn.Column(LiveView(view, self.parts).panel)),
             "raw": session("raw", self.raw.page),
-            "dashboard": session("dashboard", lambda _doc: Dashboard(self.dash).layout),
+            "dashboard": session("dashboard", lambda _doc: dashboard.build(self.dash)),
         }
         self.port = free_port()
         self.server = pn.serve(

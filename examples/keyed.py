@@ -30,5 +30,9 @@ def per_key(rows, recent):
     return lines + counts
 
 
-view = live.view(per_key, rows=STREAM, recent=live.rows(STREAM).last("60s"))
-pn.template.BootstrapTemplate(title=f"{STREAM}: per key", main=[view]).servable()
+def layout():
+    view = live.view(per_key, rows=STREAM, recent=live.rows(STREAM).last("60s"))
+    return pn.template.BootstrapTemplate(title=f"{STREAM}: per key", main=[view])
+
+
+live.page(layout)  # built once per Panel process, copied for each viewer

@@ -22,23 +22,30 @@ def both(alpha, beta):
     ).cols(1)
 
 
-session = live.view(both, alpha="alpha", beta="beta").session()  # this viewer's copy
-seconds = pn.widgets.IntSlider(name="seconds shown", start=10, end=300, step=10, value=60)
-threshold = pn.widgets.FloatSlider(name="threshold line", start=0.0, end=1.0, step=0.05, value=0.3)
+def layout():
+    session = live.view(both, alpha="alpha", beta="beta").session()  # this page's copy
+    seconds = pn.widgets.IntSlider(name="seconds shown", start=10, end=300, step=10, value=60)
+    threshold = pn.widgets.FloatSlider(
+        name="threshold line", start=0.0, end=1.0, step=0.05, value=0.3
+    )
+    # In the browser: the server is not asked, whatever the number of viewers. (The
+    # models are this page's; a view whose streams have no rows yet has none.)
+    ranges = [r for r in session.models(DataRange1d) if r.follow == "end"]
+    seconds.jscallback(
+        value="for (const r of ranges) { r.follow_interval = cb_obj.value * 1000 }",
+        args={"ranges": ranges},
+    )
+    threshold.jscallback(
+        value="for (const s of spans) { s.location = cb_obj.value }",
+        args={"spans": session.models(Span)},
+    )
+    return pn.template.BootstrapTemplate(
+        title="alpha and beta, linked",
+        sidebar=[seconds, threshold],
+        main=[session],
+    )
 
-# In the browser: the server is not asked, whatever the number of viewers. (The models
-# are this viewer's copy; a view whose streams have no rows yet has none.)
-ranges = [r for r in session.models(DataRange1d) if r.follow == "end"]
-seconds.jscallback(
-    value="for (const r of ranges) { r.follow_interval = cb_obj.value * 1000 }",
-    args={"ranges": ranges},
-)
-threshold.jscallback(
-    value="for (const s of spans) { s.location = cb_obj.value }",
-    args={"spans": session.models(Span)},
-)
-pn.template.BootstrapTemplate(
-    title="alpha and beta, linked",
-    sidebar=[seconds, threshold],
-    main=[session],
-).servable()
+
+# Built once per Panel process and copied for each viewer, the widgets' callbacks with it:
+# they act in the browser, on that viewer's copy of the plots.
+live.page(layout)

@@ -24,7 +24,10 @@ def spikes(rows):
     ).opts(responsive=True, height=360, show_grid=True, legend_position="top_left")
 
 
-pn.template.BootstrapTemplate(
-    title=f"{STREAM}: spikes above {THRESHOLD}",
-    main=[live.view(spikes, rows=STREAM)],
-).servable()
+# Built once per Panel process and copied for each viewer (its only behaviour is the view).
+live.page(
+    lambda: pn.template.BootstrapTemplate(
+        title=f"{STREAM}: spikes above {THRESHOLD}",
+        main=[live.view(spikes, rows=STREAM)],
+    )
+)

@@ -18,10 +18,16 @@ layouts; :func:`view` makes it a Panel component that updates live::
 and ``headrace serve my_dashboard.py`` serves it. The function runs once per Panel
 process per tick on the new rows (never once per viewer), the plot is rendered once per
 process, and each viewer's copy is fed the rows in one message encoded for all of them.
+A page whose Python behaviour is its live views opens at the cost of a copy when served
+with :func:`page` instead of ``.servable()``::
+
+    live.page(lambda: pn.Column(live.view(alpha, rows="alpha")))
+
 See ``docs/views.md``.
 """
 
 from headrace.app.views.declare import Rows, View, rows, view
+from headrace.app.views.page import page
 from headrace.app.views.tree import ViewError
 
-__all__ = ["Rows", "View", "ViewError", "rows", "view"]
+__all__ = ["Rows", "View", "ViewError", "page", "rows", "view"]

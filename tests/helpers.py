@@ -410,8 +410,9 @@ class RecordedSession(threading.Thread):
             self.loop = IOLoop()
             self.session = pull_session(url=self.url, io_loop=self.loop)
             doc = self.session.document
-            [root] = [r for r in doc.roots if any(str(t).startswith("pid:") for t in r.tags)]
-            self.pid = int(next(t for t in root.tags if str(t).startswith("pid:"))[4:])
+            # The dashboard tags its main column with its Panel process's pid.
+            [pid] = [t for m in doc.models for t in m.tags if str(t).startswith("pid:")]
+            self.pid = int(pid[4:])
             source = stream_source(doc, self.stream)
             if source is not None:
                 self.initial = np.asarray(source.data["time"], dtype=float).copy()

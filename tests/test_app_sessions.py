@@ -162,7 +162,10 @@ def test_200_sessions_opened_and_closed_leave_nothing_behind(cluster_options):
                     churn(100)
                     wait_for(settled, 30, "sessions to be destroyed")
                     rss_after.append(process.memory_info().rss)
-                assert fanout.registered - registered == 200  # every session had its sink
+                # Every session had its sink (one more each for the few open when the view
+                # rendered again: a spike's marker came), most of them copies of one page.
+                assert 200 <= fanout.registered - registered <= 210
+                assert parts.copier.info()["copied"] >= 200
                 info = fanout.info()
                 growth = [round((r - rss) / 2**20, 1) for r in rss_after]
                 print(

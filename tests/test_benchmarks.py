@@ -116,7 +116,7 @@ def test_the_latency_proxy_delays_each_way_and_keeps_the_bytes_in_order():
         server.stop()
 
 
-def test_the_build_benchmark_builds_the_dashboard_with_and_without_an_internal():
+def test_the_build_benchmark_builds_and_copies_the_dashboard_with_and_without_an_internal():
     from benchmarks import buildcost
     from headrace.app import registry
 
@@ -125,5 +125,6 @@ def test_the_build_benchmark_builds_the_dashboard_with_and_without_an_internal()
     finally:
         registry.reset()
     assert ways["models"] > 100  # two live views' plots among them
-    assert [len(t) for t in ways["ms"].values()] == [2, 2]
+    assert list(ways["ms"]) == ["built", "copied", "built, without quick_references"]
+    assert [len(t) for t in ways["ms"].values()] == [2, 2, 2]
     assert all(t > 0 for times in ways["ms"].values() for t in times)

@@ -148,7 +148,7 @@ def test_sessions_share_encodings_and_a_stalled_viewer_slows_nobody():
     from benchmarks.viewer import open_viewer
     from headrace.app import registry
     from headrace.app.live.subscriber import Subscriber
-    from headrace.app.pages.dashboard import Dashboard
+    from headrace.app.pages.dashboard import Dashboard, open_
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=600)
     parts = registry.reset(subscriber)
@@ -156,10 +156,8 @@ def test_sessions_share_encodings_and_a_stalled_viewer_slows_nobody():
     fanout = parts.fanout
     boards: list[Dashboard] = []
 
-    def app():
-        board = Dashboard(parts)
-        boards.append(board)
-        return board.layout
+    def app():  # the first session is built, the others are copies of it
+        boards.append(open_(parts))
 
     start = pd.Timestamp("2026-01-01", tz="UTC")
     sent = {"n": 0}

@@ -87,7 +87,7 @@ def test_sessions_replace_revised_points_in_place_across_the_rollover():
 
     from headrace.app import registry
     from headrace.app.live.subscriber import Subscriber
-    from headrace.app.pages.dashboard import Dashboard
+    from headrace.app.pages.dashboard import build
 
     subscriber = Subscriber("tcp://127.0.0.1:1", window=20)  # 1,000 rows: a rollover
     parts = registry.reset(subscriber)
@@ -96,7 +96,7 @@ def test_sessions_replace_revised_points_in_place_across_the_rollover():
     subscriber.ingest("s", 1, feed.frame(200))
     port = free_port()
     server = pn.serve(
-        {"dashboard": lambda: Dashboard(parts).layout},
+        {"dashboard": lambda: build(parts)},
         port=port,
         address="127.0.0.1",
         show=False,

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.app.live.channel import Channel, Replaced
 from headrace.app.live.columns import Columns, to_wire
-from headrace.app.live.gates import Gate, Sink
+from headrace.app.live.gates import Gate, Holding, Sink
 from headrace.app.live.internals import Encoded
 from headrace.app.live.subscriber import Subscriber
 
@@ -124,6 +124,7 @@ class Fanout:
         cds: ColumnDataSource,
         held: bool = False,
         columns: list[str] | None = None,
+        holding: Holding | None = None,
     ) -> Sink:
         """Fill ``cds`` with the stream's window and send it every later row, gap- and repeat-free.
 
@@ -131,7 +132,9 @@ class Fanout:
         ``cds.data`` is set here. The sink goes when the session is destroyed or on
         :meth:`unregister`. With ``held``, rows wait until :meth:`Sink.release`: for a
         source added to a live document, whose browser must get the source before its rows.
-        ``columns`` (default: all the stream has) are those ``cds`` holds.
+        ``columns`` (default: all the stream has) are those ``cds`` holds. ``holding``
+        (another sink's :meth:`Sink.holding`): ``cds`` is a copy of that sink's source and
+        holds its rows, so it is left as it is and sent the rows since.
         """
         with self.lock:
             channel = self._channel(stream)
@@ -139,8 +142,11 @@ class Fanout:
             names = columns or [n for n, a in channel.window.items() if a.dtype != object]
             sink = Sink(stream, cds, names, channel, gate)
             sink.held = held
-            # Under the subscriber's lock: no rows can fall between the window and the sink.
-            cds.data = channel.window_as(names)
+            if holding is not None:
+                sink.offset, sink.length, sink.next_index, sink.patched = holding
+            else:
+                # Under the subscriber's lock: no rows can fall between the window and the sink.
+                cds.data = channel.window_as(names)
             self._sinks[sink] = None
             self.registered += 1
         doc.on_session_destroyed(lambda _context: self.unregister(sink))

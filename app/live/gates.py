@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a sink's browser holds: (offset, length, next_index, patched), as on :class:`Sink`.
+Holding = tuple[int, int, int, int]
+
 
 class Owner(Protocol):
     """What a gate needs of its fan-out (:class:`headrace.app.live.fanout.Fanout`)."""
@@ -88,6 +91,10 @@ class Sink:
             self.offset, self.length = first - self.length + rolled, grown - rolled
         self.next_index, self.patched = channel.end, channel.patched
         return skipped
+
+    def holding(self) -> Holding:
+        """What its browser holds: a copy of its source holds the same (``register(holding=)``)."""
+        return (self.offset, self.length, self.next_index, self.patched)
 
     def source(self) -> ColumnDataSource | None:
         return self._cds()

@@ -14,17 +14,23 @@ The scheduler and the window come from the environment (:mod:`headrace.app.setti
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import panel as pn
 
 from headrace.app import registry
+from headrace.app.live.internals import Copies
 from headrace.app.pages.board import Follower, Status
 from headrace.app.pages.template import Text, alert, badge, column, dark, div, page, serve
 from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
-from headrace.app.views.component import LiveView
+from headrace.app.views.component import LiveView, Shown
 from headrace.app.views.plots import stream_view
+
+if TYPE_CHECKING:
+    from bokeh.document import Document
 
 TITLE = "headrace"
 ABOUT = (
@@ -41,14 +47,30 @@ WINDOWS = {
 }
 
 
+@dataclass(frozen=True)
+class Record:
+    """A built dashboard's models (ids) and views: what a copy of it needs."""
+
+    parts: tuple[tuple[str, str], ...]  # (role, model id): picker, span, range, main, ...
+    views: tuple[tuple[str, Shown], ...]  # (stream, what its view showed)
+    follow_all: bool
+    streams: tuple[str, ...]  # the picker's options: streams known when it was built
+
+
 class Dashboard(Follower):
     """One session's dashboard: a stream picker, a plot and a freshness line per stream.
 
-    Build it while the session's document is current. Rows come from the process's
-    fan-out; the stream list and status lines from the process's :class:`Board`.
+    Its behaviour is on the page's Bokeh models (widgets' ``on_change``, layouts'
+    ``children``), so that it serves a page it built (``Dashboard(parts)``, then
+    :meth:`rendered` once Panel rendered :attr:`layout`) and a copy of one alike
+    (``copied``: :mod:`headrace.app.live.copied`). Make it while the session's document
+    is current. Rows come from the process's fan-out; the stream list and status lines
+    from the process's :class:`Board`.
     """
 
-    def __init__(self, parts: registry.Registry | None = None) -> None:
+    def __init__(
+        self, parts: registry.Registry | None = None, copied: tuple[Copies, Record] | None = None
+    ) -> None:
         self.parts = parts = parts or registry.get()
         self.fanout, self.board, self.history = parts.fanout, parts.board, parts.history
         doc = pn.state.curdoc
@@ -57,48 +79,95 @@ class Dashboard(Follower):
         self.threshold = spike_threshold()
         self.views: dict[str, LiveView] = {}
         self.skipped = 0
+        self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
+        # Until the viewer picks, newly published streams are shown as they appear.
+        self.follow_all, self._updating = True, False
+        self.layout: pn.template.BaseTemplate | None = None  # a built page's, to render
+        if copied is None:
+            self._lay_out()
+        else:
+            copies, record = copied
+            models = {role: copies.done[mid] for role, mid in record.parts}
+            self._take(models)
+            self.follow_all = record.follow_all
+            for stream, shown in record.views:
+                view = LiveView(stream_view(stream, self.threshold), parts, (shown, copies))
+                self.views[stream] = view
+            self._wire(models)
+        # Changes made after the browser connected but before it reported the document
+        # ready are dropped by Panel: status updates start once it has loaded.
+        pn.state.onload(self._loaded)
+        pn.state.on_session_destroyed(self._destroyed)
+
+    def _lay_out(self) -> None:
+        """The page, built: Bokeh parts made here, Panel's template and widgets around."""
         status = self.board.status()
-        self.picker = pn.widgets.MultiChoice(
+        line = Text(status.line, sizing_mode="stretch_width", tags=["hr:line"])
+        state = Text(self._badge(status), margin=(12, 10), tags=["hr:state"])
+        notice = alert("warning")
+        notice.tags = ["hr:notice"]
+        main = column(notice, sizing_mode="stretch_width", tags=[f"pid:{os.getpid()}", "hr:main"])
+        self._take({"line": line.div, "state": state.div, "notice": notice, "main": main})
+        self._sync(list(status.streams))  # known streams go into the first document
+        picker = pn.widgets.MultiChoice(
             label="Streams",
             options=list(status.streams),
             value=list(status.streams),
             placeholder="pick streams",
             sizing_mode="stretch_width",
+            tags=["hr:picker"],
         )
-        # Until the viewer picks, newly published streams are shown as they appear.
-        self.follow_all, self._updating = True, False
-        self.line = Text(status.line, sizing_mode="stretch_width")
-        self.notice = alert("warning")
-        # The notice, then a view per picked stream (each one Panel component).
-        self.main = pn.Column(
-            pn.pane.Bokeh(self.notice, sizing_mode="stretch_width", margin=0),
-            sizing_mode="stretch_width",
-            tags=[f"pid:{os.getpid()}"],
-        )
-        self.picker.param.watch(self._picked, "value")
-        self.span = pn.widgets.RadioButtonGroup(
+        span = pn.widgets.RadioButtonGroup(
             label="Window",
             options=list(WINDOWS),
             value="live",
             disabled=not self.history.available,
             description=None if self.history.available else "no history database configured",
+            tags=["hr:span"],
         )
-        self.range: pn.widgets.DatetimeRangePicker | None = None  # made when first picked
-        self.span.param.watch(self._windowed, "value")
-        self.window: tuple[pd.Timestamp, pd.Timestamp] | None = None
-        self.controls = pn.Column(self.picker, self.span, sizing_mode="stretch_width")
-        self.state = Text(self._badge(status), margin=(12, 10))
-        self._sync()  # streams known now go into the document the browser first receives
-        # Changes made after the browser connected but before it reported the document
-        # ready are dropped by Panel: status updates start once it has loaded.
-        pn.state.onload(self._loaded)
-        pn.state.on_session_destroyed(self._destroyed)
+        # Under the window buttons, shown when "custom" is picked.
+        range_ = pn.widgets.DatetimeRangePicker(
+            label="From - to (UTC)", sizing_mode="stretch_width", visible=False, tags=["hr:range"]
+        )
         link = "#8ab4f8" if dark() else "#0d6efd"  # Bootstrap's link colours, by theme
         about = div(ABOUT.format(link=link), margin=(10, 10), sizing_mode="stretch_width")
         # One part of the sidebar: each part of a template costs a session's build a root.
-        texts = column(self.line.div, about, sizing_mode="stretch_width")
-        self.controls.append(pn.pane.Bokeh(texts, sizing_mode="stretch_width", margin=0))
-        self.layout = page(TITLE, [self.main], [self.controls], self.state)
+        texts = column(line.div, about, sizing_mode="stretch_width")
+        controls = pn.Column(
+            picker,
+            span,
+            range_,
+            pn.pane.Bokeh(texts, sizing_mode="stretch_width", margin=0),
+            sizing_mode="stretch_width",
+        )
+        main_pane = pn.pane.Bokeh(main, sizing_mode="stretch_width", margin=0)
+        self.layout = page(TITLE, [main_pane], [controls], state)
+
+    def rendered(self, doc: Document) -> None:
+        """Panel rendered :attr:`layout` into ``doc``: take its widgets' models."""
+        self._wire({t[3:]: m for m in doc.models for t in m.tags if str(t).startswith("hr:")})
+
+    def record(self) -> Record:
+        """What a copy of this page needs (:mod:`headrace.app.live.copied`)."""
+        models = {"main": self.main, "notice": self.notice, "line": self.line.div}
+        models |= {"state": self.state.div, "picker": self.picker, "span": self.span}
+        return Record(
+            tuple((role, model.id) for role, model in (models | {"range": self.range}).items()),
+            tuple((stream, view.record()) for stream, view in self.views.items()),
+            self.follow_all,
+            tuple(self.picker.options),
+        )
+
+    def _take(self, models: dict[str, Any]) -> None:
+        self.main, self.notice = models["main"], models["notice"]
+        self.line = Text(div=models["line"])
+        self.state = Text(div=models["state"])
+
+    def _wire(self, models: dict[str, Any]) -> None:
+        self.picker, self.span, self.range = models["picker"], models["span"], models["range"]
+        self.picker.on_change("value", self._picked)
+        self.span.on_change("active", self._windowed)
+        self.range.on_change("value", self._windowed)
 
     def _loaded(self) -> None:
         self.board.add(self)
@@ -113,6 +182,9 @@ class Dashboard(Follower):
                     self.picker.value = known
             finally:
                 self._updating = False
+            # Not left to the picker's on_change: inside Panel's unlocked() (a callback of
+            # the session's) a change's Python callbacks are dropped with its held events.
+            self._sync(list(self.picker.value))
         self.line.html = status.line
         self.state.html = self._badge(status)
 
@@ -140,13 +212,13 @@ class Dashboard(Follower):
         )
         self.notice.visible = True
 
-    def _picked(self, _event: object) -> None:
-        if not self._updating:
-            self.follow_all = set(self.picker.value) >= set(self.picker.options)
-        self._sync()
+    def _picked(self, _attr: str, _old: object, new: list[str]) -> None:
+        if self._updating:
+            return  # _apply's own change, which it syncs
+        self.follow_all = set(new) >= set(self.picker.options)
+        self._sync(list(new))
 
-    def _sync(self) -> None:
-        selected = list(self.picker.value)
+    def _sync(self, selected: list[str]) -> None:
         for gone in [s for s in self.views if s not in selected]:
             self.views.pop(gone).close()
         for stream in selected:
@@ -155,27 +227,23 @@ class Dashboard(Follower):
                 self.views[stream] = view
                 if self.window is not None:
                     view.look_back(self.window)
-        notice = self.main.objects[0]
-        self.main.objects = [notice, *(self.views[s].panel for s in selected if s in self.views)]
+        boxes = [self.views[s].box for s in selected if s in self.views]
+        self.main.children = [self.notice, *boxes]
 
-    def _windowed(self, _event: object) -> None:
+    def _windowed(self, _attr: str, _old: object, _new: object) -> None:
         """The viewer picked a window: every plot looks at it (or follows live again)."""
-        span = WINDOWS[self.span.value]
-        if self.span.value == "custom" and self.range is None:
-            self.range = pn.widgets.DatetimeRangePicker(
-                label="From - to (UTC)", sizing_mode="stretch_width"
-            )
-            self.range.param.watch(self._windowed, "value")
-            self.controls.insert(2, self.range)  # under the window buttons
-        if self.range is not None:
-            self.range.visible = self.span.value == "custom"
-        if self.span.value == "live":
+        label = list(WINDOWS)[self.span.active]
+        span = WINDOWS[label]
+        self.range.visible = label == "custom"
+        if label == "live":
             self.window = None
         elif span is not None:
             now = pd.Timestamp.now(tz="UTC")
             self.window = (now - span, now)
-        elif self.range is not None and self.range.value:
-            start, end = (pd.Timestamp(t).tz_localize("UTC") for t in self.range.value)
+        elif self.range.value:
+            start, end = (
+                pd.Timestamp(t).tz_localize("UTC") for t in self.range.value.split(" to ")
+            )
             self.window = (start, end)
         else:
             return  # custom, but no range picked yet
@@ -190,14 +258,45 @@ class Dashboard(Follower):
         self.views.clear()
 
 
-def build(parts: registry.Registry | None = None) -> pn.template.BaseTemplate:
-    """One session's dashboard page (default: on this process's registry).
+class Page:
+    """The dashboard as a page that opens as a copy (:class:`headrace.app.live.copied.Page`)."""
 
-    Call while the session's document is current.
+    name = "dashboard"
+
+    def __init__(self, parts: registry.Registry | None = None) -> None:
+        self.parts = parts
+
+    def build(self) -> Dashboard:
+        board = Dashboard(self.parts)
+        doc = pn.state.curdoc
+        assert board.layout is not None
+        serve(board.layout, TITLE)
+        board.rendered(doc)
+        return board
+
+    def fresh(self, record: Record) -> bool:
+        """A copy shows the streams known now (else its views would all be made as it opens)."""
+        parts = self.parts or registry.get()
+        return record.streams == tuple(parts.subscriber.streams())
+
+    def bind(self, doc: Document, copies: Copies, record: Record) -> Dashboard:
+        return Dashboard(self.parts, (copies, record))
+
+
+def build(parts: registry.Registry | None = None) -> None:
+    """Make the current session's document the dashboard (default: on this process's
+    registry): a copy of the one the process built last for the same theme and user, or
+    built. Returns None, so that as a Panel app function it leaves nothing else to render.
     """
-    return Dashboard(parts).layout
+    open_(parts)
+
+
+def open_(parts: registry.Registry | None = None) -> Dashboard:
+    """:func:`build`, returning the session's :class:`Dashboard`."""
+    parts = parts or registry.get()
+    return parts.copier.open(Page(parts)).controller
 
 
 if __name__.startswith("bokeh_app"):  # run by `panel serve`, once per session
     configure_logging()
-    serve(build(), TITLE)
+    build()

@@ -48,6 +48,9 @@ def div(text: str, **props: object) -> Div:
     return made(Div, text=text, **props)
 
 
+_div = div  # for Text, whose ``div`` argument hides it
+
+
 def column(*children: LayoutDOM, **props: object) -> Column:
     """A Bokeh column of ``children`` (made as a copy)."""
     return _laid_out(Column, children, props)
@@ -73,8 +76,15 @@ class Text:
     ``text`` alone changes is one small event. Make and change it in the session.
     """
 
-    def __init__(self, html: str, margin: tuple[int, int] = (0, 10), **kwargs: object) -> None:
-        self.div = div(html, margin=margin, **kwargs)
+    def __init__(
+        self,
+        html: str = "",
+        margin: tuple[int, int] = (0, 10),
+        div: Div | None = None,
+        **kwargs: object,
+    ) -> None:
+        # ``div``: one made already (a copy of a built page's), whose text this changes.
+        self.div = div if div is not None else _div(html, margin=margin, **kwargs)
         self._kwargs = kwargs
         self._panel: pn.pane.Bokeh | None = None
 
@@ -142,7 +152,7 @@ def serve(template: pn.template.BaseTemplate, title: str) -> None:
     doc = pn.state.curdoc
     prepare(doc)
     with doc.models.freeze():
-        template.servable(title=title)
+        template.server_doc(doc, title=title)  # as servable() does for a served document
 
 
 builds = 0  # documents this process built a headrace page in (ours or a user's)

@@ -14,8 +14,10 @@ rendered), five per view did a fifth of a dashboard's.
 from __future__ import annotations
 
 import html
+import itertools
 import time
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import panel as pn
@@ -33,10 +35,11 @@ if TYPE_CHECKING:
     from bokeh.document import Document
     from bokeh.models import GlyphRenderer, Model
 
-    from headrace.app.live.gates import Sink
+    from headrace.app.live.gates import Holding, Sink
 
 LIVE, STALE = "#2e7d32", "#b26a00"
 LOADING = 30.0  # seconds a page may take to load before its view counts as unwatched
+_made = itertools.count()
 
 # The renderings each document has shown: a second copy in one document needs new ids.
 _shown: weakref.WeakKeyDictionary[Document, set[tuple[int, int]]] = weakref.WeakKeyDictionary()
@@ -67,10 +70,36 @@ class Lines(Follower):
 _lines: weakref.WeakKeyDictionary[Document, Lines] = weakref.WeakKeyDictionary()
 
 
-class LiveView(Follower):
-    """One view in the current session; ``.panel`` is what goes into a layout."""
+def views_of(doc: Document) -> list[LiveView]:
+    """The live views made in ``doc`` and not closed, in the order they were made."""
+    lines = _lines.get(doc)
+    return sorted(lines.views, key=lambda view: view.made) if lines is not None else []
 
-    def __init__(self, view: View, parts: registry.Registry | None = None) -> None:
+
+@dataclass(frozen=True)
+class Shown:
+    """What a view showed in a built page, for a copy of the page (:meth:`LiveView.record`)."""
+
+    box: str  # the id of the view's column
+    version: int  # of the engine's rendering it showed a copy of (-1: none)
+    copies: tuple[tuple[str, str], ...]  # (rendering's model id, the page's model id)
+    sinks: tuple[tuple[tuple, str, Holding], ...]  # (glyph path, source id, its holding)
+
+
+class LiveView(Follower):
+    """One view in the current session; ``.panel`` is what goes into a layout.
+
+    ``copied``: this view's record in a built page and the copies of that page's models
+    (:mod:`headrace.app.live.copied`): the view takes over its copy of the page's column,
+    plot and sources, and is fed the rows since the page was built.
+    """
+
+    def __init__(
+        self,
+        view: View,
+        parts: registry.Registry | None = None,
+        copied: tuple[Shown, Copies] | None = None,
+    ) -> None:
         parts = parts or registry.get()
         self.view = view
         self.fanout, self.board, self.cache = parts.fanout, parts.board, parts.history
@@ -80,18 +109,23 @@ class LiveView(Follower):
         prepare(doc)
         self.fanout.open_session(doc)  # rows wait until the browser has the document
         self.sinks: list[Sink] = []
+        self._paths: list[tuple] = []  # the glyph path of each sink
         self.built = time.monotonic()
+        self.made = next(_made)  # the order views were made in (views_of)
         self.version = 0
         self.root: Model | None = None  # this session's copy of the rendering
         self._copies: Copies | None = None
         self.lookback: LookBack | None = None
         self.window: Window | None = None  # None: live
         self._past: dict[tuple, GlyphRenderer] = {}  # history drawn under each live glyph
-        self.title = Text(self._title(self.board.status()), sizing_mode="stretch_width")
-        self.alert = alert("danger")
-        # Line, alert, then the plot (or what it waits for).
-        self.box = column(self.title.div, self.alert, sizing_mode="stretch_width")
-        self.panel = pn.pane.Bokeh(self.box, sizing_mode="stretch_width", margin=0)
+        if copied is None:
+            self.title = Text(self._title(self.board.status()), sizing_mode="stretch_width")
+            self.alert = alert("danger")
+            # Line, alert, then the plot (or what it waits for).
+            self.box = column(self.title.div, self.alert, sizing_mode="stretch_width")
+        else:
+            self._take(doc, *copied)
+        self._panel: pn.pane.Bokeh | None = None
         self.engine.watch(self)
         self._show()
         lines = _lines.get(doc)
@@ -104,8 +138,58 @@ class LiveView(Follower):
         self._lines = lines
         pn.state.on_session_destroyed(lambda _context: self.close())
 
+    @property
+    def panel(self) -> pn.pane.Bokeh:
+        """The view as one Panel component (made when first asked for: a page that lays
+        its views out in Bokeh needs only :attr:`box`)."""
+        if self._panel is None:
+            self._panel = pn.pane.Bokeh(self.box, sizing_mode="stretch_width", margin=0)
+        return self._panel
+
     def __panel__(self) -> pn.viewable.Viewable:
         return self.panel
+
+    def record(self) -> Shown:
+        """What a copy of this view needs: its column, and what it shows and is fed."""
+        copies = self._copies.done if self._copies is not None else {}
+        return Shown(
+            self.box.id,
+            self.version if self.root is not None else -1,
+            tuple((rid, model.id) for rid, model in copies.items()),
+            tuple(
+                (path, sink.model, sink.holding())
+                for path, sink in zip(self._paths, self.sinks, strict=True)
+            ),
+        )
+
+    def _take(self, doc: Document, shown: Shown, copies: Copies) -> None:
+        """Take over the copy of a built view: its column, plot and sources."""
+        box = self.box = copies.done[shown.box]
+        self.title = Text(div=box.children[0])
+        self.alert = box.children[1]
+        engine = self.engine
+        with engine.lock:  # no tick between the check and the sinks
+            if shown.version < 0 or engine.version != shown.version:
+                return  # _show copies the rendering now, as in a built view
+            rendering = engine.rendering
+            assert rendering is not None
+            taken = Copies()
+            taken.done = {rid: copies.done[mid] for rid, mid in shown.copies}
+            _shown.setdefault(doc, set()).add((id(engine), engine.version))
+            self._paths = [path for path, _, _ in shown.sinks]
+            self.sinks = [
+                self.fanout.register(
+                    engine.feed(path),
+                    doc,
+                    copies.done[source],
+                    columns=rendering.glyphs[path].columns,
+                    holding=holding,
+                )
+                for path, source, holding in shown.sinks
+            ]
+            self.version = engine.version
+        self.root, self._copies = box.children[2], taken
+        self.lookback = self._look_back(doc, self.root) if self.history else None
 
     @property
     def active(self) -> bool:
@@ -204,6 +288,7 @@ class LiveView(Follower):
             copies = Copies(renew=identity in shown)
             shown.add(identity)
             root = copies(rendering.root)
+            self._paths = list(engine.kinds)
             self.sinks = [
                 self.fanout.register(
                     engine.feed(path),
@@ -212,7 +297,7 @@ class LiveView(Follower):
                     held=held,
                     columns=rendering.glyphs[path].columns,
                 )
-                for path in engine.kinds
+                for path in self._paths
             ]
             self.version = engine.version
         self.root, self._copies, self._past = root, copies, {}

@@ -43,6 +43,11 @@ on any release series but the ones below, which the lock file pins):
   session built ahead for the same page, arguments and user, renamed to its id
   (:mod:`headrace.app.live.prepared`); its ``PULL-DOC`` reply serialised while it
   waited (:func:`serialise_ahead`, a ``to_json`` on the document instance).
+- **A session's document made as a copy of a page built earlier** (:func:`copy_document`,
+  :func:`snapshot`): the roots with their ids, and the document's title, Jinja template
+  and variables, theme and browser-side callbacks (``Document.callbacks``' private
+  ``_js_event_callbacks``), so that the copy serialises as its original
+  (:mod:`headrace.app.live.copied`).
 - **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
   ``patch_curdoc`` leaves its document patched when its body raises.
 - **Streamed rows as protocol bytes, encoded once** (:func:`encode`, :class:`Socket`,
@@ -57,6 +62,7 @@ on any release series but the ones below, which the lock file pins):
   and the Tornado stream under it.
 """
 
+from headrace.app.live.internals.documents import copy_document, document_json, snapshot
 from headrace.app.live.internals.models import (
     Copies,
     clone,
@@ -108,6 +114,8 @@ __all__ = [
     "adopt_session",
     "cached_pages",
     "clone",
+    "copy_document",
+    "document_json",
     "encode",
     "frame",
     "gate_sessions",
@@ -122,6 +130,7 @@ __all__ = [
     "scratch_document",
     "serialise_ahead",
     "session_key",
+    "snapshot",
     "sockets",
     "validate_once",
 ]

@@ -243,20 +243,31 @@ def lazy_references() -> None:
     Serializer.__init__ = __init__  # type: ignore[method-assign]
 
 
-def serialise_ahead(doc: Document) -> None:
+def serialise_ahead(doc: Document, ahead: Any = None) -> None:
     """Serialise ``doc`` now; its next ``to_json()`` (a PULL-DOC reply) returns that,
-    unless the document changed in between. Once: later calls serialise as usual."""
-    from bokeh.document import Document
+    unless the document changed in between. Once: later calls serialise as usual.
 
-    ahead = doc.to_json()
+    ``ahead``: ``doc``'s serialisation made already (a copy's is its original's:
+    :func:`~headrace.app.live.internals.documents.copy_document`).
+    """
+    from bokeh.document import Document
+    from bokeh.document.events import SessionCallbackAdded, SessionCallbackRemoved
+
+    if ahead is None:
+        ahead = doc.to_json()
     changed: list[object] = []
+
+    def change(event: object) -> None:
+        # A callback scheduled on the session changes no model: the serialisation holds.
+        if not isinstance(event, SessionCallbackAdded | SessionCallbackRemoved):
+            changed.append(event)
 
     def to_json(*, deferred: bool = True) -> Any:
         del doc.to_json  # Bokeh's own again
-        doc.remove_on_change(changed.append)
+        doc.remove_on_change(change)
         return ahead if deferred and not changed else Document.to_json(doc, deferred=deferred)
 
-    doc.on_change(changed.append)
+    doc.on_change(change)
     doc.to_json = to_json  # type: ignore[method-assign]
 
 
