@@ -186,6 +186,7 @@ def test_a_copy_that_fails_is_built_and_the_reason_logged_once(parts, caplog):
 
     class Failing(dashboard.Page):
         def bind(self, doc, copies, record):
+            super().bind(doc, copies, record)  # its views made and fed, then a failure
             raise RuntimeError("cannot bind")
 
     page = Failing(parts)
@@ -196,9 +197,12 @@ def test_a_copy_that_fails_is_built_and_the_reason_logged_once(parts, caplog):
     assert parts.copier.info()["copy_failed"] == 3
     told = [r for r in caplog.records if "cannot bind" in r.getMessage()]
     assert len(told) == 1 and "dashboard" in told[0].getMessage()
-    # Each fell back to a whole page of its own.
+    # Each fell back to a whole page of its own, fed through its own sources only.
     for doc, opened in docs:
         assert list(opened.controller.views) == ["s"] and len(doc.roots) > 3
+        models = {m.id for m in doc.models}
+        gate = parts.fanout._by_doc[doc]
+        assert len(gate.sinks) == 1 and all(s.model in models for s in gate.sinks)
 
 
 def test_a_page_of_live_views_is_copied_with_its_views(parts):

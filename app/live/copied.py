@@ -70,6 +70,9 @@ class Page(Protocol[C]):
     def bind(self, doc: Document, copies: Copies, record: Any) -> C:
         """A controller for ``doc``, a copy of a built page (``copies``: by original id)."""
 
+    def undo(self, doc: Document) -> None:
+        """Let go of what a :meth:`bind` that failed made for ``doc`` (its sinks)."""
+
 
 @dataclass
 class Snapshot:
@@ -114,6 +117,7 @@ class Copier:
                 self.copied += 1
                 return Opened(controller, True)
             except Exception as exc:  # the page still opens: built, as without copies
+                page.undo(doc)
                 self._fell_back(page, doc, exc)
         controller = page.build()
         shot = snapshot(doc)

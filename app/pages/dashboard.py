@@ -26,7 +26,7 @@ from headrace.app.pages.board import Follower, Status
 from headrace.app.pages.template import Text, alert, badge, column, dark, div, page, serve
 from headrace.app.settings import configure_logging, spike_threshold
 from headrace.app.views import freshness
-from headrace.app.views.component import LiveView, Shown
+from headrace.app.views.component import LiveView, Shown, close_views
 from headrace.app.views.plots import stream_view
 
 if TYPE_CHECKING:
@@ -281,6 +281,9 @@ class Page:
 
     def bind(self, doc: Document, copies: Copies, record: Record) -> Dashboard:
         return Dashboard(self.parts, (copies, record))
+
+    def undo(self, doc: Document) -> None:
+        close_views(doc)
 
 
 def build(parts: registry.Registry | None = None) -> None:

@@ -70,6 +70,12 @@ class Lines(Follower):
 _lines: weakref.WeakKeyDictionary[Document, Lines] = weakref.WeakKeyDictionary()
 
 
+def close_views(doc: Document) -> None:
+    """Close every live view made in ``doc`` (a copy that failed: the page is built anew)."""
+    for view in views_of(doc):
+        view.close()
+
+
 def views_of(doc: Document) -> list[LiveView]:
     """The live views made in ``doc`` and not closed, in the order they were made."""
     lines = _lines.get(doc)

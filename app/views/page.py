@@ -18,7 +18,7 @@ import panel as pn
 
 from headrace.app import registry
 from headrace.app.pages.template import prepare
-from headrace.app.views.component import LiveView, Shown, views_of
+from headrace.app.views.component import LiveView, Shown, close_views, views_of
 from headrace.app.views.engine import engine
 
 if TYPE_CHECKING:
@@ -69,6 +69,9 @@ class ViewsPage:
     def bind(self, doc: Document, copies: Copies, record: tuple[tuple[View, Shown], ...]) -> Views:
         parts = self.parts or registry.get()
         return Views([LiveView(view, parts, (shown, copies)) for view, shown in record])
+
+    def undo(self, doc: Document) -> None:
+        close_views(doc)
 
 
 def page(make: Callable[[], Any], title: str | None = None, name: str | None = None) -> None:
