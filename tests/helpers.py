@@ -329,6 +329,17 @@ async def tail(
     return {r.stream.name: r for r in runners}, frames, letters
 
 
+def serve_threaded(apps: dict) -> tuple[object, int]:
+    """``pn.serve(apps)`` on a free port in a thread of its own, once it answers; returns
+    the server (``.stop()`` it) and the port."""
+    import panel as pn
+
+    port = free_port()
+    server = pn.serve(apps, port=port, address="127.0.0.1", show=False, threaded=True)
+    wait_http(port, "/static/js/bokeh.min.js", 30)
+    return server, port
+
+
 def wait_http(port: int, path: str = "/dashboard", timeout: float = 60, proc=None) -> None:
     import urllib.error
     import urllib.request

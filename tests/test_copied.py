@@ -244,22 +244,13 @@ def test_a_copied_page_is_served_with_the_same_html_as_the_built_one(parts):
     import re
     import urllib.request
 
-    import panel as pn
-    from helpers import free_port, wait_http
+    from helpers import serve_threaded
 
     from headrace.app.pages.dashboard import build
 
     Feed(parts.subscriber).publish(40)
-    port = free_port()
-    server = pn.serve(
-        {"dashboard": lambda: build(parts)},
-        port=port,
-        address="127.0.0.1",
-        show=False,
-        threaded=True,
-    )
+    server, port = serve_threaded({"dashboard": lambda: build(parts)})
     try:
-        wait_http(port, "/static/js/bokeh.min.js", 30)
         url = f"http://127.0.0.1:{port}/dashboard?theme=dark"
         pages = [urllib.request.urlopen(url, timeout=30).read().decode() for _ in range(2)]
     finally:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import RecordedSession, free_port, stream_source, wait_for, wait_http
+from helpers import RecordedSession, serve_threaded, stream_source, wait_for
 
 from headrace.app.live.channel import Channel
 from headrace.app.live.window import Window
@@ -83,8 +83,6 @@ def test_a_channel_patches_a_browsers_rows_at_its_own_indices():
 
 @pytest.mark.timeout(120)
 def test_sessions_replace_revised_points_in_place_across_the_rollover():
-    import panel as pn
-
     from headrace.app import registry
     from headrace.app.live.subscriber import Subscriber
     from headrace.app.pages.dashboard import build
@@ -94,17 +92,9 @@ def test_sessions_replace_revised_points_in_place_across_the_rollover():
     parts.prepared.size = 0
     feed = Revising()
     subscriber.ingest("s", 1, feed.frame(200))
-    port = free_port()
-    server = pn.serve(
-        {"dashboard": lambda: build(parts)},
-        port=port,
-        address="127.0.0.1",
-        show=False,
-        threaded=True,
-    )
+    server, port = serve_threaded({"dashboard": lambda: build(parts)})
     sessions: list[RecordedSession] = []
     try:
-        wait_http(port, "/static/js/bokeh.min.js", 30)
         url = f"http://127.0.0.1:{port}/dashboard"
 
         def publish(seq: int) -> None:
