@@ -260,3 +260,32 @@ def test_a_copied_page_is_served_with_the_same_html_as_the_built_one(parts):
     assert any("bootstrap" in src for src in scripts[0]) and scripts[1] == scripts[0]
     roots = [sorted(re.findall(r'"root_ids":\[([^\]]*)\]', page)) for page in pages]
     assert roots[1] == roots[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_script_served_with_live_page_is_copied_for_its_later_sessions(parts, tmp_path):
+    """Panel runs an app's script in a module of a new name for every session; the page
+    is still known as the same one, so later sessions are copies."""
+    import urllib.request
+
+    from helpers import serve_threaded
+
+    Feed(parts.subscriber).publish(40)
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import holoviews as hv\n"
+        "import panel as pn\n"
+        "from headrace import live\n\n"
+        "def layout():\n"
+        "    view = live.view(lambda rows: hv.Curve(rows, 'time', 'value'), rows='s',\n"
+        "                     name='test/script')\n"
+        "    return pn.template.BootstrapTemplate(title='script', main=[view])\n\n"
+        "live.page(layout)\n"
+    )
+    server, port = serve_threaded({"app": str(script)})
+    try:
+        for _ in range(3):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/app", timeout=30).read()
+    finally:
+        server.stop()
+    assert parts.copier.info() == {"copied": 2, "snapshots_built": 1, "copy_failed": 0}

@@ -86,5 +86,13 @@ def page(make: Callable[[], Any], title: str | None = None, name: str | None = N
         live.page(lambda: pn.template.BootstrapTemplate(main=[live.view(f, rows="pump")]))
     """
     parts = registry.get()
-    where = name or f"{getattr(make, '__module__', '')}.{getattr(make, '__qualname__', make)}"
-    parts.copier.open(ViewsPage(make, where, title, parts))
+    parts.copier.open(ViewsPage(make, name or _where(make), title, parts))
+
+
+def _where(make: Callable[[], Any]) -> str:
+    """Where ``make`` is defined, the same in every session: Panel runs an app's script in
+    a module of a new name each time (``bokeh_app_<id>``), so ``__module__`` is not."""
+    code = getattr(make, "__code__", None)
+    if code is not None:
+        return f"{code.co_filename}:{code.co_firstlineno}"
+    return f"{type(make).__module__}.{type(make).__qualname__}"
