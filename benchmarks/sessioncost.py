@@ -45,10 +45,9 @@ def _seconds(url: str) -> tuple[float, float]:
 
 async def _opens(url: str, pid: int, n: int) -> dict:
     proc = psutil.Process(pid)
-    firsts, cpus, viewers = [], [], []
+    firsts, cpus, margins, viewers = [], [], [], []
     await asyncio.sleep(1.5)  # the figures of the start reach /metrics (once a second)
     before = await asyncio.to_thread(_seconds, url)
-    margins = []
     for _ in range(n):
         # The process's CPU rate just before (feeding the viewers open, the view's ticks):
         # what the open costs beyond it is its own.
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{n} opens: first live row median {result['first_row_ms']:.0f} ms; Panel CPU per "
         f"open {result['cpu_per_open_ms']:.0f} ms ({result['own_cpu_per_open_ms']:.0f} ms beyond "
-        "the rate of the second before: the open's own), of it building the session "
+        f"its rate of the {QUIET:g} s before: the open's own), of it building the session "
         f"{result['build_per_open_ms']:.0f} ms and in the garbage collector "
         f"{result['gc_per_open_ms']:.0f} ms; steady with {n} open "
         f"{result['steady_cpu_ms_per_s']:.0f} ms/s"

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from headrace.app.live.internals import (
     Copies,
+    arguments_key,
+    clear_document,
     copy_document,
-    document_json,
     serialise_ahead,
     snapshot,
 )
@@ -121,7 +122,7 @@ class Copier:
                 self._fell_back(page, doc, exc)
         controller = page.build()
         shot = snapshot(doc)
-        self.snapshots[key] = Snapshot(shot, document_json(shot), controller.record(), _now())
+        self.snapshots[key] = Snapshot(shot, shot.to_json(), controller.record(), time.monotonic())
         self.snapshots.move_to_end(key)
         while len(self.snapshots) > KEYS:
             self.snapshots.popitem(last=False)
@@ -134,24 +135,14 @@ class Copier:
         if reason not in self._told:
             self._told.add(reason)
             log.warning("%s: a session's copy failed, built instead (%s)", page.name, reason)
-        doc.clear()  # what the copy added goes; the build starts from an empty document
-        doc.callbacks._js_event_callbacks = {}
+        clear_document(doc)  # what the copy added goes; the build starts from an empty one
 
     def info(self) -> dict[str, int]:
         """Counts for metrics and tests."""
         return {"copied": self.copied, "snapshots_built": self.built, "copy_failed": self.failed}
 
 
-def _now() -> float:
-    return time.monotonic()
-
-
 def _key(name: str, doc: Document, user: Any) -> tuple:
     """What a page's build may depend on: the page, its query arguments and its user."""
     context = doc.session_context
-    arguments = (context.request.arguments if context is not None else None) or {}
-    return (
-        name,
-        tuple(sorted((k, tuple(v)) for k, v in arguments.items() if k != "bokeh-session-id")),
-        user,
-    )
+    return (name, arguments_key(context.request.arguments if context else None), user)

@@ -53,7 +53,6 @@ class Record:
 
     parts: tuple[tuple[str, str], ...]  # (role, model id): picker, span, range, main, ...
     views: tuple[tuple[str, Shown], ...]  # (stream, what its view showed)
-    follow_all: bool
     streams: tuple[str, ...]  # the picker's options: streams known when it was built
 
 
@@ -89,7 +88,6 @@ class Dashboard(Follower):
             copies, record = copied
             models = {role: copies.done[mid] for role, mid in record.parts}
             self._take(models)
-            self.follow_all = record.follow_all
             for stream, shown in record.views:
                 view = LiveView(stream_view(stream, self.threshold), parts, (shown, copies))
                 self.views[stream] = view
@@ -149,12 +147,18 @@ class Dashboard(Follower):
 
     def record(self) -> Record:
         """What a copy of this page needs (:mod:`headrace.app.live.copied`)."""
-        models = {"main": self.main, "notice": self.notice, "line": self.line.div}
-        models |= {"state": self.state.div, "picker": self.picker, "span": self.span}
+        models = {
+            "main": self.main,
+            "notice": self.notice,
+            "line": self.line.div,
+            "state": self.state.div,
+            "picker": self.picker,
+            "span": self.span,
+            "range": self.range,
+        }
         return Record(
-            tuple((role, model.id) for role, model in (models | {"range": self.range}).items()),
+            tuple((role, model.id) for role, model in models.items()),
             tuple((stream, view.record()) for stream, view in self.views.items()),
-            self.follow_all,
             tuple(self.picker.options),
         )
 

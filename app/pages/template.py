@@ -142,8 +142,8 @@ def theme_link() -> str:
     return f'<a href="?theme={other}" style="color:#fff">{label}</a>'
 
 
-def serve(template: pn.template.BaseTemplate, title: str) -> None:
-    """Make ``template`` this session's page.
+def serve(template: pn.template.BaseTemplate | pn.viewable.Viewable, title: str | None) -> None:
+    """Make ``template`` (or any Panel component) this session's page.
 
     In one freeze of the document's model graph: a template adds each of its parts as a
     root of its own, and Bokeh walks the whole graph again after each root otherwise

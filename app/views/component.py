@@ -14,7 +14,6 @@ rendered), five per view did a fifth of a dashboard's.
 from __future__ import annotations
 
 import html
-import itertools
 import time
 import weakref
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 LIVE, STALE = "#2e7d32", "#b26a00"
 LOADING = 30.0  # seconds a page may take to load before its view counts as unwatched
-_made = itertools.count()
 
 # The renderings each document has shown: a second copy in one document needs new ids.
 _shown: weakref.WeakKeyDictionary[Document, set[tuple[int, int]]] = weakref.WeakKeyDictionary()
@@ -77,9 +75,9 @@ def close_views(doc: Document) -> None:
 
 
 def views_of(doc: Document) -> list[LiveView]:
-    """The live views made in ``doc`` and not closed, in the order they were made."""
+    """The live views made in ``doc`` and not closed."""
     lines = _lines.get(doc)
-    return sorted(lines.views, key=lambda view: view.made) if lines is not None else []
+    return list(lines.views) if lines is not None else []
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,8 @@ class Shown:
     box: str  # the id of the view's column
     version: int  # of the engine's rendering it showed a copy of (-1: none)
     copies: tuple[tuple[str, str], ...]  # (rendering's model id, the page's model id)
-    sinks: tuple[tuple[tuple, str, Holding], ...]  # (glyph path, source id, its holding)
+    # (stream, source id, columns, what its browser holds) of each fed glyph
+    sinks: tuple[tuple[str, str, tuple[str, ...], Holding], ...]
 
 
 class LiveView(Follower):
@@ -115,9 +114,7 @@ class LiveView(Follower):
         prepare(doc)
         self.fanout.open_session(doc)  # rows wait until the browser has the document
         self.sinks: list[Sink] = []
-        self._paths: list[tuple] = []  # the glyph path of each sink
         self.built = time.monotonic()
-        self.made = next(_made)  # the order views were made in (views_of)
         self.version = 0
         self.root: Model | None = None  # this session's copy of the rendering
         self._copies: Copies | None = None
@@ -162,10 +159,7 @@ class LiveView(Follower):
             self.box.id,
             self.version if self.root is not None else -1,
             tuple((rid, model.id) for rid, model in copies.items()),
-            tuple(
-                (path, sink.model, sink.holding())
-                for path, sink in zip(self._paths, self.sinks, strict=True)
-            ),
+            tuple((s.stream, s.model, tuple(s.columns), s.holding()) for s in self.sinks),
         )
 
     def _take(self, doc: Document, shown: Shown, copies: Copies) -> None:
@@ -177,21 +171,14 @@ class LiveView(Follower):
         with engine.lock:  # no tick between the check and the sinks
             if shown.version < 0 or engine.version != shown.version:
                 return  # _show copies the rendering now, as in a built view
-            rendering = engine.rendering
-            assert rendering is not None
             taken = Copies()
             taken.done = {rid: copies.done[mid] for rid, mid in shown.copies}
             _shown.setdefault(doc, set()).add((id(engine), engine.version))
-            self._paths = [path for path, _, _ in shown.sinks]
             self.sinks = [
                 self.fanout.register(
-                    engine.feed(path),
-                    doc,
-                    copies.done[source],
-                    columns=rendering.glyphs[path].columns,
-                    holding=holding,
+                    stream, doc, copies.done[source], columns=list(columns), holding=holding
                 )
-                for path, source, holding in shown.sinks
+                for stream, source, columns, holding in shown.sinks
             ]
             self.version = engine.version
         self.root, self._copies = box.children[2], taken
@@ -294,7 +281,6 @@ class LiveView(Follower):
             copies = Copies(renew=identity in shown)
             shown.add(identity)
             root = copies(rendering.root)
-            self._paths = list(engine.kinds)
             self.sinks = [
                 self.fanout.register(
                     engine.feed(path),
@@ -303,7 +289,7 @@ class LiveView(Follower):
                     held=held,
                     columns=rendering.glyphs[path].columns,
                 )
-                for path in self._paths
+                for path in engine.kinds
             ]
             self.version = engine.version
         self.root, self._copies, self._past = root, copies, {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import panel as pn
 
 from headrace.app import registry
-from headrace.app.pages.template import prepare
+from headrace.app.pages.template import serve
 from headrace.app.views.component import LiveView, Shown, close_views, views_of
 from headrace.app.views.engine import engine
 
@@ -52,13 +52,12 @@ class ViewsPage:
         self.parts = parts
 
     def build(self) -> Views:
-        doc = pn.state.curdoc
-        prepare(doc)
         laid_out = self.make()
-        served = laid_out if isinstance(laid_out, pn.template.BaseTemplate) else pn.panel(laid_out)
-        with doc.models.freeze():  # as template.serve does
-            served.server_doc(doc, title=self.title)
-        return Views(views_of(doc))
+        serve(
+            laid_out if isinstance(laid_out, pn.template.BaseTemplate) else pn.panel(laid_out),
+            self.title,
+        )
+        return Views(views_of(pn.state.curdoc))
 
     def fresh(self, record: tuple[tuple[View, Shown], ...]) -> bool:
         """Every view shows the rendering it would be built with (a plot that came since,

@@ -44,10 +44,11 @@ on any release series but the ones below, which the lock file pins):
   (:mod:`headrace.app.live.prepared`); its ``PULL-DOC`` reply serialised while it
   waited (:func:`serialise_ahead`, a ``to_json`` on the document instance).
 - **A session's document made as a copy of a page built earlier** (:func:`copy_document`,
-  :func:`snapshot`): the roots with their ids, and the document's title, Jinja template
-  and variables, theme and browser-side callbacks (``Document.callbacks``' private
-  ``_js_event_callbacks``), so that the copy serialises as its original
-  (:mod:`headrace.app.live.copied`).
+  :func:`snapshot`, :func:`clear_document`): the roots with their ids, and the
+  document's configuration model, title, Jinja template and variables, theme,
+  browser-side callbacks (``Document.callbacks``' private ``_js_event_callbacks``) and
+  Panel's settings of the session (``config._session_config``), so that the copy
+  serialises and is served as its original (:mod:`headrace.app.live.copied`).
 - **A scratch document that survives errors** (:func:`scratch_document`): Bokeh's
   ``patch_curdoc`` leaves its document patched when its body raises.
 - **Streamed rows as protocol bytes, encoded once** (:func:`encode`, :class:`Socket`,
@@ -62,7 +63,7 @@ on any release series but the ones below, which the lock file pins):
   and the Tornado stream under it.
 """
 
-from headrace.app.live.internals.documents import copy_document, document_json, snapshot
+from headrace.app.live.internals.documents import clear_document, copy_document, snapshot
 from headrace.app.live.internals.models import (
     Copies,
     clone,
@@ -76,6 +77,7 @@ from headrace.app.live.internals.models import (
 from headrace.app.live.internals.pages import cached_pages, quick_config_set, validate_once
 from headrace.app.live.internals.sessions import (
     adopt_session,
+    arguments_key,
     gate_sessions,
     prepare_session,
     release_session,
@@ -112,10 +114,11 @@ __all__ = [
     "Encoded",
     "Socket",
     "adopt_session",
+    "arguments_key",
     "cached_pages",
+    "clear_document",
     "clone",
     "copy_document",
-    "document_json",
     "encode",
     "frame",
     "gate_sessions",

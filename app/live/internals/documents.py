@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from panel.config import _config
 
@@ -56,8 +56,8 @@ def snapshot(doc: Document) -> Document:
     return copy
 
 
-def document_json(doc: Document) -> Any:
-    """``doc``'s ``PULL-DOC`` content (Bokeh's ``to_json``), for :func:`serialise_ahead`."""
-    from bokeh.document import Document
-
-    return Document.to_json(doc)
+def clear_document(doc: Document) -> None:
+    """Undo :func:`copy_document`: ``doc`` empty again, to be built as usual."""
+    doc.clear()
+    doc.callbacks._js_event_callbacks = {}
+    _config._session_config.pop(doc, None)

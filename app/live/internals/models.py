@@ -47,10 +47,6 @@ def made(cls: type[M], /, *, text: str | None = None, **props: Any) -> M:
     return model
 
 
-# Immutable values with nothing inside to copy: taken as they are.
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
 class Copies:
     """Copies made together: a model referenced from several roots is copied once."""
 
@@ -80,9 +76,6 @@ class Copies:
     def _values(self, owner: Model, values: dict[str, Any]) -> dict[str, Any]:
         copied = {}
         for name, value in values.items():
-            if type(value) in _PLAIN:  # most values: nothing inside to copy
-                copied[name] = value
-                continue
             new = self.value(value)
             if isinstance(value, PropertyValueContainer):
                 # Wrapped as a property setter does, so changes to the copy notify the copy.
@@ -93,15 +86,11 @@ class Copies:
         return copied
 
     def value(self, v: Any) -> Any:
-        if type(v) in _PLAIN:
-            return v
         if isinstance(v, Model):
             return self.model(v)
         if isinstance(v, dict):
             return {k: self.value(x) for k, x in v.items()}
         if isinstance(v, list):
-            if all(type(x) in _PLAIN for x in v):
-                return list(v)
             return [self.value(x) for x in v]
         if isinstance(v, tuple):
             return tuple(self.value(x) for x in v)

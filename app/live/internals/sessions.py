@@ -41,13 +41,18 @@ def session_key(handler: Any, token: str) -> tuple[str, tuple, str | None]:
     """What a page's build may depend on: its app, its query arguments and its user."""
     from bokeh.util.token import get_token_payload
 
-    arguments = get_token_payload(token).get("arguments") or {}
     user = handler.current_user
     return (
         handler.application_context.url,
-        tuple(sorted((k, tuple(v)) for k, v in arguments.items() if k != "bokeh-session-id")),
+        arguments_key(get_token_payload(token).get("arguments")),
         user.decode() if isinstance(user, bytes) else user,
     )
+
+
+def arguments_key(arguments: dict[str, list[bytes]] | None) -> tuple:
+    """A request's query arguments as a key, the session's id among them left out."""
+    items = (arguments or {}).items()
+    return tuple(sorted((k, tuple(v)) for k, v in items if k != "bokeh-session-id"))
 
 
 async def prepare_session(handler: Any, token: str) -> Any:
